@@ -1,0 +1,97 @@
+"""One typed settings object, read from ``JOURNEY_*`` environment variables.
+
+Every default runs locally against the embedded broker on 127.0.0.1:9092.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class SettingsError(ValueError):
+    """A JOURNEY_* variable holds a value that cannot be used."""
+
+
+def _default_schemas_dir() -> Path:
+    # Editable install / source checkout: <repo>/service/journey/settings.py -> <repo>/schemas.
+    return Path(__file__).resolve().parents[2] / "schemas"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- Kafka
+    bootstrap_servers: str = "127.0.0.1:9092"
+    app_id: str = "journey"
+    topic_touchpoints: str = "touchpoints"
+    topic_transitions: str = "journey.stage-transitions"
+    topic_dead_letter: str = "journey.dead-letter"
+    topic_churn_risk: str = "journey.churn-risk"
+    topic_pain_points: str = "journey.pain-points"
+    topic_aggregates: str = "journey.aggregates"
+    partitions: int = 8
+    replication_factor: int = 1
+    #: Retention of the input and output topics (7 days).
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    # --- worker
+    data_dir: Path = field(default_factory=lambda: Path.cwd())
+    web_port: int = 6066
+    web_host: str = "127.0.0.1"
+    store: str = "memory://"
+    batch_size: int = 1000
+    batch_window_s: float = 0.05
+    #: How many event ids (hashed) a customer's dedupe memory keeps.
+    dedupe_window: int = 32
+    #: How many order ids (hashed) a customer's purchase memory keeps.
+    order_window: int = 16
+    log_level: str = "info"
+    # --- journey definition and schemas
+    schemas_dir: Path = field(default_factory=_default_schemas_dir)
+    journey_file: Path | None = None
+    # --- sidecar
+    sidecar_host: str = "127.0.0.1"
+    sidecar_port: int = 8000
+    api_token: str | None = None
+
+    @property
+    def journey_path(self) -> Path:
+        return self.journey_file or (self.schemas_dir / "journey.yaml")
+
+    @property
+    def kafka_broker_url(self) -> str:
+        return ",".join(f"kafka://{h.strip()}" for h in self.bootstrap_servers.split(",") if h.strip())
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Build settings from ``JOURNEY_<FIELD>`` variables, then apply explicit overrides."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f"JOURNEY_{f.name.upper()}"
+            if name in env and env[name] != "":
+                values[f.name] = _convert(name, env[name], f)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(name: str, raw: str, f: dataclasses.Field) -> Any:
+    kind = str(f.type)
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+        if "Path" in kind:
+            return Path(raw)
+        return raw
+    except ValueError:
+        raise SettingsError(
+            f"{name}={raw!r} is not a valid {kind.split(' ')[0]}; "
+            f"unset it to use the default or give a number"
+        ) from None
