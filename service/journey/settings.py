@@ -43,6 +43,9 @@ class Settings:
     store: str = "memory://"
     batch_size: int = 1000
     batch_window_s: float = 0.05
+    #: Consumer-group session timeout: how long a dead worker's partitions wait before moving.
+    session_timeout_s: float = 30.0
+    commit_interval_s: float = 1.0
     #: How many event ids (hashed) a customer's dedupe memory keeps.
     dedupe_window: int = 32
     #: How many order ids (hashed) a customer's purchase memory keeps.

@@ -1,0 +1,200 @@
+"""The stage machine: one touchpoint applied to one customer's state.
+
+Rules (schemas/journey.yaml holds the type lists):
+- a staged type moves the customer to its stage; a customer's first staged event creates them there;
+- the first distinct purchase -> purchase; a further distinct purchase -> retention; a renewal
+  after a purchase -> retention; an advocacy signal after a purchase -> advocacy;
+- stages only move forward (the higher of the current and the event's), skipping is allowed;
+- a late event is applied by the same rules, so the final stage never depends on arrival order:
+  signals that came before any purchase are remembered by event time and count as soon as a
+  purchase at or before them is known.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from journey.core.clock import utc_day
+from journey.core.definition import JourneyDefinition, Kind
+from journey.core.events import Touchpoint
+from journey.core.stages import ADVOCACY, NO_STAGE, PURCHASE, RETENTION, STAGES
+from journey.core.state import RECENT_TRANSITIONS, CustomerState, id_hash
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on per-customer memory."""
+
+    dedupe_window: int = 32
+    order_window: int = 16
+    day_window: int = 16
+
+
+@dataclass(slots=True)
+class Transition:
+    customer_id: str
+    from_stage: int
+    to_stage: int
+    at: float
+    at_text: str
+    trigger_event_id: str
+    trigger_type: str
+    channel: str
+    seconds_in_previous_stage: float | None
+    journey_version: str
+    #: Stages between from and to that the customer never reached.
+    skipped: list[str]
+
+    @property
+    def transition_id(self) -> str:
+        # Deterministic: replaying the same trigger for the same customer gives the same id,
+        # so downstream consumers can drop the duplicates an at-least-once replay produces.
+        key = f"{self.customer_id}\x1f{self.from_stage}\x1f{self.to_stage}\x1f{self.trigger_event_id}"
+        return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+
+    def to_event(self) -> dict[str, Any]:
+        return {
+            "transition_id": self.transition_id,
+            "customer_id": self.customer_id,
+            "from_stage": STAGES[self.from_stage] if self.from_stage >= 0 else None,
+            "to_stage": STAGES[self.to_stage],
+            "at": self.at_text,
+            "trigger_event_id": self.trigger_event_id,
+            "trigger_type": self.trigger_type,
+            "channel": self.channel,
+            "seconds_in_previous_stage": self.seconds_in_previous_stage,
+            "skipped_stages": self.skipped,
+            "journey_version": self.journey_version,
+        }
+
+
+@dataclass(slots=True)
+class Outcome:
+    state: CustomerState
+    transition: Transition | None
+    duplicate: bool
+    kind: Kind
+
+
+def apply(
+    state: CustomerState | None,
+    tp: Touchpoint,
+    definition: JourneyDefinition,
+    limits: Limits = Limits(),
+) -> Outcome:
+    """Apply one touchpoint to a customer's state (mutated in place; a new one when None)."""
+    st = state if state is not None else CustomerState()
+    eid = id_hash(tp.event_id)
+    if eid in st.seen:
+        return Outcome(st, None, True, Kind.OTHER)
+    _remember(st.seen, eid, limits.dedupe_window)
+
+    ts = tp.ts
+    _record_touch(st, tp.channel, ts)
+    kind = definition.classify(tp.type, tp.properties)
+    target = NO_STAGE
+    if kind is Kind.STAGED:
+        target = definition.type_stage[tp.type]
+    elif kind is Kind.PURCHASE:
+        target = _record_purchase(st, tp, eid, limits)
+    elif kind is Kind.RENEWAL:
+        st.renewal_max = ts if st.renewal_max is None else max(st.renewal_max, ts)
+        if st.first_purchase is not None and ts >= st.first_purchase:
+            target = RETENTION
+    elif kind is Kind.ADVOCACY:
+        st.advocacy_max = ts if st.advocacy_max is None else max(st.advocacy_max, ts)
+        if st.first_purchase is not None and ts >= st.first_purchase:
+            target = ADVOCACY
+    elif kind is Kind.NEGATIVE:
+        st.negatives[tp.type] = st.negatives.get(tp.type, 0) + 1
+        st.last_negative = ts if st.last_negative is None else max(st.last_negative, ts)
+
+    if target == NO_STAGE:
+        return Outcome(st, None, False, kind)
+    if kind is not Kind.PURCHASE:  # a purchase records its own reached times
+        _reach(st, target, ts)
+    if target <= st.stage:
+        return Outcome(st, None, False, kind)
+
+    previous = st.stage
+    since = st.reached[previous] if previous >= 0 else None
+    st.stage = target
+    transition = Transition(
+        customer_id=tp.profile_id,
+        from_stage=previous,
+        to_stage=target,
+        at=ts,
+        at_text=tp.timestamp,
+        trigger_event_id=tp.event_id,
+        trigger_type=tp.type,
+        channel=tp.channel,
+        seconds_in_previous_stage=None if since is None else max(0.0, ts - since),
+        journey_version=definition.version,
+        skipped=[STAGES[i] for i in range(previous + 1, target) if st.reached[i] is None],
+    )
+    st.recent.append([previous, target, ts, tp.type, tp.channel])
+    if len(st.recent) > RECENT_TRANSITIONS:
+        del st.recent[0]
+    return Outcome(st, transition, False, kind)
+
+
+def _record_touch(st: CustomerState, channel: str, ts: float) -> None:
+    st.events += 1
+    st.channels[channel] = st.channels.get(channel, 0) + 1
+    # First/last touch by event time, so late events land where they belong.
+    if st.first_seen is None or ts < st.first_seen:
+        st.first_seen = ts
+        st.first_channel = channel
+    if st.last_seen is None or ts >= st.last_seen:
+        st.last_seen = ts
+        st.last_channel = channel
+
+
+def _record_purchase(st: CustomerState, tp: Touchpoint, eid: int, limits: Limits) -> int:
+    props = tp.properties
+    amount = props.get("amount")
+    if isinstance(amount, (int, float)) and not isinstance(amount, bool):
+        # Every purchase event carries its own part of the order (lines of one basket).
+        st.revenue += amount
+    order_id = props.get("order_id")
+    order = id_hash(str(order_id)) if order_id is not None else eid
+    ts = tp.ts
+    if order not in st.orders:
+        _remember(st.orders, order, limits.order_window)
+        st.purchases += 1
+        day = utc_day(ts)
+        if day not in st.days:
+            _remember(st.days, day, limits.day_window)
+            st.purchase_days += 1
+        if st.last_purchase is None or ts > st.last_purchase:
+            st.last_purchase = ts
+    if st.first_purchase is None or ts < st.first_purchase:
+        st.first_purchase = ts
+    first = st.first_purchase
+    _reach(st, PURCHASE, first)
+    target = PURCHASE
+    if st.purchases >= 2:
+        target = RETENTION
+        # The repeat happened at the latest purchase known (approximate once orders fall out of the window).
+        _reach(st, RETENTION, st.last_purchase if st.last_purchase is not None else ts)
+    # Signals that arrived before this purchase but happened after it now count.
+    if st.renewal_max is not None and st.renewal_max >= first:
+        target = max(target, RETENTION)
+        _reach(st, RETENTION, max(first, st.renewal_max))
+    if st.advocacy_max is not None and st.advocacy_max >= first:
+        target = ADVOCACY
+        _reach(st, ADVOCACY, st.advocacy_max)
+    return target
+
+
+def _reach(st: CustomerState, stage: int, ts: float) -> None:
+    if st.reached[stage] is None or ts < st.reached[stage]:  # type: ignore[operator]
+        st.reached[stage] = ts
+
+
+def _remember(window: list[int], value: int, size: int) -> None:
+    window.append(value)
+    if len(window) > size:
+        del window[0]

@@ -1,0 +1,143 @@
+"""Per-customer journey state, and its compact wire encoding for the changelog.
+
+It must hold millions of customers, so every unbounded memory (event ids, order ids, purchase
+days, transitions) is a bounded window, and ids are kept as 63-bit hashes rather than strings.
+"""
+
+from __future__ import annotations
+
+from hashlib import blake2b
+from typing import Any
+
+import orjson
+
+from journey.core.stages import NO_STAGE, STAGES
+
+_MASK63 = (1 << 63) - 1
+#: Recent transitions kept for the customer view.
+RECENT_TRANSITIONS = 10
+ENCODING_VERSION = 1
+
+
+def id_hash(value: str) -> int:
+    """A stable (process-independent) 63-bit hash of an id; Python's hash() is salted per process."""
+    return int.from_bytes(blake2b(value.encode(), digest_size=8).digest(), "big") & _MASK63
+
+
+class CustomerState:
+    """Everything journey remembers about one customer (or anonymous visitor)."""
+
+    __slots__ = (
+        "stage", "reached", "events", "channels", "first_channel", "last_channel",
+        "first_seen", "last_seen", "purchases", "purchase_days", "revenue",
+        "first_purchase", "last_purchase", "orders", "days", "advocacy_max", "renewal_max",
+        "negatives", "last_negative", "seen", "recent", "extra",
+    )
+
+    def __init__(self) -> None:
+        self.stage: int = NO_STAGE
+        #: Event time each stage was first reached (None: never, or skipped).
+        self.reached: list[float | None] = [None] * len(STAGES)
+        self.events: int = 0
+        self.channels: dict[str, int] = {}
+        self.first_channel: str | None = None
+        self.last_channel: str | None = None
+        self.first_seen: float | None = None
+        self.last_seen: float | None = None
+        #: Distinct purchases (orders), distinct purchase days (UTC), and revenue.
+        self.purchases: int = 0
+        self.purchase_days: int = 0
+        self.revenue: float = 0.0
+        self.first_purchase: float | None = None
+        self.last_purchase: float | None = None
+        self.orders: list[int] = []
+        self.days: list[int] = []
+        #: Latest event time of an advocacy signal / a renewal, wherever it stood relative to
+        #: purchases: a late purchase can make an earlier-arrived signal count.
+        self.advocacy_max: float | None = None
+        self.renewal_max: float | None = None
+        self.negatives: dict[str, int] = {}
+        self.last_negative: float | None = None
+        self.seen: list[int] = []
+        #: Recent transitions, oldest first: [from_stage, to_stage, at, trigger_type, channel].
+        self.recent: list[list[Any]] = []
+        #: Room for other concerns' per-customer state (churn, pain points), kept in one record.
+        self.extra: dict[str, Any] = {}
+
+    # --- encoding -----------------------------------------------------------------------
+    def to_wire(self) -> bytes:
+        return orjson.dumps(
+            {
+                "v": ENCODING_VERSION, "s": self.stage, "r": self.reached, "n": self.events,
+                "ch": self.channels, "fc": self.first_channel, "lc": self.last_channel,
+                "fs": self.first_seen, "ls": self.last_seen, "p": self.purchases,
+                "pd": self.purchase_days, "rev": round(self.revenue, 4), "fp": self.first_purchase,
+                "lp": self.last_purchase, "o": self.orders, "d": self.days, "am": self.advocacy_max,
+                "rm": self.renewal_max, "ng": self.negatives, "nl": self.last_negative,
+                "sn": self.seen, "tr": self.recent, "x": self.extra,
+            }
+        )
+
+    @classmethod
+    def from_wire(cls, raw: bytes) -> "CustomerState":
+        d = orjson.loads(raw)
+        st = cls()
+        st.stage = d["s"]
+        st.reached = d["r"]
+        st.events = d["n"]
+        st.channels = d["ch"]
+        st.first_channel = d["fc"]
+        st.last_channel = d["lc"]
+        st.first_seen = d["fs"]
+        st.last_seen = d["ls"]
+        st.purchases = d["p"]
+        st.purchase_days = d["pd"]
+        st.revenue = d["rev"]
+        st.first_purchase = d["fp"]
+        st.last_purchase = d["lp"]
+        st.orders = d["o"]
+        st.days = d["d"]
+        st.advocacy_max = d["am"]
+        st.renewal_max = d["rm"]
+        st.negatives = d["ng"]
+        st.last_negative = d["nl"]
+        st.seen = d["sn"]
+        st.recent = d["tr"]
+        st.extra = d.get("x") or {}
+        return st
+
+    def copy(self) -> "CustomerState":
+        return CustomerState.from_wire(self.to_wire())
+
+    def to_public(self) -> dict[str, Any]:
+        """A readable view of the state for the customer endpoint (no hashes)."""
+        from journey.core.clock import iso
+
+        return {
+            "stage": STAGES[self.stage] if self.stage >= 0 else None,
+            "stage_entered_at": iso(self.reached[self.stage]) if self.stage >= 0 else None,
+            "reached": {STAGES[i]: iso(t) for i, t in enumerate(self.reached) if t is not None},
+            "touchpoints": self.events,
+            "channels": dict(self.channels),
+            "first_touch_channel": self.first_channel,
+            "last_touch_channel": self.last_channel,
+            "first_seen": iso(self.first_seen),
+            "last_seen": iso(self.last_seen),
+            "purchases": self.purchases,
+            "purchase_days": self.purchase_days,
+            "revenue": round(self.revenue, 2),
+            "first_purchase": iso(self.first_purchase),
+            "last_purchase": iso(self.last_purchase),
+            "negative_signals": dict(self.negatives),
+            "recent_transitions": [
+                {
+                    "from_stage": STAGES[f] if f is not None and f >= 0 else None,
+                    "to_stage": STAGES[t],
+                    "at": iso(at),
+                    "trigger_type": trig,
+                    "channel": ch,
+                }
+                for f, t, at, trig, ch in self.recent
+            ],
+            **({k: v for k, v in self.extra.items()} if self.extra else {}),
+        }

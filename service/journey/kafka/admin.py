@@ -1,0 +1,113 @@
+"""Idempotent topic creation and the journey service's standard topics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Mapping
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+if TYPE_CHECKING:
+    from journey.settings import Settings
+
+#: The aggregates topic only carries the latest snapshot per key; an hour is plenty.
+AGGREGATES_RETENTION_MS = 3600 * 1000
+
+
+class TopicError(RuntimeError):
+    """The broker refused to create a topic."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication_factor: int
+    #: Always set: some brokers (tansu) misbehave without an explicit retention.
+    retention_ms: int
+    #: "delete", "compact" or "compact,delete"; None leaves the broker default.
+    cleanup_policy: str | None = None
+    #: Any further topic configs (string values, Kafka names).
+    extra_configs: Mapping[str, str] = field(default_factory=dict)
+
+    def configs(self) -> dict[str, str]:
+        configs = {"retention.ms": str(self.retention_ms)}
+        if self.cleanup_policy is not None:
+            configs["cleanup.policy"] = self.cleanup_policy
+        configs.update(self.extra_configs)
+        return configs
+
+
+def journey_topic_specs(settings: "Settings") -> list[TopicSpec]:
+    """The topics the journey service reads and writes (not Faust's internal ones)."""
+    data_topics = [
+        settings.topic_touchpoints,
+        settings.topic_transitions,
+        settings.topic_dead_letter,
+        settings.topic_churn_risk,
+        settings.topic_pain_points,
+    ]
+    specs = [
+        TopicSpec(name, settings.partitions, settings.replication_factor, settings.retention_ms)
+        for name in data_topics
+    ]
+    specs.append(
+        TopicSpec(
+            settings.topic_aggregates,
+            settings.partitions,
+            settings.replication_factor,
+            AGGREGATES_RETENTION_MS,
+            cleanup_policy="compact,delete",
+        )
+    )
+    return specs
+
+
+async def ensure_topics(
+    bootstrap_servers: str, specs: list[TopicSpec], *, timeout_ms: int = 30_000
+) -> list[str]:
+    """Create the topics in ``specs`` that do not exist yet; return the names created.
+
+    Existing topics are left as they are (partitions and configs are not altered).
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=timeout_ms)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if not missing:
+            return []
+        response = await admin.create_topics(
+            [
+                NewTopic(
+                    name=s.name,
+                    num_partitions=s.partitions,
+                    replication_factor=s.replication_factor,
+                    topic_configs=s.configs(),
+                )
+                for s in missing
+            ],
+            timeout_ms=timeout_ms,
+        )
+    finally:
+        await admin.close()
+
+    created: list[str] = []
+    failures: list[str] = []
+    for name, code, *rest in response.topic_errors:
+        error = for_code(code)
+        if code == 0:
+            created.append(name)
+        elif error is TopicAlreadyExistsError:
+            continue  # someone else created it between our list and create: fine
+        else:
+            message = rest[0] if rest and isinstance(rest[0], str) else ""
+            failures.append(f"{name}: {error.__name__} {message}".strip())
+    if failures:
+        raise TopicError(
+            f"broker {bootstrap_servers} refused to create topics: {'; '.join(failures)}. "
+            "Check partitions/replication factor against the cluster size and the configs "
+            "(JOURNEY_PARTITIONS, JOURNEY_REPLICATION_FACTOR, JOURNEY_RETENTION_MS)"
+        )
+    return created

@@ -1,0 +1,77 @@
+"""The worker's Prometheus metrics. Labels are bounded: never a customer id, never a free-form type."""
+
+from __future__ import annotations
+
+import time
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from journey.core.definition import JourneyDefinition
+from journey.core.events import CHANNELS
+from journey.core.stages import STAGES
+from journey.worker.pipeline import BatchResult
+
+#: Types outside the journey definition share one label value, so a producer sending random
+#: types cannot blow up the number of series.
+OTHER_TYPE = "other"
+
+
+class WorkerMetrics:
+    def __init__(self, definition: JourneyDefinition, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.known_types = (
+            set(definition.type_stage) | definition.purchase_types | definition.renewal_types
+            | definition.advocacy_types | definition.negative_types | {definition.review_type}
+        )
+        self.touchpoints = Counter(
+            "journey_touchpoints_consumed_total", "Touchpoints applied, by type and channel "
+            "(types outside the journey definition are labelled 'other')", ["type", "channel"], registry=r,
+        )
+        self.dead_letters = Counter("journey_dead_letters_total", "Records sent to the dead-letter topic, by reason", ["reason"], registry=r)
+        self.duplicates = Counter("journey_duplicate_touchpoints_total", "Touchpoints dropped as duplicate deliveries", registry=r)
+        self.rekeyed = Counter("journey_rekeyed_touchpoints_total", "Touchpoints re-published under their customer's key", registry=r)
+        self.transitions = Counter("journey_stage_transitions_total", "Stage transitions published", ["from_stage", "to_stage"], registry=r)
+        self.latency = Histogram(
+            "journey_event_to_transition_seconds",
+            "From a touchpoint's arrival in Kafka (record timestamp) to its transition being acknowledged",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "journey_batch_records", "Records per processed batch",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000), registry=r,
+        )
+        self.lag = Gauge("journey_consumer_lag", "Records not yet processed, per input partition", ["topic", "partition"], registry=r)
+        self.event_time = Gauge("journey_event_time_seconds", "Highest touchpoint event time seen (the event-time clock), epoch seconds", registry=r)
+        self.last_batch = Gauge("journey_last_batch_timestamp_seconds", "Wall-clock time of the last processed batch", registry=r)
+        self.customers = Gauge("journey_customers", "Customers standing in each stage (this worker's partitions)", ["stage"], registry=r)
+        for name in (*STAGES, "none"):
+            self.customers.labels(stage=name)
+        for ch in CHANNELS:
+            self.touchpoints.labels(type=OTHER_TYPE, channel=ch)
+
+    def observe_batch(self, result: BatchResult, n_records: int) -> None:
+        self.batch_size.observe(n_records)
+        known = self.known_types
+        counts: dict[tuple[str, str], int] = {}
+        for etype, channel, _kind in result.applied:
+            label = etype if etype in known else OTHER_TYPE
+            counts[(label, channel)] = counts.get((label, channel), 0) + 1
+        for (etype, channel), n in counts.items():
+            self.touchpoints.labels(type=etype, channel=channel).inc(n)
+        for reason in result.reasons:
+            self.dead_letters.labels(reason=reason).inc()
+        if result.duplicates:
+            self.duplicates.inc(result.duplicates)
+        if result.rekeyed:
+            self.rekeyed.inc(len(result.rekeyed))
+        for t in result.transitions:
+            self.transitions.labels(
+                from_stage=STAGES[t.from_stage] if t.from_stage >= 0 else "none", to_stage=STAGES[t.to_stage]
+            ).inc()
+        now = time.time()
+        for ts in result.trigger_timestamps:
+            self.latency.observe(max(0.0, now - ts))
+        if result.max_event_time is not None:
+            self.event_time.set(max(self.event_time._value.get(), result.max_event_time))
+        self.last_batch.set(now)

@@ -1,0 +1,1 @@
+"""Test-only helpers that must not depend on the journey package."""
