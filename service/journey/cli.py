@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"journey: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"journey {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -21,7 +21,7 @@ MAX_ID_LEN: Final[int] = 200
 MAX_TYPE_LEN: Final[int] = 100
 
 _TYPE_RE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
-_TS_RE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
+_TS_RE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
 _CURRENCY_RE = re.compile(r"[A-Z]{3}")
 
 
@@ -148,5 +148,5 @@ def _violation(field: str, value: Any, expected: str, event_id: Any = None) -> I
     if len(shown) > 80:
         shown = shown[:77] + "..."
     where = f"event {event_id!r}: " if isinstance(event_id, str) else ""
-    got = "missing" if value is None else f"got {shown}"
+    got = "it is missing or null" if value is None else f"got {shown}"
     return InvalidTouchpoint("schema_violation", f"{where}field {field} must be {expected}; {got}")

@@ -92,12 +92,16 @@ def apply(
     _remember(st.seen, eid, limits.dedupe_window)
 
     ts = tp.ts
+    last_touch_before = st.last_channel
     _record_touch(st, tp.channel, ts)
     kind = definition.classify(tp.type, tp.properties)
     target = NO_STAGE
     if kind is Kind.STAGED:
         target = definition.type_stage[tp.type]
     elif kind is Kind.PURCHASE:
+        if st.attribution is None:
+            # Last touch = the touch before the purchase itself (the purchase is not a channel's win).
+            st.attribution = [st.first_channel, last_touch_before or tp.channel]
         target = _record_purchase(st, tp, eid, limits)
     elif kind is Kind.RENEWAL:
         st.renewal_max = ts if st.renewal_max is None else max(st.renewal_max, ts)

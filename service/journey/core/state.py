@@ -31,7 +31,7 @@ class CustomerState:
         "stage", "reached", "events", "channels", "first_channel", "last_channel",
         "first_seen", "last_seen", "purchases", "purchase_days", "revenue",
         "first_purchase", "last_purchase", "orders", "days", "advocacy_max", "renewal_max",
-        "negatives", "last_negative", "seen", "recent", "extra",
+        "negatives", "last_negative", "seen", "recent", "partition", "attribution", "extra",
     )
 
     def __init__(self) -> None:
@@ -61,6 +61,11 @@ class CustomerState:
         self.seen: list[int] = []
         #: Recent transitions, oldest first: [from_stage, to_stage, at, trigger_type, channel].
         self.recent: list[list[Any]] = []
+        #: The Kafka partition this customer lives in (set by the worker), so the live aggregates
+        #: and timers of a partition can be rebuilt from the table after a rebalance.
+        self.partition: int | None = None
+        #: [first-touch channel, last-touch channel before the purchase] at the first purchase.
+        self.attribution: list[str | None] | None = None
         #: Room for other concerns' per-customer state (churn, pain points), kept in one record.
         self.extra: dict[str, Any] = {}
 
@@ -74,7 +79,8 @@ class CustomerState:
                 "pd": self.purchase_days, "rev": round(self.revenue, 4), "fp": self.first_purchase,
                 "lp": self.last_purchase, "o": self.orders, "d": self.days, "am": self.advocacy_max,
                 "rm": self.renewal_max, "ng": self.negatives, "nl": self.last_negative,
-                "sn": self.seen, "tr": self.recent, "x": self.extra,
+                "sn": self.seen, "tr": self.recent, "pt": self.partition, "at": self.attribution,
+                "x": self.extra,
             }
         )
 
@@ -103,6 +109,8 @@ class CustomerState:
         st.last_negative = d["nl"]
         st.seen = d["sn"]
         st.recent = d["tr"]
+        st.partition = d.get("pt")
+        st.attribution = d.get("at")
         st.extra = d.get("x") or {}
         return st
 
@@ -129,6 +137,9 @@ class CustomerState:
             "first_purchase": iso(self.first_purchase),
             "last_purchase": iso(self.last_purchase),
             "negative_signals": dict(self.negatives),
+            "purchase_attribution": (
+                {"first_touch": self.attribution[0], "last_touch": self.attribution[1]} if self.attribution else None
+            ),
             "recent_transitions": [
                 {
                     "from_stage": STAGES[f] if f is not None and f >= 0 else None,

@@ -80,6 +80,9 @@ async def true_highwaters(
             for tp, (offset, error) in retry.items():
                 pending[tp] = offset
                 last_error = f"{tp}: {error}"
+            if retry:
+                # Leadership may have moved (NotLeaderForPartition & co.): refresh before retrying.
+                await client.force_metadata_update()
         if not pending:
             break
         if time.monotonic() > deadline:
@@ -139,8 +142,6 @@ async def _fetch_highwaters(
                 # position answers just as well; the hint itself is the safest.
                 retry[tp] = (offsets[tp] + 1, error.__name__)
             else:
-                if getattr(error, "invalid_metadata", False):
-                    client.force_metadata_update()
                 retry[tp] = (offsets[tp], error.__name__)
     for tp, offset in offsets.items():
         if tp not in found and tp not in retry:

@@ -107,10 +107,13 @@ def create_app(settings: Settings, definition: JourneyDefinition | None = None) 
     customers = app.Table(
         TABLE_NAME,
         default=None,
-        schema=faust.Schema(key_type=str, key_serializer="journey_text", value_serializer="journey_state"),
         partitions=settings.partitions,
         extra_topic_configs={"retention.ms": str(settings.retention_ms)},
     )
+    # faust derives table serializers from model types only; set ours before the store and the
+    # changelog topic (both built lazily) are created.
+    customers.key_serializer = "journey_text"
+    customers.value_serializer = "journey_state"
     metrics = WorkerMetrics(definition)
     limits = Limits(dedupe_window=settings.dedupe_window, order_window=settings.order_window)
     pipeline = Pipeline(definition, limits)

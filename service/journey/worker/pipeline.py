@@ -110,6 +110,7 @@ class Pipeline:
             if outcome.duplicate:
                 out.duplicates += 1
                 continue
+            outcome.state.partition = rec.partition
             writes[key] = (rec, outcome.state, before)
             out.applied.append((tp.type, tp.channel, outcome.kind))
             if out.max_event_time is None or tp.ts > out.max_event_time:

@@ -101,7 +101,10 @@ def use_true_highwaters(app: faust.App) -> None:
             "worker starts"
         )
     url = app.conf.broker_consumer[0]
-    chosen = faust_drivers.by_url(url)
+    try:
+        chosen: object = faust_drivers.by_url(url)
+    except ImportError as exc:  # unknown scheme, or a driver whose client is not installed
+        chosen = exc
     if not (isinstance(chosen, type) and issubclass(chosen, faust_aiokafka.Transport)):
         raise RecoverySetupError(
             f"broker URL {str(url)!r} selects transport {chosen!r}, but true-highwater "

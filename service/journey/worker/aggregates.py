@@ -1,0 +1,177 @@
+"""The worker's live aggregates: one PartitionAggregate per owned input partition, published
+about every second to the aggregates topic for the sidecar.
+
+Invariant: for every partition p in ``parts``, ``parts[p]`` equals the aggregate of the table's
+states with ``state.partition == p``. It holds because
+- a batch's table writes and the matching ``remove(before) + add(after)`` happen in one
+  synchronous stretch (agents.handle_batch: write_states, then observe), so no other coroutine
+  ever sees one without the other;
+- a partition's aggregate is built from the table only once Faust has finished recovering the
+  table for it (the table's on_recover callback), before the partition's stream is resumed;
+- a partition we no longer own is dropped at the next assignment, and updates for partitions
+  without an aggregate are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from faust.types import TP
+
+from journey.core.aggregates import PartitionAggregate, summarize
+from journey.core.snapshot import Snapshot
+from journey.core.stages import STAGES
+from journey.worker.pipeline import BatchResult, Record
+
+if TYPE_CHECKING:
+    from journey.worker.app import JourneyApp
+
+log = logging.getLogger(__name__)
+
+PUBLISH_INTERVAL_S = 1.0
+
+
+class LiveAggregates:
+    def __init__(self, japp: "JourneyApp") -> None:
+        self.japp = japp
+        self.topic = japp.settings.topic_touchpoints
+        self.parts: dict[int, PartitionAggregate] = {}
+        #: Highest input offset processed per owned partition since its aggregate was built.
+        self.offsets: dict[int, int] = {}
+        #: Input partitions of the current assignment (some may still be recovering).
+        self.assigned: set[int] = set()
+        s = japp.settings
+        self.identity = f"{s.app_id}@{socket.gethostname()}:{s.web_port}/pid{os.getpid()}"
+        self._lag_labels: set[int] = set()
+
+    # --- the hot path ----------------------------------------------------------------------
+    def observe(self, records: Sequence[Record], result: BatchResult) -> None:
+        """Fold a batch's written states in; call it right after the states are written."""
+        parts, offsets = self.parts, self.offsets
+        for rec in records:
+            if rec.partition in parts and rec.offset > offsets.get(rec.partition, -1):
+                offsets[rec.partition] = rec.offset
+        for rec, state, before in result.writes.values():
+            agg = parts.get(rec.partition)
+            if agg is not None:
+                agg.remove(before)
+                agg.add(summarize(state))
+
+    # --- ownership -------------------------------------------------------------------------
+    def on_assigned(self, assigned: Iterable[TP]) -> None:
+        """A new assignment (the full set): forget partitions we no longer own."""
+        self.assigned = {tp.partition for tp in assigned if tp.topic == self.topic}
+        for p in list(self.parts):
+            if p not in self.assigned:
+                del self.parts[p]
+                self.offsets.pop(p, None)
+
+    def on_recovered(self) -> None:
+        """The table is complete for the assignment: build the aggregates of new partitions."""
+        missing = self.assigned - set(self.parts)
+        if not missing:
+            return
+        started = time.monotonic()
+        built = {p: PartitionAggregate() for p in missing}
+        scanned = 0
+        for state in self.japp.customers.values():
+            scanned += 1
+            agg = built.get(state.partition) if state is not None else None
+            if agg is not None:
+                agg.add(summarize(state))
+        self.parts.update(built)
+        log.info(
+            "aggregates of partition(s) %s rebuilt from %d table entries in %.0f ms",
+            sorted(missing), scanned, (time.monotonic() - started) * 1000,
+        )
+
+    # --- publishing ------------------------------------------------------------------------
+    def reflected_offset(self, p: int) -> int:
+        """The highest input offset a snapshot of p reflects (-1 when none is known)."""
+        # Right after a rebuild nothing is processed yet; the table then holds at least what
+        # the group committed for p (commits follow the state writes).
+        committed = self._committed(p)
+        return max(self.offsets.get(p, -1), (committed or 0) - 1)
+
+    def snapshots(self, now: float) -> list[Snapshot]:
+        return [
+            Snapshot(p, self.reflected_offset(p), self.identity, now, agg)
+            for p, agg in sorted(self.parts.items())
+        ]
+
+    async def publish(self) -> None:
+        app, settings = self.japp.app, self.japp.settings
+        snapshots = self.snapshots(time.time())
+        self.update_metrics()
+        if not snapshots:
+            return
+        producer = app.producer
+        pending = [
+            await producer.send(settings.topic_aggregates, str(s.partition).encode(), s.to_bytes(), None, None, None)
+            for s in snapshots
+        ]
+        await asyncio.gather(*pending)
+
+    def update_metrics(self) -> None:
+        metrics = self.japp.metrics
+        total = [0] * (len(STAGES) + 1)
+        for agg in self.parts.values():
+            for i, n in enumerate(agg.slots()):
+                total[i] += n
+        metrics.customers.labels(stage="none").set(total[0])
+        for i, name in enumerate(STAGES):
+            metrics.customers.labels(stage=name).set(total[i + 1])
+        # Consumer lag: the partition's end (from the last fetch) minus the next offset to process.
+        consumer = self.japp.app.consumer
+        for p in sorted(self.assigned):
+            try:
+                highwater = consumer.highwater(TP(self.topic, p))
+            except Exception:  # noqa: BLE001 - consumer not started or partition not fetched yet
+                highwater = None
+            if highwater is None:
+                continue
+            done = self.offsets.get(p)
+            position = done + 1 if done is not None else (self._committed(p) or 0)
+            metrics.lag.labels(topic=self.topic, partition=str(p)).set(max(0, highwater - position))
+            self._lag_labels.add(p)
+        for p in self._lag_labels - self.assigned:
+            try:
+                metrics.lag.remove(self.topic, str(p))
+            except KeyError:
+                pass
+        self._lag_labels &= self.assigned
+
+    def _committed(self, p: int) -> int | None:
+        try:
+            value = self.japp.app.consumer._committed_offset.get(TP(self.topic, p))
+        except Exception:  # noqa: BLE001 - faust internals; absent before the consumer starts
+            return None
+        return int(value) if value is not None else None
+
+
+def register(japp: "JourneyApp") -> LiveAggregates:
+    """Create the adapter and hook it to the app's rebalance, recovery and a 1 s timer."""
+    live = LiveAggregates(japp)
+    app = japp.app
+
+    async def on_partitions_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+        live.on_assigned(assigned)
+
+    async def on_recover() -> None:
+        live.on_recovered()
+
+    async def publish_aggregates() -> None:
+        try:
+            await live.publish()
+        except Exception:  # a failed tick must not stop the timer; the next one resends everything
+            log.exception("publishing the live aggregates failed; retrying in %.0f s", PUBLISH_INTERVAL_S)
+
+    app.on_partitions_assigned.connect(on_partitions_assigned, weak=False)
+    japp.customers.on_recover(on_recover)
+    app.timer(PUBLISH_INTERVAL_S, name="journey.publish-aggregates")(publish_aggregates)
+    return live

@@ -1,0 +1,193 @@
+"""The live aggregates and the funnel math: pure, no Kafka."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from journey.core.aggregates import (
+    PartitionAggregate,
+    bucket_of,
+    bucket_value,
+    merge,
+    summarize,
+)
+from journey.core.definition import load_definition
+from journey.core.events import CHANNELS, validate
+from journey.core.funnel import attribution, channel_report, funnel, median_of_buckets, no_stage_count, stage_counts
+from journey.core.machine import apply
+from journey.core.stages import STAGES
+from journey.core.state import CustomerState
+
+DEFINITION = load_definition(Path(__file__).resolve().parents[2] / "schemas" / "journey.yaml")
+TYPES = [
+    "page_view", "ad_click", "product_view", "search", "add_to_cart", "checkout_started",
+    "purchase", "subscription_renewed", "referral_sent", "support_ticket", "something_else",
+]
+T0 = 1_700_000_000.0
+
+
+def _events(seed: int, customers: int = 60, per_customer: int = 8) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for c in range(customers):
+        t = T0 + rng.uniform(0, 86400)
+        for i in range(rng.randint(1, per_customer)):
+            t += rng.expovariate(1 / 3600)
+            etype = rng.choice(TYPES)
+            props = {"order_id": f"o{c}-{rng.randint(0, 2)}", "amount": 10.0} if etype == "purchase" else {}
+            out.append(
+                {
+                    "event_id": f"e{c}-{i}", "customer_id": f"c{c}", "type": etype,
+                    "timestamp": _iso(t), "channel": rng.choice(sorted(CHANNELS)), "properties": props,
+                }
+            )
+    rng.shuffle(out)  # arrival order differs from event time: late events included
+    return out
+
+
+def _iso(ts: float) -> str:
+    from journey.core.clock import iso
+
+    return iso(ts)  # type: ignore[return-value]
+
+
+def _run(events: list[dict]) -> tuple[dict[str, CustomerState], PartitionAggregate]:
+    """Apply events one by one, keeping an aggregate by difference as the worker does."""
+    states: dict[str, CustomerState] = {}
+    agg = PartitionAggregate()
+    for e in events:
+        tp = validate(e)
+        before = summarize(states.get(tp.profile_id))
+        out = apply(states.get(tp.profile_id), tp, DEFINITION)
+        states[tp.profile_id] = out.state
+        agg.remove(before)
+        agg.add(summarize(out.state))
+    return states, agg
+
+
+def test_updating_by_difference_equals_a_recount() -> None:
+    states, agg = _run(_events(1))
+    assert agg == PartitionAggregate.of(states.values())
+    assert not agg.is_empty()
+
+
+def test_removing_every_customer_leaves_nothing() -> None:
+    states, agg = _run(_events(2))
+    for st in states.values():
+        agg.remove(summarize(st))
+    assert agg.is_empty()
+    assert agg.to_wire() == PartitionAggregate().to_wire()
+
+
+def test_wire_round_trip_through_json() -> None:
+    states, agg = _run(_events(3))
+    again = PartitionAggregate.from_wire(orjson.loads(orjson.dumps(agg.to_wire())))
+    assert again == agg
+    assert funnel(again) == funnel(agg)
+
+
+def test_wire_version_mismatch_is_explained() -> None:
+    with pytest.raises(ValueError, match="wire version"):
+        PartitionAggregate.from_wire({"v": 999})
+
+
+def test_merging_partitions_equals_the_whole() -> None:
+    states, _ = _run(_events(4, customers=90))
+    parts: dict[int, list[CustomerState]] = {}
+    for key, st in states.items():
+        parts.setdefault(hash(key) % 4, []).append(st)
+    merged = merge(PartitionAggregate.of(sts) for sts in parts.values())
+    assert merged == PartitionAggregate.of(states.values())
+
+
+def test_stage_counts_and_funnel_match_a_direct_count() -> None:
+    states, agg = _run(_events(5, customers=120))
+    by_stage = Counter(st.stage for st in states.values())
+    assert stage_counts(agg) == {name: by_stage.get(i, 0) for i, name in enumerate(STAGES)}
+    assert no_stage_count(agg) == by_stage.get(-1, 0)
+    rows = funnel(agg)
+    reached = [sum(1 for st in states.values() if st.stage >= i) for i in range(len(STAGES))]
+    assert [r["reached"] for r in rows] == reached
+    assert reached[0] > reached[-1] > 0  # the scenario exercises the whole funnel
+    for i, row in enumerate(rows):
+        assert row["conversion_overall"] == pytest.approx(reached[i] / reached[0])
+        if i == 0:
+            assert row["conversion_from_previous"] is None and row["drop_off"] is None
+        else:
+            assert row["conversion_from_previous"] == pytest.approx(reached[i] / reached[i - 1])
+            assert row["drop_off"] == reached[i - 1] - reached[i]
+
+
+def test_funnel_filtered_by_first_touch_channel() -> None:
+    states, agg = _run(_events(6, customers=120))
+    for ch in ("email", "ads"):
+        mine = [st for st in states.values() if st.first_channel == ch]
+        assert mine
+        rows = funnel(agg, first_touch=ch)
+        assert [r["reached"] for r in rows] == [sum(1 for st in mine if st.stage >= i) for i in range(len(STAGES))]
+    assert all(r["reached"] == 0 for r in funnel(agg, first_touch="nonexistent"))
+
+
+def test_median_time_between_stages_is_within_five_percent() -> None:
+    states, agg = _run(_events(7, customers=200))
+    for step in range(len(STAGES) - 1):
+        waits = sorted(
+            max(0.0, st.reached[step + 1] - st.reached[step])  # type: ignore[operator]
+            for st in states.values()
+            if st.reached[step] is not None and st.reached[step + 1] is not None
+        )
+        got = funnel(agg)[step + 1]["median_seconds_from_previous"]
+        if not waits:
+            assert got is None
+            continue
+        exact = waits[(len(waits) + 1) // 2 - 1]
+        if exact < 1.0:
+            assert got == 0.5
+        else:
+            assert abs(got - exact) <= 0.05 * exact, (step, got, exact)
+
+
+def test_buckets_are_fine_enough() -> None:
+    for seconds in (1.0, 1.7, 59.0, 3600.0, 86400 * 30.5, 3e8):
+        assert abs(bucket_value(bucket_of(seconds)) - seconds) <= 0.05 * seconds
+    assert bucket_of(0.2) == 0
+    assert median_of_buckets({}) is None
+    # lower median: ranks 1,2 -> rank 1
+    assert median_of_buckets({bucket_of(10): 1, bucket_of(1000): 1}) == bucket_value(bucket_of(10))
+
+
+def test_channels_and_attribution_match_a_direct_count() -> None:
+    events = _events(8, customers=120)
+    states, agg = _run(events)
+    report = channel_report(agg)
+    assert set(report) >= CHANNELS
+    applied = Counter()
+    for st in states.values():
+        applied.update(st.channels)
+    # independent of the states: every event id is unique, so every event was applied once
+    assert applied == Counter(e["channel"] for e in events)
+    for ch in CHANNELS:
+        touched = [st for st in states.values() if ch in st.channels]
+        assert report[ch]["touchpoints"] == applied[ch]
+        assert report[ch]["customers"] == len(touched)
+        assert report[ch]["reached"] == {name: sum(1 for st in touched if st.stage >= i) for i, name in enumerate(STAGES)}
+    buyers = [st for st in states.values() if st.attribution]
+    assert buyers
+    assert attribution(agg)["first_touch"] == dict(sorted(Counter(st.attribution[0] for st in buyers).items()))
+    assert attribution(agg)["last_touch"] == dict(sorted(Counter(st.attribution[1] for st in buyers).items()))
+
+
+def test_churn_levels_and_pain_points_from_state_extra() -> None:
+    a, b, c = CustomerState(), CustomerState(), CustomerState()
+    a.extra = {"churn_level": "high", "pain_points": {"cart_abandoned": 2}}
+    b.extra = {"churn": {"level": "low"}, "pain_points": ["stall", "cart_abandoned"]}
+    agg = PartitionAggregate.of([a, b, c])
+    assert agg.churn == {"high": 1, "low": 1}
+    assert agg.pain == {"cart_abandoned": 3, "stall": 1}
+    agg.remove(summarize(a))
+    assert agg.churn == {"low": 1} and agg.pain == {"cart_abandoned": 1, "stall": 1}

@@ -1,0 +1,246 @@
+"""The stage machine: rules, forward-only moves, skips, dedupe, orders, late events, odd types."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from journey.core.definition import Kind, load_definition
+from journey.core.events import validate
+from journey.core.machine import Limits, apply
+from journey.core.state import CustomerState
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFINITION = load_definition(ROOT / "schemas" / "journey.yaml")
+T0 = datetime(2024, 3, 1, 9, 0, tzinfo=timezone.utc)
+
+_ids = itertools.count()
+
+
+def tp(etype: str, minutes: float = 0, *, customer: str = "c1", event_id: str | None = None,
+       channel: str = "web_unused", **props: Any):
+    data: dict[str, Any] = {
+        "event_id": event_id or f"e{next(_ids)}",
+        "customer_id": customer,
+        "type": etype,
+        "timestamp": (T0 + timedelta(minutes=minutes)).isoformat(),
+    }
+    if channel != "web_unused":
+        data["channel"] = channel
+    if props:
+        data["properties"] = props
+    return validate(data)
+
+
+def run(events, state: CustomerState | None = None, limits: Limits = Limits()):
+    transitions = []
+    for e in events:
+        out = apply(state, e, DEFINITION, limits)
+        state = out.state
+        if out.transition:
+            transitions.append(out.transition.to_event())
+    return state, transitions
+
+
+def moves(transitions) -> list[tuple[str | None, str]]:
+    return [(t["from_stage"], t["to_stage"]) for t in transitions]
+
+
+def test_first_staged_event_creates_the_customer_in_that_stage():
+    state, ts = run([tp("product_view")])
+    assert moves(ts) == [(None, "consideration")]
+    assert ts[0]["skipped_stages"] == ["awareness"]
+    assert ts[0]["seconds_in_previous_stage"] is None
+    assert ts[0]["journey_version"] == DEFINITION.version
+
+
+def test_each_rule_maps_to_its_stage():
+    for etype, stage in [("ad_click", "awareness"), ("pricing_view", "consideration"),
+                         ("checkout_started", "decision"), ("purchase", "purchase")]:
+        _, ts = run([tp(etype)])
+        assert moves(ts) == [(None, stage)], etype
+
+
+def test_stages_only_move_forward():
+    state, ts = run([tp("add_to_cart", 0), tp("page_view", 1), tp("product_view", 2)])
+    assert moves(ts) == [(None, "decision")]
+    assert state.stage == 2
+
+
+def test_full_path_with_time_in_stage_and_skips():
+    state, ts = run([tp("ad_click", 0), tp("add_to_cart", 30), tp("purchase", 90, order_id="o1")])
+    assert moves(ts) == [(None, "awareness"), ("awareness", "decision"), ("decision", "purchase")]
+    assert ts[1]["skipped_stages"] == ["consideration"]
+    assert ts[1]["seconds_in_previous_stage"] == 30 * 60
+    assert ts[2]["seconds_in_previous_stage"] == 60 * 60
+    assert ts[2]["skipped_stages"] == []
+
+
+def test_duplicate_delivery_never_counts_twice():
+    e = tp("purchase", 0, event_id="same", amount=10)
+    state, ts = run([e, e, e])
+    assert moves(ts) == [(None, "purchase")]
+    assert state.purchases == 1 and state.revenue == 10 and state.events == 1
+    out = apply(state, e, DEFINITION)
+    assert out.duplicate and out.transition is None
+
+
+def test_dedupe_memory_is_bounded():
+    limits = Limits(dedupe_window=4)
+    state, _ = run([tp("page_view", i, event_id=f"x{i}") for i in range(10)], limits=limits)
+    assert len(state.seen) == 4
+    # The oldest ids fell out of the window: a very late duplicate of one counts again.
+    again = apply(state, tp("page_view", 0, event_id="x0"), DEFINITION, limits)
+    assert not again.duplicate
+
+
+def test_several_events_of_one_order_are_one_purchase():
+    state, ts = run([tp("purchase", 0, order_id="A", amount=5), tp("purchase", 1, order_id="A", amount=7)])
+    assert state.purchases == 1
+    assert state.revenue == 12  # each line carries its part of the order
+    assert moves(ts) == [(None, "purchase")]
+
+
+def test_a_second_distinct_order_is_retention():
+    state, ts = run([tp("purchase", 0, order_id="A"), tp("purchase", 60 * 24 * 5, order_id="B")])
+    assert moves(ts) == [(None, "purchase"), ("purchase", "retention")]
+    assert state.purchases == 2 and state.purchase_days == 2
+
+
+def test_purchases_without_order_id_are_distinct_by_event_id():
+    state, ts = run([tp("purchase", 0), tp("purchase", 5)])
+    assert moves(ts)[-1] == ("purchase", "retention")
+    assert state.purchase_days == 1  # same UTC day
+
+
+def test_integer_order_ids_match_their_text():
+    state, _ = run([tp("purchase", 0, order_id=42), tp("purchase", 1, order_id="42")])
+    assert state.purchases == 1
+
+
+def test_renewal_after_a_purchase_is_retention_and_before_one_is_nothing():
+    _, ts = run([tp("subscription_renewed", 0)])
+    assert ts == []
+    _, ts = run([tp("purchase", 0, order_id="A"), tp("subscription_renewed", 10)])
+    assert moves(ts)[-1] == ("purchase", "retention")
+
+
+def test_advocacy_only_once_the_customer_has_purchased():
+    state, ts = run([tp("review_submitted", 0, rating=5), tp("referral_sent", 1), tp("social_share", 2)])
+    assert ts == [] and state.stage == -1
+    state, ts = run([tp("purchase", 0, order_id="A"), tp("review_submitted", 5, rating=4)])
+    assert moves(ts)[-1] == ("purchase", "advocacy")
+    assert ts[-1]["skipped_stages"] == ["retention"]
+
+
+def test_ratings_between_bad_and_good_change_nothing():
+    state, ts = run([tp("purchase", 0, order_id="A"), tp("review_submitted", 5, rating=3)])
+    assert state.stage == 3 and state.negatives == {}
+
+
+def test_negative_signals_are_kept_without_moving():
+    state, ts = run([tp("page_view", 0), tp("complaint", 1), tp("support_ticket", 2),
+                     tp("review_submitted", 3, rating=1), tp("refund", 4), tp("unsubscribe", 5), tp("return", 6)])
+    assert moves(ts) == [(None, "awareness")]
+    assert state.negatives == {"complaint": 1, "support_ticket": 1, "review_submitted": 1,
+                               "refund": 1, "unsubscribe": 1, "return": 1}
+    assert state.last_negative is not None
+
+
+def test_unknown_types_are_counted_and_change_nothing():
+    state, ts = run([tp("wishlist_add", 0, channel="email")])
+    assert ts == [] and state.stage == -1 and state.events == 1
+    assert state.channels == {"email": 1}
+    assert DEFINITION.classify("wishlist_add", {}) is Kind.OTHER
+
+
+def test_late_event_is_applied_by_the_same_rules():
+    # The purchase arrives before the earlier add_to_cart: the cart changes no stage, but its time is kept.
+    state, ts = run([tp("purchase", 60, order_id="A"), tp("add_to_cart", 0)])
+    assert moves(ts) == [(None, "purchase")]
+    assert state.reached[2] == (T0).timestamp()
+    assert state.first_seen == T0.timestamp()
+
+
+def test_late_purchase_makes_an_earlier_arrived_review_count():
+    # Review (after the purchase in event time) arrives first, the purchase late.
+    state, ts = run([tp("review_submitted", 10, rating=5), tp("purchase", 0, order_id="A")])
+    assert state.stage == 5
+    assert moves(ts) == [(None, "advocacy")]
+    # purchase was reached on the way, retention was not
+    assert ts[0]["skipped_stages"] == ["awareness", "consideration", "decision", "retention"]
+
+
+def test_review_before_the_purchase_in_event_time_never_counts():
+    state, _ = run([tp("purchase", 10, order_id="A"), tp("review_submitted", 0, rating=5)])
+    assert state.stage == 3
+
+
+def _journey(rng: random.Random) -> list:
+    types = ["ad_click", "page_view", "product_view", "search", "add_to_cart", "checkout_started",
+             "purchase", "purchase", "subscription_renewed", "review_submitted", "referral_sent",
+             "complaint", "wishlist_add", "social_share"]
+    events = []
+    for i in range(rng.randint(1, 9)):
+        etype = rng.choice(types)
+        props: dict[str, Any] = {}
+        if etype == "purchase":
+            props["order_id"] = rng.choice(["o1", "o2", "o3"])
+        if etype == "review_submitted":
+            props["rating"] = rng.randint(1, 5)
+        events.append(tp(etype, rng.randint(0, 1000), **props))
+    return events
+
+
+def test_final_stage_never_depends_on_arrival_order():
+    rng = random.Random(3)
+    for _ in range(300):
+        events = _journey(rng)
+        final = run(events)[0].stage
+        for _ in range(5):
+            shuffled = events[:]
+            rng.shuffle(shuffled)
+            assert run(shuffled)[0].stage == final, [(e.type, e.ts, e.properties) for e in shuffled]
+
+
+def test_transition_ids_are_deterministic():
+    events = [tp("ad_click", 0, event_id="a"), tp("purchase", 1, event_id="b", order_id="o")]
+    _, first = run(events)
+    _, again = run(events)
+    assert [t["transition_id"] for t in first] == [t["transition_id"] for t in again]
+    assert len({t["transition_id"] for t in first}) == 2
+
+
+def test_first_and_last_touch_follow_event_time():
+    state, _ = run([tp("page_view", 10, channel="email"), tp("ad_click", 0, channel="ads"),
+                    tp("product_view", 20, channel="direct")])
+    assert state.first_channel == "ads" and state.last_channel == "direct"
+    assert state.channels == {"email": 1, "ads": 1, "direct": 1}
+
+
+def test_purchase_attribution_takes_first_touch_and_the_touch_before_the_purchase():
+    state, _ = run([tp("ad_click", 0, channel="ads"), tp("email_open", 5, channel="email"),
+                    tp("purchase", 9, channel="store", order_id="A")])
+    assert state.attribution == ["ads", "email"]
+
+
+def test_state_round_trips_through_its_wire_encoding():
+    state, _ = run([tp("ad_click", 0, channel="ads"), tp("purchase", 9, order_id="A", amount=3.5),
+                    tp("complaint", 12), tp("review_submitted", 20, rating=5)])
+    again = CustomerState.from_wire(state.to_wire())
+    assert again.to_wire() == state.to_wire()
+    assert again.to_public() == state.to_public()
+
+
+def test_state_stays_compact_for_a_busy_customer():
+    events = [tp("page_view", i) for i in range(200)] + [tp("purchase", 300 + i, order_id=f"o{i}") for i in range(50)]
+    state, _ = run(events)
+    assert len(state.seen) == Limits().dedupe_window
+    assert len(state.orders) == Limits().order_window
+    assert state.purchases == 50
+    assert len(state.to_wire()) < 1500
