@@ -1,14 +1,18 @@
-"""Churn-score benchmark on the full CDNOW master file (BG/NBD vs recency alone).
+"""Churn-score benchmark on the full CDNOW master file: the score the worker computes vs recency.
 
 Split (FHL 2005): calibration = purchases up to 1997-09-30, holdout = the next 39 weeks
-(1997-10-01 .. 1998-06-30). Label = the customer makes no purchase in the holdout. Scores are
-computed from the calibration period only; nothing is tuned on the holdout.
+(1997-10-01 .. 1998-06-30), H = 39 weeks. Label = the customer makes no purchase in the holdout.
+The score is computed exactly as the worker and `journey churn score` compute it: the params
+are fitted with `journey churn fit`'s code on the calibration period only (BG/NBD + its
+backtest calibration, which also stays inside the calibration period), the touchpoints are
+folded through journey.core.machine.apply and scored by journey.churn.update. Nothing is fitted
+on the holdout.
 
-    python bench/churn_auc.py [--master data/cdnow/CDNOW_master.txt] [--write-params PATH]
+    python bench/churn_auc.py [--master data/cdnow/CDNOW_master.txt]
 
-``--write-params schemas/churn-params.json`` also writes the calibration fit as the shipped
-default params file. The last line is machine-readable:
-``auc_score=0.xxx auc_recency=0.xxx n=...``.
+The shipped default params (90-day horizon) come from
+``journey churn fit data/cdnow/CDNOW_master.txt --format cdnow --until 1997-09-30 --out schemas/churn-params.json``.
+The last line is machine-readable: ``auc_score=0.xxx auc_recency=0.xxx ... n=...``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -25,24 +30,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "service"))
 
 from journey.churn import bgnbd  # noqa: E402
+from journey.churn.offline import fit_model, fold, parse_as_of, read_touchpoints, score_all  # noqa: E402
+from journey.churn.risk import RiskConfig  # noqa: E402
+from journey.churn.update import ChurnConfig  # noqa: E402
+from journey.core.definition import load_definition  # noqa: E402
 
 CALIBRATION_END = date(1997, 9, 30)
 HOLDOUT_WEEKS = 39
 TIME_UNIT_DAYS = 7.0
-
-
-def read_master(path: Path) -> list[tuple[str, date]]:
-    """(customer_id, purchase date) from CDNOW_master.txt (header line, then id date cds dollars)."""
-    rows = []
-    with path.open(encoding="ascii") as fh:
-        next(fh)  # header
-        for line in fh:
-            fields = line.split()
-            if not fields:
-                continue
-            d = fields[1]
-            rows.append((fields[0], date(int(d[:4]), int(d[4:6]), int(d[6:8]))))
-    return rows
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -68,55 +63,70 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--master", type=Path, default=REPO / "data/cdnow/CDNOW_master.txt")
-    parser.add_argument("--write-params", type=Path, default=None, help="also save the calibration fit here")
     args = parser.parse_args(argv)
 
-    rows = read_master(args.master)
+    definition = load_definition(REPO / "schemas/journey.yaml")
+    horizon_days = HOLDOUT_WEEKS * 7.0
+    until = parse_as_of(CALIBRATION_END.isoformat())
     holdout_end = CALIBRATION_END + timedelta(weeks=HOLDOUT_WEEKS)
-    horizon = HOLDOUT_WEEKS * 7 / TIME_UNIT_DAYS
+    touchpoints = read_touchpoints(args.master, "cdnow")
 
     started = time.perf_counter()
-    churn, result = bgnbd.fit_churn_params(
-        rows,
-        until=CALIBRATION_END,
-        time_unit_days=TIME_UNIT_DAYS,
+    model, report = fit_model(
+        touchpoints, definition, until=until, time_unit_days=TIME_UNIT_DAYS, horizon_days=horizon_days,
         source=f"data/cdnow/{args.master.name} (calibration to {CALIBRATION_END})",
     )
     fit_s = time.perf_counter() - started
-    ids, x, t_x, T = bgnbd.summaries(rows, until=CALIBRATION_END, time_unit_days=TIME_UNIT_DAYS)
-    bought_in_holdout = {cid for cid, d in rows if CALIBRATION_END < d <= holdout_end}
-    churned = np.array([cid not in bought_in_holdout for cid in ids])
+    config = ChurnConfig(risk=RiskConfig(horizon_days=horizon_days))
 
-    p = churn.params
-    score = bgnbd.p_no_purchase_within_batch(p, x, t_x, T, horizon)
-    recency = T - t_x  # time since last purchase, higher = riskier
-    dead = 1.0 - bgnbd.p_alive_batch(p, x, t_x, T)
-    scalar = np.array([bgnbd.p_no_purchase_within(p, *row, horizon) for row in zip(x, t_x, T)])
-    assert np.allclose(scalar, score, rtol=1e-9, atol=1e-12), "scalar and batch scores disagree"
+    def worker_scores(m) -> tuple[list[str], np.ndarray]:
+        folded = fold(touchpoints, definition, config, until=until)
+        rows = list(score_all(folded, until, m, config))
+        return [r.customer_id for r in rows], np.array([r.score for r in rows])
 
-    repeat = x > 0
+    started = time.perf_counter()
+    ids, score = worker_scores(model)
+    score_s = time.perf_counter() - started
+    _, plain = worker_scores(replace(model, calibration=None))
+
+    holdout_start = parse_as_of(CALIBRATION_END.isoformat())
+    holdout_stop = parse_as_of(holdout_end.isoformat())
+    bought = {tp.profile_id for tp in touchpoints if holdout_start < tp.ts <= holdout_stop}
+    churned = np.array([cid not in bought for cid in ids])
+    # Recency baseline from the same calibration summaries (weeks since the last purchase day).
+    sids, x, t_x, T = bgnbd.summaries(
+        [(tp.profile_id, tp.ts) for tp in touchpoints if tp.ts <= until], until=CALIBRATION_END, time_unit_days=TIME_UNIT_DAYS
+    )
+    assert sids and sorted(sids) == sorted(ids), "the worker path and the summaries disagree on the customers"
+    order = {cid: i for i, cid in enumerate(sids)}
+    idx = np.array([order[cid] for cid in ids])
+    x, t_x, T = x[idx], t_x[idx], T[idx]
+    recency = T - t_x
+
+    p = model.params.params
+    fit = report["fit"]
+    cal = report.get("calibration", {})
     print(f"CDNOW master: {len(ids)} customers, calibration to {CALIBRATION_END}, "
-          f"holdout to {holdout_end} (H = {horizon:g} weeks)")
+          f"holdout to {holdout_end} (H = {HOLDOUT_WEEKS} weeks)")
     print(f"fit ({fit_s:.1f}s): r={p.r:.4f} alpha={p.alpha:.4f} a={p.a:.4f} b={p.b:.4f} "
-          f"LL={result.log_likelihood:.1f} converged={result.converged} degenerate={result.degenerate}")
-    print(f"churned (no holdout purchase): {churned.mean():.1%}")
+          f"LL={fit['log_likelihood']:.1f} converged={fit['converged']} degenerate={fit['degenerate']}")
+    if model.calibration is not None:
+        print(f"backtest calibration: cut {cal['cut_day']}, {cal['label_window_days']}-day label window, "
+              f"weights {dict(zip(('log_odds', 'recency', 'repeat_days', 'order_value'), (round(w, 3) for w in model.calibration.weights)))}")
+    else:
+        print(f"backtest calibration skipped: {cal.get('skipped')}")
+    print(f"worker-path scoring of {len(ids)} customers: {score_s:.1f}s; churned (no holdout purchase): {churned.mean():.1%}")
     print()
-    print(f"{'segment':<22}{'n':>7}{'churn%':>8}{'AUC score':>11}{'AUC recency':>13}{'AUC 1-P(alive)':>16}")
+    repeat = x > 0
+    print(f"{'segment':<22}{'n':>7}{'churn%':>8}{'AUC score':>11}{'AUC BG/NBD':>12}{'AUC recency':>13}")
     for name, mask in (("all", np.ones(len(ids), bool)), ("one-time (x=0)", ~repeat), ("repeat (x>0)", repeat)):
-        n = int(mask.sum())
-        row = f"{name:<22}{n:>7}{churned[mask].mean():>8.1%}"
-        row += f"{roc_auc(score[mask], churned[mask]):>11.3f}{roc_auc(recency[mask], churned[mask]):>13.3f}"
-        alive_auc = roc_auc(dead[mask], churned[mask]) if churned[mask].any() and (~churned[mask]).any() else float("nan")
-        row += f"{alive_auc:>16.3f}" if name != "one-time (x=0)" else f"{'(const)':>16}"
+        row = f"{name:<22}{int(mask.sum()):>7}{churned[mask].mean():>8.1%}"
+        row += f"{roc_auc(score[mask], churned[mask]):>11.3f}{roc_auc(plain[mask], churned[mask]):>12.3f}"
+        row += f"{roc_auc(recency[mask], churned[mask]):>13.3f}"
         print(row)
 
-    if args.write_params is not None:
-        bgnbd.save_params(args.write_params, churn)
-        print(f"\nwrote {args.write_params} (version {churn.version})")
-
-    auc_score = roc_auc(score, churned)
-    auc_recency = roc_auc(recency, churned)
-    print(f"auc_score={auc_score:.3f} auc_recency={auc_recency:.3f} n={len(ids)}")
+    print(f"auc_score={roc_auc(score, churned):.3f} auc_recency={roc_auc(recency, churned):.3f} "
+          f"auc_bgnbd={roc_auc(plain, churned):.3f} n={len(ids)}")
     return 0
 
 

@@ -51,6 +51,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sidecar(args: argparse.Namespace) -> int:
+    from journey.sidecar.app import run_sidecar
+
+    run_sidecar(_settings(args))
+    return 0
+
+
+def cmd_churn(args: argparse.Namespace) -> int:
+    from journey.churn.offline import run
+
+    return run(args, _settings(args))
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from journey.dev import run_dev
 
@@ -70,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", parents=[common], help="run a journey worker (scale out: run more, same group)")
     p.set_defaults(func=cmd_worker)
 
+    p = sub.add_parser("sidecar", parents=[common], help="serve live counts, funnel, channels, /metrics and the live page (port: JOURNEY_SIDECAR_PORT)")
+    p.set_defaults(func=cmd_sidecar)
+
     p = sub.add_parser("topics", parents=[common], help="create the journey topics (idempotent)")
     p.set_defaults(func=cmd_topics)
 
@@ -80,6 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", default=None, help="target topic (default: the touchpoints topic)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("churn", help="fit the churn model, or score every customer of a file as of a date")
+    churn = p.add_subparsers(dest="churn_command", required=True)
+    for name, helptext in (("fit", "fit the churn params from history"), ("score", "print CSV customer_id,score,level,reasons")):
+        c = churn.add_parser(name, help=helptext)
+        c.add_argument("file", type=Path, help="the file (or, for completejourney, the directory)")
+        c.add_argument("--format", required=True, choices=["jsonl", "cdnow", "completejourney"])
+        c.add_argument("--horizon-days", type=float, default=None, help="churn horizon H (default: the worker's, 90)")
+        c.set_defaults(func=cmd_churn)
+    churn.choices["fit"].add_argument("--until", required=True, help="last day of the history to fit on (YYYY-MM-DD)")
+    churn.choices["fit"].add_argument("--out", type=Path, required=True, help="where to write the params file")
+    churn.choices["fit"].add_argument("--time-unit-days", type=float, default=7.0, help="the model's time unit (7 = weeks)")
+    churn.choices["fit"].add_argument("--no-calibration", action="store_true", help="plain BG/NBD: skip the backtest calibration")
+    churn.choices["score"].add_argument("--as-of", required=True, help="YYYY-MM-DD (that whole UTC day) or an RFC 3339 time")
+    churn.choices["score"].add_argument("--params", type=Path, default=None, help="params file (default: the worker's)")
 
     p = sub.add_parser("dev", parents=[common], help="the embedded default: broker, topics, worker, sidecar and a live feed")
     p.add_argument("--rate", type=float, default=float(os.environ.get("JOURNEY_DEV_RATE", 40)), help="touchpoints per second of the feed")

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -43,7 +42,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env = {}
     for f in ("bootstrap_servers", "app_id", "topic_touchpoints", "topic_transitions", "topic_dead_letter",
               "topic_churn_risk", "topic_pain_points", "topic_aggregates", "partitions", "session_timeout_s",
-              "api_token", "batch_size"):
+              "api_token", "batch_size", "store"):
         value = getattr(settings, f)
         if value is not None:
             env[f"JOURNEY_{f.upper()}"] = str(value)
@@ -109,25 +108,41 @@ async def create_topics(settings: Settings) -> None:
     await ensure_topics(settings.bootstrap_servers, all_topic_specs(settings))
 
 
+def probe_keys(partitions: int) -> list[str]:
+    """One probe customer per partition (the producer's default murmur2 partitioner)."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    partitioner = DefaultPartitioner()
+    run = uuid.uuid4().hex[:8]
+    keys: dict[int, str] = {}
+    i = 0
+    while len(keys) < partitions:
+        key = f"__probe__{run}-{i}"
+        keys.setdefault(partitioner(key.encode(), list(range(partitions)), list(range(partitions))), key)
+        i += 1
+    return list(keys.values())
+
+
 async def wait_until_processing(settings: Settings, workers: list[WorkerProcess], timeout_s: float = 120) -> None:
-    """Send a probe touchpoint and wait for its transition: the group has joined and recovered."""
-    probe_customer = f"__probe__{uuid.uuid4().hex[:8]}"
-    event = {"event_id": probe_customer, "customer_id": probe_customer, "type": "page_view",
-             "timestamp": datetime.now(timezone.utc).isoformat()}
-    await produce(settings.bootstrap_servers, settings.topic_touchpoints, [touchpoint_record(event)])
-    start = time.monotonic()
+    """Send a probe touchpoint to every partition and wait for all their transitions: the group
+    has joined, every partition is owned and its state recovered."""
+    probes = set(probe_keys(settings.partitions))
+    now = datetime.now(timezone.utc).isoformat()
+    await produce(settings.bootstrap_servers, settings.topic_touchpoints, [
+        touchpoint_record({"event_id": p, "customer_id": p, "type": "page_view", "timestamp": now}) for p in probes
+    ])
 
     def seen(msgs: list) -> bool:
         for w in workers:
             if not w.alive():
                 raise AssertionError(f"worker died while starting:\n{w.log_tail()}")
-        return any(m.get("customer_id") == probe_customer for m in msgs)
+        return probes <= {m.get("customer_id") for m in msgs}
 
     msgs = await read_all(settings.bootstrap_servers, settings.topic_transitions, until=seen, timeout_s=timeout_s)
-    if not any(m.get("customer_id") == probe_customer for m in msgs):
+    missing = probes - {m.get("customer_id") for m in msgs}
+    if missing:
         tails = "\n---\n".join(w.log_tail() for w in workers)
-        raise AssertionError(f"no transition for the probe within {timeout_s}s; worker logs:\n{tails}")
-    print(f"workers processing after {time.monotonic() - start:.1f}s")
+        raise AssertionError(f"no transition for {len(missing)} probes within {timeout_s}s; worker logs:\n{tails}")
 
 
 def is_probe(customer_id: str | None) -> bool:

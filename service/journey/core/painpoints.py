@@ -7,7 +7,7 @@
   stage).
 
 The per-customer memory is kept compact in ``CustomerState.extra["pain"]``:
-``{"c": [[cart_ts, channel], ...] open carts, "r": latest resolved cart ts,
+``{"c": [[cart_ts, channel], ...] open carts, "r": cart events up to this time are decided,
 "a": [abandoned count, last abandonment time], "s": stage whose stall was reported}``;
 absent keys mean "nothing".
 """
@@ -72,7 +72,7 @@ def note_touchpoint(state: CustomerState, event_type: str, ts: float, channel: s
         if pain and pain.get("c"):
             w = config.abandonment_window_s
             for cart in [c for c in pain["c"] if c[0] <= ts <= c[0] + w]:
-                _resolve(pain, cart)
+                _resolve(pain, cart, ts)
             _store(state, pain)
 
 
@@ -84,9 +84,9 @@ def evaluate(state: CustomerState, now: float, config: PainConfig) -> list[PainP
     for cart in sorted(pain.get("c") or (), key=lambda c: c[0]):
         ts, channel = cart
         if _purchased_within(state, ts, w):
-            _resolve(pain, cart)
+            _resolve(pain, cart, state.last_purchase)  # type: ignore[arg-type]
         elif now >= ts + w:
-            _resolve(pain, cart)
+            _resolve(pain, cart, ts + w)
             count, _ = pain.get("a") or (0, None)
             pain["a"] = [count + 1, ts + w]
             found.append(
@@ -152,9 +152,11 @@ def _purchased_within(state: CustomerState, ts: float, window: float) -> bool:
     return last is not None and ts <= last <= ts + window
 
 
-def _resolve(pain: dict[str, Any], cart: list[Any]) -> None:
+def _resolve(pain: dict[str, Any], cart: list[Any], decided_until: float) -> None:
+    """Close ``cart``: cart events up to ``decided_until`` (the purchase, or the window's end)
+    belonged to it, so a replay of one of them cannot open a new cart."""
     pain["c"] = [c for c in pain.get("c", []) if c[0] != cart[0]]
-    pain["r"] = max(pain.get("r", cart[0]), cart[0])
+    pain["r"] = max(pain.get("r", decided_until), decided_until)
 
 
 def _store(state: CustomerState, pain: dict[str, Any]) -> None:

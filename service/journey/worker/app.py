@@ -8,10 +8,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
+from typing import Any
 
 import faust
 from faust.serializers import codecs
 
+from journey.core.aggregates import summarize
 from journey.core.definition import JourneyDefinition, load_definition
 from journey.core.machine import Limits
 from journey.core.state import CustomerState
@@ -48,6 +51,17 @@ codecs.register("journey_state", StateCodec())
 codecs.register("journey_text", TextCodec())
 
 
+class CustomerTable(faust.Table):
+    """The customer table, with journey's own key and state codecs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # faust derives table serializers from model classes only. Set ours here, before the app
+        # registers the table and builds its changelog topic (and the topic's deserializers).
+        self.key_serializer = "journey_text"
+        self.value_serializer = "journey_state"
+
+
 def changelog_topic_name(settings: Settings) -> str:
     return f"{settings.app_id}-{TABLE_NAME}-changelog"
 
@@ -63,11 +77,17 @@ class JourneyApp:
     customers: faust.Table
     pipeline: Pipeline
     metrics: WorkerMetrics
+    # --- live aggregates (issue 4): set by worker/aggregates.register
+    aggregates: Any = None
+    # --- churn risk and pain points (issue 3): set by worker/churn.register
+    churn: Any = None
 
 
 def create_app(settings: Settings, definition: JourneyDefinition | None = None) -> JourneyApp:
     """Build the worker's Faust app from settings (the CLI, `journey dev` and the tests all use this)."""
     from journey.worker import agents, recovery, views
+    from journey.worker import aggregates as live_aggregates
+    from journey.worker import churn as churn_risk
 
     definition = definition or load_definition(settings.journey_path)
     data_dir = settings.data_dir / f"{settings.app_id}-data"
@@ -104,20 +124,23 @@ def create_app(settings: Settings, definition: JourneyDefinition | None = None) 
         partitions=settings.partitions,
         retention=timedelta(milliseconds=settings.retention_ms),
     )
-    customers = app.Table(
-        TABLE_NAME,
-        default=None,
-        partitions=settings.partitions,
-        extra_topic_configs={"retention.ms": str(settings.retention_ms)},
+    customers = app.tables.add(
+        CustomerTable(
+            app,
+            name=TABLE_NAME,
+            default=None,
+            beacon=app.tables.beacon,
+            partitions=settings.partitions,
+            extra_topic_configs={"retention.ms": str(settings.retention_ms)},
+        )
     )
-    # faust derives table serializers from model types only; set ours before the store and the
-    # changelog topic (both built lazily) are created.
-    customers.key_serializer = "journey_text"
-    customers.value_serializer = "journey_state"
     metrics = WorkerMetrics(definition)
     limits = Limits(dedupe_window=settings.dedupe_window, order_window=settings.order_window)
-    pipeline = Pipeline(definition, limits)
+    # --- live aggregates (issue 4): the pipeline hands over each customer's summary before the batch
+    pipeline = Pipeline(definition, limits, summarize=summarize)
     japp = JourneyApp(app, settings, definition, touchpoints, customers, pipeline, metrics)
+    japp.aggregates = live_aggregates.register(japp)
+    japp.churn = churn_risk.register(japp)
     agents.register(japp)
     views.register(japp)
     return japp

@@ -1,0 +1,93 @@
+"""An index of customers by when their churn level or pain-point state would next change.
+
+A timer over millions of customers must not scan them all on every tick: the index is a binary
+heap of (due time, customer) with lazy invalidation. Re-scheduling a customer only pushes a new
+entry and records the current due time in a dict; an entry that no longer matches the dict is
+skipped when it surfaces. Popping what is due costs O(k log n) for k due customers. The heap is
+compacted when stale entries outnumber live ones, so memory stays O(customers).
+
+Each entry remembers the customer's partition, so a rebalance can drop what this worker no
+longer owns; the due times also live in the customers' state, so the index of newly assigned
+partitions is rebuilt from the table (:meth:`DueIndex.rebuild`).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Collection, Iterable
+
+
+class DueIndex:
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, str]] = []
+        #: customer -> (due time, partition): the only entry of theirs that counts.
+        self._due: dict[str, tuple[float, int | None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._due
+
+    def due_time(self, key: str) -> float | None:
+        entry = self._due.get(key)
+        return entry[0] if entry is not None else None
+
+    def schedule(self, key: str, due: float | None, partition: int | None = None) -> None:
+        """Set (or, with ``due=None``, remove) when ``key`` must be looked at again."""
+        if due is None:
+            self._due.pop(key, None)
+            return
+        current = self._due.get(key)
+        self._due[key] = (due, partition)
+        if current is None or current[0] != due:
+            heapq.heappush(self._heap, (due, key))
+            self._maybe_compact()
+
+    def pop_due(self, now: float, limit: int | None = None) -> list[str]:
+        """Customers due at or before ``now`` (earliest first, at most ``limit``), removed from the index."""
+        heap, due = self._heap, self._due
+        out: list[str] = []
+        while heap and heap[0][0] <= now and (limit is None or len(out) < limit):
+            when, key = heapq.heappop(heap)
+            entry = due.get(key)
+            if entry is not None and entry[0] == when:
+                del due[key]
+                out.append(key)
+        return out
+
+    def next_due(self) -> float | None:
+        """The earliest live due time (drops stale entries it passes)."""
+        heap, due = self._heap, self._due
+        while heap:
+            when, key = heap[0]
+            entry = due.get(key)
+            if entry is not None and entry[0] == when:
+                return when
+            heapq.heappop(heap)
+        return None
+
+    def drop_partitions(self, partitions: Collection[int]) -> int:
+        """Forget the customers of ``partitions`` (revoked from this worker); return how many."""
+        gone = [k for k, (_, p) in self._due.items() if p in partitions]
+        for k in gone:
+            del self._due[k]
+        self._maybe_compact()
+        return len(gone)
+
+    def rebuild(self, entries: Iterable[tuple[str, float | None, int | None]]) -> None:
+        """Add (customer, due, partition) entries, e.g. read back from the table; None = nothing due."""
+        for key, due, partition in entries:
+            if due is not None:
+                self._due[key] = (due, partition)
+        self._heap = [(due, key) for key, (due, _) in self._due.items()]
+        heapq.heapify(self._heap)
+
+    def clear(self) -> None:
+        self._heap.clear()
+        self._due.clear()
+
+    def _maybe_compact(self) -> None:
+        if len(self._heap) > 2 * len(self._due) + 1024:
+            self._heap = [(due, key) for key, (due, _) in self._due.items()]
+            heapq.heapify(self._heap)

@@ -1,0 +1,68 @@
+"""One customer's churn and pain-point update as of an event time: the step the worker's batch
+hook, its timer and ``journey churn score`` all take, so they cannot disagree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from journey.churn.risk import LEVELS, LOW, ChurnModel, Risk, RiskConfig, StageTimes, assess, record
+from journey.core import painpoints
+from journey.core.clock import iso
+from journey.core.painpoints import PainConfig, PainPoint
+from journey.core.state import CustomerState
+
+
+@dataclass(frozen=True)
+class ChurnConfig:
+    risk: RiskConfig = field(default_factory=RiskConfig)
+    pain: PainConfig = field(default_factory=PainConfig)
+
+
+@dataclass(slots=True)
+class Update:
+    risk: Risk
+    previous_level: int | None
+    pains: list[PainPoint]
+    #: When this customer must be looked at again (None: only when an event arrives).
+    due: float | None
+
+    @property
+    def level_changed(self) -> bool:
+        # A customer seen for the first time "was" low: only a first medium/high is news.
+        before = LOW if self.previous_level is None else self.previous_level
+        return self.risk.level != before
+
+    def churn_event(self, customer_id: str, model: ChurnModel) -> dict[str, Any]:
+        r = self.risk
+        return {
+            "customer_id": customer_id,
+            "score": r.score,
+            "level": r.level_name,
+            "previous_level": LEVELS[self.previous_level] if self.previous_level is not None else None,
+            "reasons": r.reasons,
+            "at": iso(r.at),
+            "model": {"name": model.name, "version": model.version},
+        }
+
+
+def note_touchpoint(state: CustomerState, event_type: str, ts: float, channel: str, config: ChurnConfig) -> None:
+    """What the update needs to know of each applied touchpoint (carts and purchases)."""
+    painpoints.note_touchpoint(state, event_type, ts, channel, config.pain)
+
+
+def update(
+    state: CustomerState,
+    at: float,
+    model: ChurnModel,
+    config: ChurnConfig,
+    stage_times: StageTimes | None = None,
+) -> Update:
+    """Pain points due by ``at``, then the churn risk (abandoned carts count in it), kept in the state."""
+    at = max(at, state.last_seen if state.last_seen is not None else at)
+    pains = painpoints.evaluate(state, at, config.pain)
+    risk = assess(state, at, model, config.risk, stage_times)
+    deadlines = [t for t in (risk.next_change, painpoints.next_deadline(state, config.pain)) if t is not None]
+    due = min(deadlines) if deadlines else None
+    previous = record(state, risk, due)
+    return Update(risk, previous, pains, due)

@@ -1,0 +1,251 @@
+"""Churn risk and pain points in the worker: a thin Faust adapter around journey.churn.update.
+
+- After each batch (agents.handle_batch), the customers the batch touched are re-scored as of
+  the event-time clock; a ``journey.churn-risk`` event goes out only when a level changes, and
+  due pain points go to ``journey.pain-points``. The outputs are acknowledged before the states
+  that record them are written (handle_batch writes them right after this hook returns).
+- A timer (every ``tick_s``) advances the clock and re-scores only the customers the due index
+  says may have changed by now, then writes their states through the table (changelog).
+- On a rebalance, the index is rebuilt from the table: every state carries its own due time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import weakref
+from dataclasses import dataclass, fields
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Awaitable, Mapping, Sequence
+
+import orjson
+from faust.streams import _current_event
+
+from journey.churn.risk import RiskConfig, StageTimes, load_model, stored_due
+from journey.churn.timers import DueIndex
+from journey.churn.update import ChurnConfig, Update, note_touchpoint, update
+from journey.core.events import InvalidTouchpoint, decode
+from journey.core.eventclock import EventClock
+from journey.core.painpoints import PainConfig
+from journey.core.state import CustomerState
+from journey.settings import Settings, SettingsError
+from journey.worker.pipeline import BatchResult, Record
+
+if TYPE_CHECKING:
+    from journey.worker.app import JourneyApp
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChurnSettings:
+    """The churn settings, until journey.settings.Settings has them (same names there, with the
+    ``churn_`` prefix; read from JOURNEY_CHURN_<NAME> meanwhile)."""
+
+    #: The params file (`journey churn fit`); default: <schemas_dir>/churn-params.json.
+    params_file: Path | None = None
+    horizon_days: float = 90.0
+    medium_threshold: float = 0.5
+    high_threshold: float = 0.8
+    abandonment_window_hours: float = 24.0
+    stall_days: float = 14.0
+    allowed_lateness_s: float = 60.0
+    live_window_s: float = 300.0
+    tick_s: float = 1.0
+    #: Most customers the timer re-scores per tick (the rest wait for the next one).
+    max_per_tick: int = 5000
+
+    @classmethod
+    def from_settings(cls, settings: Settings, env: Mapping[str, str] | None = None) -> "ChurnSettings":
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f"churn_{f.name}"
+            value = getattr(settings, name, None)
+            raw = env.get(f"JOURNEY_{name.upper()}", "")
+            if value is None and raw != "":
+                kind = str(f.type)
+                try:
+                    value = Path(raw) if "Path" in kind else int(raw) if kind == "int" else float(raw)
+                except ValueError:
+                    raise SettingsError(f"JOURNEY_{name.upper()}={raw!r} is not a valid {kind}; unset it to use the default") from None
+            if value is not None:
+                values[f.name] = value
+        return cls(**values)
+
+    def params_path(self, settings: Settings) -> Path:
+        return self.params_file or settings.schemas_dir / "churn-params.json"
+
+    def config(self, purchase_types: frozenset[str]) -> ChurnConfig:
+        return ChurnConfig(
+            risk=RiskConfig(horizon_days=self.horizon_days, medium=self.medium_threshold, high=self.high_threshold),
+            pain=PainConfig(
+                purchase_types=purchase_types,
+                abandonment_window_s=self.abandonment_window_hours * 3600.0,
+                stall_limit_s=self.stall_days * 86400.0,
+            ),
+        )
+
+
+class _PartitionEvent:
+    """Stands in for Faust's current event in the timer: the table takes the changelog (and
+    store) partition from it, and outside an agent there is no real one."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = SimpleNamespace(topic=topic, partition=partition)
+
+
+class ChurnWorker:
+    def __init__(self, japp: "JourneyApp", churn_settings: ChurnSettings | None = None) -> None:
+        self.japp = japp
+        settings = japp.settings
+        self.settings = churn_settings or ChurnSettings.from_settings(settings)
+        self.model = load_model(self.settings.params_path(settings))
+        self.config = self.settings.config(japp.definition.purchase_types)
+        cal = self.model.calibration
+        if cal is not None and cal.horizon_days != self.config.risk.horizon_days:
+            log.warning(
+                "churn params %s were calibrated for a %g-day horizon, the worker scores %g days; "
+                "re-run `journey churn fit --horizon-days %g` for calibrated scores",
+                self.settings.params_path(settings), cal.horizon_days, self.config.risk.horizon_days,
+                self.config.risk.horizon_days,
+            )
+        self.clock = EventClock(allowed_lateness_s=self.settings.allowed_lateness_s, live_window_s=self.settings.live_window_s)
+        self.index = DueIndex()
+        self.stage_times = StageTimes(self.config.risk)
+        pain = self.config.pain
+        self._note_types = pain.cart_types | pain.purchase_types
+        self._note_needles = tuple(t.encode() for t in self._note_types)
+
+    # --- after a batch --------------------------------------------------------------------
+    async def after_batch(self, records: Sequence[Record], result: BatchResult) -> None:
+        """Re-score the customers of a batch; send and acknowledge what changed. Their states
+        (result.writes) are updated in place for handle_batch to write."""
+        wall = time.time()
+        self.clock.observe(result.max_event_time, wall)
+        for t in result.transitions:
+            self.stage_times.observe(t.from_stage, t.seconds_in_previous_stage)
+        writes = result.writes
+        if not writes:
+            return
+        self._note_carts(records, writes)
+        now = self.clock.now(wall)
+        outputs: list[tuple[str, bytes, bytes]] = []
+        for key, (rec, state, _before) in writes.items():
+            u = update(state, now if now is not None else state.last_seen or 0.0, self.model, self.config, self.stage_times)
+            self.index.schedule(key, u.due, rec.partition)
+            self._collect(key, u, outputs)
+        await self._send(outputs)
+
+    def _note_carts(self, records: Sequence[Record], writes: Mapping[str, tuple[Record, CustomerState, Any]]) -> None:
+        needles = self._note_needles
+        for rec in records:
+            value = rec.value
+            if value is None or rec.key is None or not any(n in value for n in needles):
+                continue
+            try:
+                tp = decode(value)
+            except InvalidTouchpoint:
+                continue
+            entry = writes.get(tp.profile_id)
+            if entry is not None and tp.type in self._note_types and rec.key == tp.profile_id.encode():
+                note_touchpoint(entry[1], tp.type, tp.ts, tp.channel, self.config)
+
+    # --- the timer ------------------------------------------------------------------------
+    async def tick(self) -> int:
+        """Re-score the customers due by the event-time clock; return how many."""
+        app = self.japp.app
+        if app.rebalancing:
+            return 0
+        now = self.clock.now(time.time())
+        if now is None:
+            return 0
+        keys = self.index.pop_due(now, self.settings.max_per_tick)
+        if not keys:
+            return 0
+        table = self.japp.customers
+        outputs: list[tuple[str, bytes, bytes]] = []
+        changed: list[tuple[str, CustomerState]] = []
+        for key in keys:
+            state = table.get(key)
+            if state is None or state.partition is None:
+                continue  # moved away, or written before partitions were recorded
+            u = update(state, now, self.model, self.config, self.stage_times)
+            self.index.schedule(key, u.due, state.partition)
+            self._collect(key, u, outputs)
+            changed.append((key, state))
+        # Same rule as a batch: outputs acknowledged first, then the states that record them.
+        await self._send(outputs)
+        topic = self.japp.settings.topic_touchpoints
+        for key, state in changed:
+            event = _PartitionEvent(topic, state.partition)  # type: ignore[arg-type]
+            token = _current_event.set(weakref.ref(event))
+            try:
+                table[key] = state
+            finally:
+                _current_event.reset(token)
+        return len(changed)
+
+    # --- rebalance ------------------------------------------------------------------------
+    def rebuild(self) -> int:
+        """Re-index this worker's customers from the table (after a rebalance)."""
+        app, settings = self.japp.app, self.japp.settings
+        actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == settings.topic_touchpoints}
+        self.index.clear()
+        entries = []
+        newest: float | None = None
+        for key, state in self.japp.customers.items():
+            if state is None or (state.partition is not None and state.partition not in actives):
+                continue
+            # A customer never assessed (state from before churn risk) is assessed on the next tick.
+            due = stored_due(state) if "churn" in state.extra else float("-inf")
+            entries.append((key, due, state.partition))
+            if state.last_seen is not None and (newest is None or state.last_seen > newest):
+                newest = state.last_seen
+        self.index.rebuild(entries)
+        self.clock.observe(newest, time.time())
+        self.japp.metrics.churn_timer_customers.set(len(self.index))
+        return len(self.index)
+
+    # --- output ---------------------------------------------------------------------------
+    def _collect(self, key: str, u: Update, outputs: list[tuple[str, bytes, bytes]]) -> None:
+        settings, metrics = self.japp.settings, self.japp.metrics
+        kb = key.encode()
+        for p in u.pains:
+            outputs.append((settings.topic_pain_points, kb, orjson.dumps(p.to_event(key))))
+            metrics.pain_points.labels(kind=p.kind, stage=p.stage or "none", channel=p.channel or "other").inc()
+        if u.level_changed:
+            outputs.append((settings.topic_churn_risk, kb, orjson.dumps(u.churn_event(key, self.model))))
+            metrics.churn_risk.labels(level=u.risk.level_name).inc()
+
+    async def _send(self, outputs: list[tuple[str, bytes, bytes]]) -> None:
+        self.japp.metrics.churn_timer_customers.set(len(self.index))
+        if not outputs:
+            return
+        producer = self.japp.app.producer
+        pending: list[Awaitable[Any]] = []
+        for topic, key, value in outputs:
+            pending.append(await producer.send(topic, key, value, None, None, None))
+        await asyncio.gather(*pending)
+
+
+def register(japp: "JourneyApp") -> ChurnWorker:
+    """Create the churn adapter of an app: its timer and its rebalance hook."""
+    worker = ChurnWorker(japp)
+    app = japp.app
+
+    @app.timer(interval=worker.settings.tick_s, name="journey.churn-timer")
+    async def churn_timer() -> None:
+        await worker.tick()
+
+    @app.on_rebalance_complete.connect
+    async def churn_rebuild(sender: Any, **kwargs: Any) -> None:
+        n = worker.rebuild()
+        log.info("churn timer index rebuilt from the table: %d customers", n)
+
+    return worker
