@@ -42,7 +42,10 @@ def run_dev(settings: Settings, *, rate: float, bad_every: int, seconds: float |
         worker_dir = var / "worker"
         worker_dir.mkdir(exist_ok=True)
         children.append(_spawn("worker", [sys.executable, "-m", "journey.cli", "worker"],
-                               {**env, "JOURNEY_DATA_DIR": str(worker_dir)}, var / "worker.log"))
+                               # The broker keeps everything in memory, so the worker does too:
+                               # on-disk state would outlive the topics it came from.
+                               {**env, "JOURNEY_DATA_DIR": str(worker_dir), "JOURNEY_STORE": "memory://"},
+                               var / "worker.log"))
         if _has_sidecar():
             children.append(_spawn("sidecar", [sys.executable, "-m", "journey.cli", "sidecar"], env, var / "sidecar.log"))
         print()

@@ -34,13 +34,22 @@ class Settings:
     topic_aggregates: str = "journey.aggregates"
     partitions: int = 8
     replication_factor: int = 1
+    #: Security towards the brokers: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL. Credentials
+    #: come from the environment only (JOURNEY_KAFKA_SASL_PASSWORD), never from a file in the repo.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: Path | None = None
     #: Retention of the input and output topics (7 days).
     retention_ms: int = 7 * 24 * 3600 * 1000
     # --- worker
     data_dir: Path = field(default_factory=lambda: Path.cwd())
     web_port: int = 6066
     web_host: str = "127.0.0.1"
-    store: str = "memory://"
+    #: Table store: RocksDB (via rocksdict) keeps state on local disk between restarts, so a
+    #: restarted worker only reads the changelog's tail; memory:// re-reads the whole changelog.
+    store: str = "rocksdb://"
     batch_size: int = 1000
     batch_window_s: float = 0.05
     #: Consumer-group session timeout: how long a dead worker's partitions wait before moving.

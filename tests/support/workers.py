@@ -34,7 +34,7 @@ def namespaced_settings(bootstrap: str, name: str, **overrides: object) -> Setti
         topic_pain_points=f"{name}.pain-points",
         topic_aggregates=f"{name}.aggregates",
         partitions=4,
-        **overrides,  # type: ignore[arg-type]
+        **{"store": "memory://", **overrides},  # type: ignore[arg-type]
     )
 
 

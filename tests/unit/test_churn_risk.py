@@ -162,7 +162,8 @@ def test_next_change_is_exactly_when_the_level_first_changes(seed):
             assert risk.level == HIGH
             continue
         assert risk.next_change > at
-        step = 1.0
+        # Purchasers' scores change at UTC midnight; non-purchasers' are looked at per minute.
+        step = 1.0 if state.first_purchase is not None else 60.0
         before = assess(state, risk.next_change - step, model, config)
         after = assess(state, risk.next_change, model, config)
         assert before.level == risk.level, "the level changed before next_change"

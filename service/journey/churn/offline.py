@@ -41,8 +41,9 @@ def parse_as_of(value: str) -> float:
     return parsed.timestamp()
 
 
-def read_touchpoints(path: str | Path, fmt: str, *, errors: TextIO | None = sys.stderr) -> list[Touchpoint]:
+def read_touchpoints(path: str | Path, fmt: str, *, quiet: bool = False) -> list[Touchpoint]:
     """Every valid touchpoint of the file, in event-time order (invalid ones are counted, skipped)."""
+    errors = None if quiet else sys.stderr
     from journey.sources.replay import records_for_format
 
     records, _total = records_for_format(path, fmt)

@@ -18,6 +18,7 @@ from journey.core.aggregates import summarize
 from journey.core.definition import JourneyDefinition, load_definition
 from journey.core.machine import Limits
 from journey.core.state import CustomerState
+from journey.kafka.security import faust_credentials
 from journey.settings import Settings
 from journey.worker.metrics import WorkerMetrics
 from journey.worker.pipeline import Pipeline
@@ -94,6 +95,7 @@ def create_app(settings: Settings, definition: JourneyDefinition | None = None) 
     app = faust.App(
         settings.app_id,
         broker=settings.kafka_broker_url,
+        broker_credentials=faust_credentials(settings),
         store=settings.store,
         datadir=str(data_dir),
         autodiscover=False,
