@@ -1,0 +1,78 @@
+"""The worker's batch hot path, without Kafka: a dict stands in for the Faust table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from journey.core.definition import load_definition
+from journey.core.machine import Limits
+from journey.core.state import CustomerState
+from journey.settings import Settings
+from journey.worker.pipeline import Pipeline, Record
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFINITION = load_definition(ROOT / "schemas" / "journey.yaml")
+
+
+def rec(customer: str | None, event: dict | bytes | None, partition: int = 0, offset: int = 0, key: bytes | None = b"") -> Record:
+    value = event if isinstance(event, (bytes, type(None))) else orjson.dumps(event)
+    if key == b"":
+        key = customer.encode() if customer else None
+    return Record(key, value, "touchpoints", partition, offset, ref=(partition, offset), timestamp=1.0)
+
+
+def tp(eid: str, customer: str, etype: str, minute: int = 0, **props) -> dict:
+    e = {"event_id": eid, "customer_id": customer, "type": etype, "timestamp": f"2024-01-01T00:{minute:02d}:00Z"}
+    if props:
+        e["properties"] = props
+    return e
+
+
+def test_a_batch_is_decoded_deduped_applied_and_written_once_per_customer():
+    states: dict[str, CustomerState] = {}
+    pipe = Pipeline(DEFINITION, Limits(), summarize=lambda s: None if s is None else s.stage)
+    batch = [
+        rec("a", tp("1", "a", "page_view"), partition=1, offset=10),
+        rec("b", tp("2", "b", "add_to_cart"), partition=2, offset=20),
+        rec("a", tp("3", "a", "product_view", 1), partition=1, offset=11),
+        rec("a", tp("3", "a", "product_view", 1), partition=1, offset=12),  # duplicate delivery
+        rec("a", b"{nope", partition=1, offset=13),
+        rec("c", tp("4", "c", "page_view"), partition=3, offset=30, key=None),  # unkeyed: re-keyed
+        rec("a", None, partition=1, offset=14),
+    ]
+    out = pipe.process(batch, states)
+    assert [(t.customer_id, t.to_stage) for t in out.transitions] == [("a", 0), ("b", 2), ("a", 1)]
+    assert out.trigger_timestamps == [1.0, 1.0, 1.0]
+    assert out.duplicates == 1
+    assert out.reasons == ["not_json", "empty_value"]
+    assert [r.key for r in out.rekeyed] == [b"c"]
+    assert set(out.writes) == {"a", "b"}
+    record, state, before = out.writes["a"]
+    assert record.partition == 1 and state.partition == 1 and state.stage == 1 and before is None
+    dead = orjson.loads(out.dead_letters[0].value)
+    assert dead["offset"] == 13 and dead["partition"] == 1 and dead["value"] == "{nope"
+    assert out.max_event_time is not None
+
+
+def test_state_from_the_table_is_continued_and_summarized_before_the_batch():
+    states: dict[str, CustomerState] = {}
+    pipe = Pipeline(DEFINITION, Limits(), summarize=lambda s: None if s is None else s.stage)
+    first = pipe.process([rec("a", tp("1", "a", "purchase", order_id="o1"))], states)
+    states["a"] = first.writes["a"][1]
+    second = pipe.process([rec("a", tp("2", "a", "purchase", 5, order_id="o2")), rec("a", tp("3", "a", "social_share", 6))], states)
+    assert [(t.from_stage, t.to_stage) for t in second.transitions] == [(3, 4), (4, 5)]
+    assert second.writes["a"][2] == 3  # the stage before this batch, not after its first event
+
+
+def test_settings_read_from_the_environment_with_actionable_errors():
+    s = Settings.from_env({"JOURNEY_PARTITIONS": "12", "JOURNEY_BATCH_WINDOW_S": "0.2", "JOURNEY_API_TOKEN": "t"})
+    assert s.partitions == 12 and s.batch_window_s == 0.2 and s.api_token == "t"
+    assert Settings.from_env({}, bootstrap_servers="k:9092").bootstrap_servers == "k:9092"
+    try:
+        Settings.from_env({"JOURNEY_PARTITIONS": "many"})
+    except ValueError as exc:
+        assert "JOURNEY_PARTITIONS" in str(exc) and "'many'" in str(exc)
+    else:
+        raise AssertionError("a bad number must be refused")
