@@ -25,11 +25,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_topics(args: argparse.Namespace) -> int:
     from journey.kafka.admin import ensure_topics
+    from journey.kafka.security import client_kwargs
     from journey.worker.topics import all_topic_specs
 
     settings = _settings(args)
     specs = all_topic_specs(settings)
-    created = asyncio.run(ensure_topics(settings.bootstrap_servers, specs))
+    created = asyncio.run(ensure_topics(settings.bootstrap_servers, specs, client_options=client_kwargs(settings)))
     for spec in specs:
         state = "created" if spec.name in created else "exists"
         print(f"{spec.name:40s} partitions={spec.partitions} {state}")
@@ -37,6 +38,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from journey.kafka.security import client_kwargs
     from journey.sources.replay import publish, records_for_format
 
     settings = _settings(args)
@@ -44,7 +46,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     sent = asyncio.run(
         publish(
             settings.bootstrap_servers, args.topic or settings.topic_touchpoints, records,
-            speed=args.speed, progress=not args.quiet, total=total,
+            speed=args.speed, progress=not args.quiet, total=total, client_options=client_kwargs(settings),
         )
     )
     print(f"sent {sent} touchpoints from {args.file} to {args.topic or settings.topic_touchpoints}")

@@ -75,10 +75,13 @@ def run_dev(settings: Settings, *, rate: float, bad_every: int, seconds: float |
 async def _feed_and_watch(settings: Settings, *, rate: float, bad_every: int, seconds: float | None) -> None:
     from journey.sources.generator import bad_events, live_feed
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5)
+    from journey.kafka.security import client_kwargs
+
+    security = client_kwargs(settings)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5, **security)
     consumer = AIOKafkaConsumer(
         settings.topic_transitions, settings.topic_dead_letter,
-        bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="latest", enable_auto_commit=False,
+        bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="latest", enable_auto_commit=False, **security,
     )
     await producer.start()
     await consumer.start()

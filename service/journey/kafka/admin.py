@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
@@ -65,13 +65,19 @@ def journey_topic_specs(settings: "Settings") -> list[TopicSpec]:
 
 
 async def ensure_topics(
-    bootstrap_servers: str, specs: list[TopicSpec], *, timeout_ms: int = 30_000
+    bootstrap_servers: str,
+    specs: list[TopicSpec],
+    *,
+    timeout_ms: int = 30_000,
+    client_options: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Create the topics in ``specs`` that do not exist yet; return the names created.
 
     Existing topics are left as they are (partitions and configs are not altered).
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=timeout_ms)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=timeout_ms, **(client_options or {})
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())

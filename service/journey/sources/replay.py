@@ -12,7 +12,7 @@ import time
 from collections import deque
 from os import PathLike
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TextIO
+from typing import Any, Iterable, Iterator, Mapping, TextIO
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -90,6 +90,7 @@ async def publish(
     speed: float | None,
     progress: bool,
     total: int | None,
+    client_options: Mapping[str, Any] | None = None,
 ) -> int:
     """Send ``records`` to ``topic`` in order; return how many the brokers acknowledged.
 
@@ -101,6 +102,7 @@ async def publish(
     if speed is not None and not speed > 0:
         raise ValueError(f"speed must be a positive number (86400 = one day per second), not {speed!r}")
     producer = AIOKafkaProducer(
+        **(client_options or {}),
         bootstrap_servers=bootstrap_servers,
         acks="all",
         linger_ms=10,
