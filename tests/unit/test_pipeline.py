@@ -76,3 +76,15 @@ def test_settings_read_from_the_environment_with_actionable_errors():
         assert "JOURNEY_PARTITIONS" in str(exc) and "'many'" in str(exc)
     else:
         raise AssertionError("a bad number must be refused")
+
+
+def test_the_table_is_untouched_until_the_batch_writes():
+    states: dict[str, CustomerState] = {}
+    pipe = Pipeline(DEFINITION, Limits())
+    states["a"] = pipe.process([rec("a", tp("1", "a", "page_view"))], states).writes["a"][1]
+    stored = states["a"].to_wire()
+    out = pipe.process([rec("a", tp("2", "a", "purchase", 3, order_id="o"))], states)
+    # A batch that fails before write_states must leave the stored state as it was, so the
+    # replayed events are applied again rather than dropped as duplicates.
+    assert states["a"].to_wire() == stored
+    assert out.writes["a"][1].stage == 3 and states["a"].stage == 0

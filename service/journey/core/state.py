@@ -115,7 +115,16 @@ class CustomerState:
         return st
 
     def copy(self) -> "CustomerState":
-        return CustomerState.from_wire(self.to_wire())
+        """An independent copy (containers copied; nested values in ``extra`` copied one level)."""
+        new = CustomerState.__new__(CustomerState)
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if isinstance(value, list):
+                value = [v[:] if isinstance(v, list) else v for v in value]
+            elif isinstance(value, dict):
+                value = {k: (v.copy() if isinstance(v, (dict, list)) else v) for k, v in value.items()}
+            setattr(new, name, value)
+        return new
 
     def to_public(self) -> dict[str, Any]:
         """A readable view of the state for the customer endpoint (no hashes)."""

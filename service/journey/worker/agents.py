@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import weakref
 from typing import TYPE_CHECKING, Any, Awaitable, Sequence
 
@@ -23,7 +24,16 @@ def register(japp: "JourneyApp") -> None:
     @app.agent(japp.touchpoints, name="journey.apply-touchpoints")
     async def apply_touchpoints(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_window_s):
-            await handle_batch(japp, events)
+            try:
+                await handle_batch(japp, events)
+            except Exception:  # bad records never get here: they are dead-lettered in the pipeline
+                # An infrastructure failure (e.g. outputs not acknowledged after the producer's
+                # retries). Continuing would ack the batch and commit past records whose outputs
+                # or state were never written; exiting now leaves the offsets where they were, so
+                # the restarted worker (or the one taking over) replays the batch.
+                log.critical("a batch could not be completed; exiting so it is replayed", exc_info=True)
+                logging.shutdown()
+                os._exit(70)
 
 
 async def handle_batch(japp: "JourneyApp", events: Sequence[Any]) -> BatchResult:

@@ -99,8 +99,11 @@ class Pipeline:
                 state: CustomerState | None = pending[1]
                 before = pending[2]
             else:
-                state = states.get(key)
-                before = self.summarize(state) if self.summarize is not None else None
+                stored = states.get(key)
+                before = self.summarize(stored) if self.summarize is not None else None
+                # Never change what the table holds (a memory store hands out its own object):
+                # if the batch fails before its writes, the table must still be as it was.
+                state = stored.copy() if stored is not None else None
             try:
                 outcome = apply(state, tp, definition, limits)
             except Exception as exc:  # a bug must cost one event, not the worker
