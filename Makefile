@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-unit test-integration bench bench-churn clean
+.PHONY: install browser run test test-unit test-integration bench bench-churn clean
 
 install: $(STAMP)
 
@@ -19,13 +19,19 @@ $(STAMP): pyproject.toml
 run: install
 	$(VENV)/bin/journey dev
 
-test: install
+# Debian's chromium and chromedriver for the browser test of the live page.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; fi
+
+test: install browser
 	$(PY) -m pytest -q
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit
 
-test-integration: install
+test-integration: install browser
 	$(PY) -m pytest -q tests/integration
 
 bench-churn: install

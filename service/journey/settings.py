@@ -66,6 +66,9 @@ class Settings:
     # --- sidecar
     sidecar_host: str = "127.0.0.1"
     sidecar_port: int = 8000
+    #: Workers' web addresses (comma separated); the sidecar forwards customer lookups to one of
+    #: them and Faust routes each to the worker that owns the customer.
+    worker_urls: str = "http://127.0.0.1:6066"
     api_token: str | None = None
 
     @property

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
@@ -28,7 +27,7 @@ STALE_AFTER_S = 10.0
 
 def worker_urls(settings: Settings) -> list[str]:
     """Web addresses of the workers, for the customer lookup (any one will do; Faust routes)."""
-    raw = getattr(settings, "worker_urls", None) or os.environ.get("JOURNEY_WORKER_URLS") or ""
+    raw = settings.worker_urls
     urls = [u.strip() for u in raw.split(",") if u.strip()]
     return urls or [f"http://{settings.web_host}:{settings.web_port}"]
 
