@@ -63,6 +63,24 @@ class Settings:
     # --- journey definition and schemas
     schemas_dir: Path = field(default_factory=_default_schemas_dir)
     journey_file: Path | None = None
+    # --- churn risk and pain points
+    #: Model parameters (`journey churn fit`); default: <schemas_dir>/churn-params.json.
+    churn_params_file: Path | None = None
+    #: The score is the probability of no purchase within this horizon.
+    churn_horizon_days: float = 90.0
+    churn_medium_threshold: float = 0.5
+    churn_high_threshold: float = 0.8
+    churn_abandonment_window_hours: float = 24.0
+    #: A customer in consideration or decision longer than this has stalled.
+    churn_stall_days: float = 14.0
+    #: The event-time clock trails the highest event time seen by this much.
+    churn_allowed_lateness_s: float = 60.0
+    #: The stream counts as live (the clock then follows the wall clock) when its newest event
+    #: time is within this of now.
+    churn_live_window_s: float = 300.0
+    churn_tick_s: float = 1.0
+    #: Most customers the timer re-scores per tick (the rest wait for the next one).
+    churn_max_per_tick: int = 5000
     # --- sidecar
     sidecar_host: str = "127.0.0.1"
     sidecar_port: int = 8000

@@ -183,11 +183,17 @@ def test_channels_and_attribution_match_a_direct_count() -> None:
 
 
 def test_churn_levels_and_pain_points_from_state_extra() -> None:
+    from journey.churn.risk import Risk, record
+    from journey.core import painpoints
+
     a, b, c = CustomerState(), CustomerState(), CustomerState()
-    a.extra = {"churn_level": "high", "pain_points": {"cart_abandoned": 2}}
-    b.extra = {"churn": {"level": "low"}, "pain_points": ["stall", "cart_abandoned"]}
+    record(a, Risk(score=0.9, level=2, reasons=[], at=T0, next_change=None), None)
+    record(b, Risk(score=0.1, level=0, reasons=[], at=T0, next_change=None), None)
+    a.extra[painpoints.KEY] = {"a": [2, T0]}
+    b.extra[painpoints.KEY] = {"a": [1, T0], "s": 1}
     agg = PartitionAggregate.of([a, b, c])
+    assert painpoints.abandoned_carts(a) == (2, T0)  # the format this test writes is the module's own
     assert agg.churn == {"high": 1, "low": 1}
-    assert agg.pain == {"cart_abandoned": 3, "stall": 1}
+    assert agg.pain == {"cart_abandoned": 3, "stalled": 1}
     agg.remove(summarize(a))
-    assert agg.churn == {"low": 1} and agg.pain == {"cart_abandoned": 1, "stall": 1}
+    assert agg.churn == {"low": 1} and agg.pain == {"cart_abandoned": 1, "stalled": 1}

@@ -103,7 +103,7 @@ def test_customer_endpoint_checks_the_token() -> None:
 
 def test_metrics_parse_and_hold_the_series(client: TestClient) -> None:
     a = _state(2, "email", {"email": 1})
-    a.extra = {"churn_level": "high", "pain_points": {"cart_abandoned": 1}}
+    a.extra = {"churn": {"s": 0.9, "l": "high"}, "pain": {"a": [1, 1.7e9]}}  # as journey.churn.risk / core.painpoints keep them
     _feed(client, 0, P0 + [a], 10)
     _feed(client, 1, P1, 7)
     text = client.get("/metrics").text

@@ -14,7 +14,8 @@ What is counted, per partition:
   in that channel ("customers reaching each stage per channel");
 - first- and last-touch attribution of purchases (CustomerState.attribution);
 - log-spaced histograms of the time between consecutive stages, by first-touch channel;
-- churn-risk levels and pain points, when the churn concern keeps them in ``state.extra``.
+- customers per churn-risk level and pain points (abandoned carts, stalls), from what the churn
+  and pain-point concerns keep in ``state.extra``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping, NamedTuple
 
+from journey.core import painpoints
 from journey.core.stages import STAGES
 from journey.core.state import CustomerState
 
@@ -35,10 +37,9 @@ BUCKET_RATIO = 1.1
 _LOG_RATIO = math.log(BUCKET_RATIO)
 #: Channel key for a customer with no touchpoint channel at all (cannot happen for applied events).
 NO_CHANNEL = "none"
-#: Where the churn concern keeps its per-customer results in CustomerState.extra:
-#: extra["churn_level"] = "low" | "medium" | "high"; extra["pain_points"] = {kind: count} (or a list of kinds).
-CHURN_LEVEL_KEY = "churn_level"
-PAIN_POINTS_KEY = "pain_points"
+#: Where the churn concern keeps a customer's assessment: extra["churn"]["l"] = "low" | "medium" | "high"
+#: (journey.churn.risk.KEY and record(); not imported: that module pulls in numpy and scipy).
+CHURN_KEY = "churn"
 
 
 class Summary(NamedTuple):
@@ -88,29 +89,26 @@ def summarize(state: CustomerState | None) -> Summary | None:
         attribution=(attribution[0] or NO_CHANNEL, attribution[1] or NO_CHANNEL) if attribution else None,
         steps=tuple(steps),
         churn_level=_churn_level(extra) if extra else None,
-        pain_points=_pain_points(extra) if extra else (),
+        pain_points=_pain_points(state) if extra else (),
     )
 
 
 def _churn_level(extra: Mapping[str, Any]) -> str | None:
-    level = extra.get(CHURN_LEVEL_KEY)
-    if level is None and isinstance(extra.get("churn"), dict):
-        level = extra["churn"].get("level")
+    churn = extra.get(CHURN_KEY)
+    level = churn.get("l") if isinstance(churn, dict) else None
     return level if isinstance(level, str) else None
 
 
-def _pain_points(extra: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
-    pain = extra.get(PAIN_POINTS_KEY)
-    if isinstance(pain, dict):
-        return tuple((str(k), int(v)) for k, v in pain.items() if isinstance(v, (int, float)) and v)
-    if isinstance(pain, list):
-        counts: dict[str, int] = {}
-        for item in pain:
-            kind = item.get("kind") if isinstance(item, dict) else item
-            if isinstance(kind, str):
-                counts[kind] = counts.get(kind, 0) + 1
-        return tuple(counts.items())
-    return ()
+def _pain_points(state: CustomerState) -> tuple[tuple[str, int], ...]:
+    """Pain points the customer's state records: abandoned carts (all of them), and a stall (the latest)."""
+    out = []
+    abandoned, _ = painpoints.abandoned_carts(state)
+    if abandoned:
+        out.append((painpoints.CART_ABANDONED, abandoned))
+    pain = state.extra.get(painpoints.KEY)
+    if pain and pain.get("s") is not None:
+        out.append((painpoints.STALLED, 1))
+    return tuple(out)
 
 
 class PartitionAggregate:

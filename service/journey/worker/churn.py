@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
-import os
 import time
 import weakref
 from dataclasses import dataclass, fields
@@ -24,14 +24,16 @@ from typing import TYPE_CHECKING, Any, Awaitable, Mapping, Sequence
 import orjson
 from faust.streams import _current_event
 
+from journey.churn.risk import KEY as RISK_KEY
 from journey.churn.risk import RiskConfig, StageTimes, load_model, stored_due
 from journey.churn.timers import DueIndex
 from journey.churn.update import ChurnConfig, Update, note_touchpoint, update
 from journey.core.events import InvalidTouchpoint, decode
 from journey.core.eventclock import EventClock
+from journey.core import painpoints
 from journey.core.painpoints import PainConfig
 from journey.core.state import CustomerState
-from journey.settings import Settings, SettingsError
+from journey.settings import Settings
 from journey.worker.pipeline import BatchResult, Record
 
 if TYPE_CHECKING:
@@ -39,11 +41,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The keys of CustomerState.extra this adapter owns (churn risk, pain points).
+_OWN_KEYS = (RISK_KEY, painpoints.KEY)
+
 
 @dataclass(frozen=True)
 class ChurnSettings:
-    """The churn settings, until journey.settings.Settings has them (same names there, with the
-    ``churn_`` prefix; read from JOURNEY_CHURN_<NAME> meanwhile)."""
+    """The churn part of the settings (Settings.churn_*, env JOURNEY_CHURN_*)."""
 
     #: The params file (`journey churn fit`); default: <schemas_dir>/churn-params.json.
     params_file: Path | None = None
@@ -59,22 +63,8 @@ class ChurnSettings:
     max_per_tick: int = 5000
 
     @classmethod
-    def from_settings(cls, settings: Settings, env: Mapping[str, str] | None = None) -> "ChurnSettings":
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            name = f"churn_{f.name}"
-            value = getattr(settings, name, None)
-            raw = env.get(f"JOURNEY_{name.upper()}", "")
-            if value is None and raw != "":
-                kind = str(f.type)
-                try:
-                    value = Path(raw) if "Path" in kind else int(raw) if kind == "int" else float(raw)
-                except ValueError:
-                    raise SettingsError(f"JOURNEY_{name.upper()}={raw!r} is not a valid {kind}; unset it to use the default") from None
-            if value is not None:
-                values[f.name] = value
-        return cls(**values)
+    def from_settings(cls, settings: Settings) -> "ChurnSettings":
+        return cls(**{f.name: getattr(settings, f"churn_{f.name}") for f in fields(cls)})
 
     def params_path(self, settings: Settings) -> Path:
         return self.params_file or settings.schemas_dir / "churn-params.json"
@@ -171,25 +161,51 @@ class ChurnWorker:
         table = self.japp.customers
         outputs: list[tuple[str, bytes, bytes]] = []
         changed: list[tuple[str, CustomerState]] = []
+        saved: list[tuple[tuple[int, float | None], dict[str, Any]]] = []
+        # The live aggregates count churn levels and pain points: they need each state before.
+        summarize = self.japp.pipeline.summarize if getattr(self.japp, "pipeline", None) is not None else None
+        befores: list[Any] = []
         for key in keys:
             state = table.get(key)
             if state is None or state.partition is None:
                 continue  # moved away, or written before partitions were recorded
+            saved.append(((state.events, state.last_seen), {k: copy.deepcopy(state.extra[k]) for k in _OWN_KEYS if k in state.extra}))
+            befores.append(summarize(state) if summarize is not None else None)
             u = update(state, now, self.model, self.config, self.stage_times)
             self.index.schedule(key, u.due, state.partition)
             self._collect(key, u, outputs)
             changed.append((key, state))
         # Same rule as a batch: outputs acknowledged first, then the states that record them.
-        await self._send(outputs)
+        try:
+            await self._send(outputs)
+        except Exception:
+            # Nothing was recorded: put the customers back as they were, due now, for the next tick.
+            for (key, state), (_, extra) in zip(changed, saved):
+                for k in _OWN_KEYS:
+                    state.extra.pop(k, None)
+                state.extra.update(extra)
+                self.index.schedule(key, now, state.partition)
+            raise
         topic = self.japp.settings.topic_touchpoints
-        for key, state in changed:
+        written = BatchResult()
+        for (key, state), (read_as, _), before in zip(changed, saved, befores):
+            current = table.get(key)
+            if current is not state and (current is None or (current.events, current.last_seen) != read_as):
+                # A batch wrote this customer while the outputs were in flight (a store that
+                # hands out copies, e.g. RocksDB): its state is newer and carries its own
+                # assessment; writing ours would lose its events.
+                continue
             event = _PartitionEvent(topic, state.partition)  # type: ignore[arg-type]
             token = _current_event.set(weakref.ref(event))
             try:
                 table[key] = state
             finally:
                 _current_event.reset(token)
-        return len(changed)
+            written.writes[key] = (Record(key.encode(), None, topic, state.partition, -1), state, before)  # type: ignore[arg-type]
+        aggregates = getattr(self.japp, "aggregates", None)
+        if aggregates is not None and summarize is not None:
+            aggregates.observe([], written)  # same synchronous stretch as the writes
+        return len(written.writes)
 
     # --- rebalance ------------------------------------------------------------------------
     def rebuild(self) -> int:
@@ -203,7 +219,7 @@ class ChurnWorker:
             if state is None or (state.partition is not None and state.partition not in actives):
                 continue
             # A customer never assessed (state from before churn risk) is assessed on the next tick.
-            due = stored_due(state) if "churn" in state.extra else float("-inf")
+            due = stored_due(state) if RISK_KEY in state.extra else float("-inf")
             entries.append((key, due, state.partition))
             if state.last_seen is not None and (newest is None or state.last_seen > newest):
                 newest = state.last_seen
@@ -241,7 +257,10 @@ def register(japp: "JourneyApp") -> ChurnWorker:
 
     @app.timer(interval=worker.settings.tick_s, name="journey.churn-timer")
     async def churn_timer() -> None:
-        await worker.tick()
+        try:
+            await worker.tick()
+        except Exception:  # keep the timer alive: the customers are due again on the next tick
+            log.exception("churn timer tick failed; retrying on the next tick")
 
     @app.on_rebalance_complete.connect
     async def churn_rebuild(sender: Any, **kwargs: Any) -> None:
