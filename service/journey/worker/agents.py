@@ -60,12 +60,12 @@ async def handle_batch(japp: "JourneyApp", events: Sequence[Any]) -> BatchResult
     # batch is replayed and re-emits them (same transition ids) instead of losing them.
     if pending:
         await asyncio.gather(*pending)
-    # --- churn risk and pain points (issue 3): re-scores the batch's customers, sends and
+    # Churn risk and pain points: re-scores the batch's customers, sends and
     # acknowledges its events, and updates their states in place for write_states below.
     if japp.churn is not None:
         await japp.churn.after_batch(records, result)
     write_states(japp, result)
-    # live aggregates (issue 4): in the same synchronous stretch as the writes (see worker/aggregates.py)
+    # Live aggregates: in the same synchronous stretch as the writes (see worker/aggregates.py).
     if japp.aggregates is not None:
         japp.aggregates.observe(records, result)
     japp.metrics.observe_batch(result, len(records))

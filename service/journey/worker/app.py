@@ -8,8 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 from faust.serializers import codecs
@@ -22,6 +21,10 @@ from journey.kafka.security import faust_credentials
 from journey.settings import Settings
 from journey.worker.metrics import WorkerMetrics
 from journey.worker.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from journey.worker.aggregates import LiveAggregates
+    from journey.worker.churn import ChurnWorker
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +81,10 @@ class JourneyApp:
     customers: faust.Table
     pipeline: Pipeline
     metrics: WorkerMetrics
-    # --- live aggregates (issue 4): set by worker/aggregates.register
-    aggregates: Any = None
-    # --- churn risk and pain points (issue 3): set by worker/churn.register
-    churn: Any = None
+    #: Live per-partition aggregates for the sidecar (set by worker/aggregates.register).
+    aggregates: "LiveAggregates | None" = None
+    #: Churn risk and pain points (set by worker/churn.register).
+    churn: "ChurnWorker | None" = None
 
 
 def create_app(settings: Settings, definition: JourneyDefinition | None = None) -> JourneyApp:
@@ -113,7 +116,6 @@ def create_app(settings: Settings, definition: JourneyDefinition | None = None) 
         broker_commit_every=settings.batch_size * 4,
         broker_commit_interval=settings.commit_interval_s,
         stream_buffer_maxsize=max(4096, settings.batch_size * 4),
-        stream_wait_empty=False,
         canonical_url=f"http://{settings.web_host}:{settings.web_port}",
     )
     recovery.use_true_highwaters(app)
@@ -138,7 +140,7 @@ def create_app(settings: Settings, definition: JourneyDefinition | None = None) 
     )
     metrics = WorkerMetrics(definition)
     limits = Limits(dedupe_window=settings.dedupe_window, order_window=settings.order_window)
-    # --- live aggregates (issue 4): the pipeline hands over each customer's summary before the batch
+    # The pipeline hands the live aggregates each customer's summary from before the batch.
     pipeline = Pipeline(definition, limits, summarize=summarize)
     japp = JourneyApp(app, settings, definition, touchpoints, customers, pipeline, metrics)
     japp.aggregates = live_aggregates.register(japp)

@@ -45,7 +45,7 @@ class WorkerMetrics:
         self.event_time = Gauge("journey_event_time_seconds", "Highest touchpoint event time seen (the event-time clock), epoch seconds", registry=r)
         self.last_batch = Gauge("journey_last_batch_timestamp_seconds", "Wall-clock time of the last processed batch", registry=r)
         self.customers = Gauge("journey_customers", "Customers standing in each stage (this worker's partitions)", ["stage"], registry=r)
-        # --- churn risk and pain points (issue 3); labels bounded: levels, kinds, stages, channels
+        # Churn risk and pain points; labels bounded: levels, kinds, stages, channels
         self.churn_risk = Counter("journey_churn_risk_events_total", "Churn-risk events published (level changes), by new level", ["level"], registry=r)
         self.pain_points = Counter("journey_pain_points_total", "Pain points published, by kind, stage and channel", ["kind", "stage", "channel"], registry=r)
         self.churn_timer_customers = Gauge("journey_churn_timer_customers", "Customers in the churn timer index (this worker)", registry=r)
