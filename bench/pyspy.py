@@ -23,7 +23,7 @@ class Recording:
             raise RuntimeError("--profile needs py-spy: pip install py-spy (into the bench's virtualenv)")
         # --nonblocking: do not pause the worker for each sample (it would slow what we measure).
         process = subprocess.Popen(
-            [exe, "record", "--nonblocking", "-r", str(rate), "-f", "raw", "-o", str(path), "--pid", str(pid)],
+            [exe, "record", "--nonblocking", "-r", str(rate), "--threads", "-f", "raw", "-o", str(path), "--pid", str(pid)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         return cls(process, path)
@@ -44,6 +44,7 @@ def top_functions(path: Path, top: int = 20) -> str:
     """Own time (leaf frames) and total time per function, from py-spy's collapsed stacks."""
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
     samples = 0
     try:
         lines = path.read_text(errors="replace").splitlines()
@@ -54,14 +55,21 @@ def top_functions(path: Path, top: int = 20) -> str:
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        frames = stack.split(";")
+        thread, *frames = stack.split(";")
+        # "fn (file.py:123)" -> "fn (file.py)": a function's lines add up.
+        frames = [f.rsplit(":", 1)[0] + ")" if f.endswith(")") and ":" in f else f for f in frames]
+        if not frames:
+            continue
         samples += n
+        threads[thread] += n
         own[frames[-1]] += n
         for f in set(frames):
             total[f] += n
     if not samples:
         return "(py-spy recorded no samples)"
-    out = [f"  py-spy: {samples:,} samples of the worker; top functions by own time (idle = waiting in the event loop):"]
+    out = [f"  py-spy: {samples:,} samples of the worker (busy threads only); by thread: "
+           + ", ".join(f"{t} {100 * n / samples:.0f}%" for t, n in threads.most_common(4)),
+           "  top functions by own time:"]
     for frame, n in own.most_common(top):
         out.append(f"    {100 * n / samples:5.1f}% own  {100 * total[frame] / samples:5.1f}% total  {frame}")
     return "\n".join(out)

@@ -86,7 +86,7 @@ from journey.worker.topics import all_topic_specs  # noqa: E402
 import loadgen  # noqa: E402
 import pyspy  # noqa: E402
 import topicread  # noqa: E402
-from workerproc import Worker, WorkerDied, bench_settings  # noqa: E402
+from workerproc import Worker, WorkerDied, bench_settings, process_cpu_seconds  # noqa: E402
 
 POLL_S = 0.05
 JOIN_TIMEOUT_S = 240.0
@@ -110,6 +110,9 @@ class Run:
     changelog_tail_s: float
     processed_per_worker: list[int]
     peak_rss: list[int | None]
+    #: CPU seconds per window second: the workers' (summed) and the broker's.
+    worker_cpu: float = float("nan")
+    broker_cpu: float = float("nan")
     transitions: int = 0
     transition_records: int = 0
     notes: list[str] = field(default_factory=list)
@@ -127,7 +130,9 @@ def _metric(m: dict[str, float], name: str) -> float:
     return m.get(name, 0.0)
 
 
-async def measure(label: str, workers: list[Worker], settings: Settings, n_events: int, hw: topicread.Highwaters) -> Run:
+async def measure(
+    label: str, workers: list[Worker], settings: Settings, n_events: int, hw: topicread.Highwaters, broker_pid: int | None,
+) -> Run:
     """Time ``workers`` (started, one group) over an input of ``n_events`` already produced."""
     topic, parts = settings.topic_touchpoints, settings.partitions
     changelog = changelog_topic_name(settings)
@@ -152,6 +157,7 @@ async def measure(label: str, workers: list[Worker], settings: Settings, n_event
         await asyncio.sleep(POLL_S)
     s0 = int(done)
     t0 = max(_metric(m, "journey_last_batch_timestamp_seconds") for m in ms)
+    cpu0 = (time.time(), sum(w.cpu_seconds() for w in workers), process_cpu_seconds(broker_pid))
     notes = []
     if not all(counts):
         notes.append(f"only {sum(1 for c in counts if c)} of {len(workers)} workers got work before the input was drained")
@@ -175,6 +181,7 @@ async def measure(label: str, workers: list[Worker], settings: Settings, n_event
         if time.monotonic() > run_deadline:
             raise BenchError(f"{label}: the input was not fully committed within {run_deadline:.0f}s")
         await asyncio.sleep(POLL_S)
+    cpu1 = (time.time(), sum(w.cpu_seconds() for w in workers), process_cpu_seconds(broker_pid))
     final_changelog = history[-1][1]
     t_durable = next(t for t, n in history if n >= final_changelog)
     ms = await _scrape(workers)
@@ -190,6 +197,7 @@ async def measure(label: str, workers: list[Worker], settings: Settings, n_event
         label=label, events=n_events, events_per_s=(n_events - s0) / seconds if seconds > 0 else float("nan"),
         seconds=seconds, excluded=s0, changelog_tail_s=max(0.0, t_durable - t_processed),
         processed_per_worker=processed, peak_rss=[w.peak_rss_bytes() for w in workers], notes=notes,
+        worker_cpu=(cpu1[1] - cpu0[1]) / (cpu1[0] - cpu0[0]), broker_cpu=(cpu1[2] - cpu0[2]) / (cpu1[0] - cpu0[0]),
     )
 
 
@@ -345,8 +353,10 @@ async def faust_floor(mode: str, bootstrap: str, topic: str, partitions: int, ev
         while time.monotonic() < deadline:
             w.check()
             for line in w.log_path.read_text(errors="replace").splitlines():
-                if line.startswith("FLOOR "):
-                    fields = dict(kv.split("=") for kv in line.split()[1:])
+                # Faust logs what the app prints: "[time] [pid] [WARNING] FLOOR t0=... n=..."
+                _, marker, report = line.partition("FLOOR t0=")
+                if marker:
+                    fields = dict(kv.split("=") for kv in f"t0={report}".split())
                     return (int(fields["n"]) - int(fields["n0"])) / (float(fields["t1"]) - float(fields["t0"]))
             await asyncio.sleep(0.2)
         raise BenchError(f"faust floor ({mode}) did not finish; log tail:\n{w.log_tail()}")
@@ -405,7 +415,9 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
         print(f"  journey, one worker (pid {w1.pid}): waiting for it to join ...", flush=True)
         if args.profile:
             profiler = pyspy.Recording.start(w1.pid, Path(args.profile))  # type: ignore[arg-type]
-        one = await measure("one worker", [w1], base, args.events, hw)
+        # The broker's pid, to report its CPU share (EmbeddedBroker does not expose it publicly).
+        broker_pid = broker._process.pid if broker._process is not None else None
+        one = await measure("one worker", [w1], base, args.events, hw, broker_pid)
         if profiler is not None:
             profiler.stop()
         print(f"  journey, one worker: {_fmt_rate(one.events_per_s)} over {one.seconds:.1f}s", flush=True)
@@ -421,7 +433,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
         if not args.skip_two:
             workers.extend(w.start() for w in pair)
             print(f"  journey, two workers (pids {pair[0].pid}, {pair[1].pid}): waiting for both to join ...", flush=True)
-            two = await measure("two workers", pair, two_settings, args.events, hw)
+            two = await measure("two workers", pair, two_settings, args.events, hw, broker_pid)
             for w in pair:
                 w.stop()
             print(f"  journey, two workers: {_fmt_rate(two.events_per_s)} over {two.seconds:.1f}s", flush=True)
@@ -450,6 +462,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
             ("ceiling (aiokafka + orjson.loads)", f"{_fmt_rate(ceiling.events_per_s)}  ({ceiling.seconds:.1f}s)"),
             (f"journey, 1 worker ({args.store})", f"{_fmt_rate(one.events_per_s)}  ({one.seconds:.1f}s; first {one.excluded:,} records "
              f"before the window; changelog done {one.changelog_tail_s * 1000:.0f} ms after the last batch)"),
+            ("CPU in the window (1 worker)", f"worker {one.worker_cpu:.2f} cores, broker {one.broker_cpu:.2f} cores"),
             ("ratio journey / ceiling", f"{ratio:.3f}   (target >= 0.5)"),
             ("transitions", f"{one.transitions:,} distinct ({one.transition_records:,} records), predicted {pred.transitions:,}"),
         ]
@@ -458,6 +471,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
                 ("journey, 2 workers, 1 group", f"{_fmt_rate(two.events_per_s)}  speed-up x{two.events_per_s / one.events_per_s:.2f} "
                  f"(processed {' + '.join(f'{p:,}' for p in two.processed_per_worker)}; broker, both workers and the bench share "
                  f"{os.cpu_count()} cores)"),
+                ("CPU in the window (2 workers)", f"workers {two.worker_cpu:.2f} cores, broker {two.broker_cpu:.2f} cores"),
                 ("transitions (2 workers)", f"{two.transitions:,} distinct ({two.transition_records:,} records), predicted {pred.transitions:,}"),
             ]
         rows += [

@@ -29,6 +29,15 @@ _ENV_FIELDS = (
 _METRIC = re.compile(rb"^(journey_[a-z_]+?)(\{[^}]*\})? ([0-9.eE+-]+|NaN)$", re.M)
 
 
+def process_cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process so far (Linux /proc; 0.0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 class WorkerDied(RuntimeError):
     def __init__(self, worker: "Worker") -> None:
         code = worker.process.returncode if worker.process else None
@@ -125,6 +134,9 @@ class Worker:
         except (OSError, ValueError):
             pass
         return None
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.pid)
 
     def log_tail(self, lines: int = 40) -> str:
         try:

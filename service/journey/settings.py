@@ -46,7 +46,10 @@ class Settings:
     # --- worker
     data_dir: Path = field(default_factory=lambda: Path.cwd())
     web_port: int = 6066
+    #: The name other workers and the sidecar reach this worker's web port by.
     web_host: str = "127.0.0.1"
+    #: The interface the worker's web server listens on (0.0.0.0 in a container).
+    web_bind: str = "127.0.0.1"
     #: Table store: RocksDB (via rocksdict) keeps state on local disk between restarts, so a
     #: restarted worker only reads the changelog's tail; memory:// re-reads the whole changelog.
     store: str = "rocksdb://"

@@ -104,6 +104,7 @@ def create_app(settings: Settings, definition: JourneyDefinition | None = None) 
         autodiscover=False,
         web_enabled=True,
         web_host=settings.web_host,
+        web_bind=settings.web_bind,
         web_port=settings.web_port,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
