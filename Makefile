@@ -34,6 +34,10 @@ test-unit: install
 test-integration: install browser
 	$(PY) -m pytest -q tests/integration
 
+# Throughput: journey against a plain aiokafka consumer on the same topic, in one run (~11 min).
+bench: install
+	$(PY) bench/throughput.py
+
 bench-churn: install
 	$(PY) bench/churn_auc.py
 

@@ -40,11 +40,24 @@ class Recording:
         return top_functions(self.path, top)
 
 
+_PACKAGES = ("journey", "faust", "mode", "aiokafka", "asyncio", "rocksdict", "prometheus_client", "orjson", "aiohttp")
+
+
+def _package(frame: str) -> str:
+    """The package a frame's file belongs to ("fn (faust/streams.py)" -> "faust")."""
+    where = frame.rpartition("(")[2]
+    for name in _PACKAGES:
+        if where.startswith(f"{name}/") or f"/{name}/" in where:
+            return name
+    return "asyncio" if where.startswith("selectors") else "other"
+
+
 def top_functions(path: Path, top: int = 20) -> str:
     """Own time (leaf frames) and total time per function, from py-spy's collapsed stacks."""
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
     threads: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
     samples = 0
     try:
         lines = path.read_text(errors="replace").splitlines()
@@ -63,12 +76,14 @@ def top_functions(path: Path, top: int = 20) -> str:
         samples += n
         threads[thread] += n
         own[frames[-1]] += n
+        packages[_package(frames[-1])] += n
         for f in set(frames):
             total[f] += n
     if not samples:
         return "(py-spy recorded no samples)"
     out = [f"  py-spy: {samples:,} samples of the worker (busy threads only); by thread: "
            + ", ".join(f"{t} {100 * n / samples:.0f}%" for t, n in threads.most_common(4)),
+           "  own time by package: " + ", ".join(f"{p} {100 * n / samples:.0f}%" for p, n in packages.most_common(8)),
            "  top functions by own time:"]
     for frame, n in own.most_common(top):
         out.append(f"    {100 * n / samples:5.1f}% own  {100 * total[frame] / samples:5.1f}% total  {frame}")
