@@ -21,7 +21,8 @@ MAX_ID_LEN: Final[int] = 200
 MAX_TYPE_LEN: Final[int] = 100
 
 _TYPE_RE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
-_TS_RE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
+# Years 1900-2199: a wider range is almost surely a bug upstream, and far dates break date maths.
+_TS_RE = re.compile(r"(?:19|2[01])\d{2}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
 _CURRENCY_RE = re.compile(r"[A-Z]{3}")
 
 
@@ -88,7 +89,7 @@ def validate(data: Any) -> Touchpoint:
         raise _violation("type", etype, "a snake_case event type such as add_to_cart", event_id)
     timestamp = data.get("timestamp")
     if not isinstance(timestamp, str) or not _TS_RE.fullmatch(timestamp):
-        raise _violation("timestamp", timestamp, "an RFC 3339 time with an offset, e.g. 2024-05-01T12:00:00+00:00", event_id)
+        raise _violation("timestamp", timestamp, "an RFC 3339 time with an offset in the years 1900-2199, e.g. 2024-05-01T12:00:00+00:00", event_id)
     try:
         # upper(): RFC 3339 allows 't' and 'z', fromisoformat does not.
         ts = datetime.fromisoformat(timestamp.upper()).timestamp()

@@ -127,7 +127,11 @@ class ChurnWorker:
         now = self.clock.now(wall)
         outputs: list[tuple[str, bytes, bytes]] = []
         for key, (rec, state, _before) in writes.items():
-            u = update(state, now if now is not None else state.last_seen or 0.0, self.model, self.config, self.stage_times)
+            try:
+                u = update(state, now if now is not None else state.last_seen or 0.0, self.model, self.config, self.stage_times)
+            except Exception:  # one customer's odd history must not stop the stream (or crash-loop it)
+                log.exception("churn risk of customer %r could not be updated; its journey state is still written", key)
+                continue
             self.index.schedule(key, u.due, rec.partition)
             self._collect(key, u, outputs)
         await self._send(outputs)
