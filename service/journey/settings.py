@@ -53,8 +53,15 @@ class Settings:
     #: Table store: RocksDB (via rocksdict) keeps state on local disk between restarts, so a
     #: restarted worker only reads the changelog's tail; memory:// re-reads the whole changelog.
     store: str = "rocksdb://"
+    #: How the worker takes its input: "batch" (records go from each fetch to the pipeline a batch
+    #: at a time; fast) or "stream" (a Faust agent over take_events; Faust's per-event path).
+    ingest: str = "batch"
     batch_size: int = 1000
+    #: stream ingest only: how long to wait to fill a batch.
     batch_window_s: float = 0.05
+    #: The consumer's fetch wait: bounds the latency of a quiet stream on brokers that answer a
+    #: waiting fetch only when the wait expires (Faust's own default is 1500 ms).
+    fetch_max_wait_ms: int = 50
     #: Consumer-group session timeout: how long a dead worker's partitions wait before moving.
     session_timeout_s: float = 30.0
     commit_interval_s: float = 1.0

@@ -6,14 +6,16 @@ import asyncio
 import logging
 import os
 import weakref
-from typing import TYPE_CHECKING, Any, Awaitable, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Mapping, Sequence
 
 from faust.streams import _current_event
 
-from journey.worker.pipeline import BatchResult, Output, Record, transition_output
+from journey.worker.pipeline import BatchResult, Record, transition_output
 
 if TYPE_CHECKING:
     from journey.worker.app import JourneyApp
+    from journey.worker.produce import BatchSender, Sent
+    from journey.worker.statewrites import StateWrites
 
 log = logging.getLogger(__name__)
 
@@ -37,39 +39,69 @@ def register(japp: "JourneyApp") -> None:
 
 
 async def handle_batch(japp: "JourneyApp", events: Sequence[Any]) -> BatchResult:
-    """decode, validate, dedupe, apply (the pipeline), then emit: outputs first, state second."""
+    """A batch of Faust events through handle_records."""
     records = [
         Record(e.message.key, e.message.value, e.message.topic, e.message.partition, e.message.offset, e, e.message.timestamp)
         for e in events
     ]
-    result = japp.pipeline.process(records, japp.customers)
+    result, _ = await handle_records(japp, records)
+    return result
+
+
+async def handle_records(
+    japp: "JourneyApp",
+    records: Sequence[Record],
+    states: Mapping[str, Any] | None = None,
+    *,
+    sender: "BatchSender | None" = None,
+    state_writes: "StateWrites | None" = None,
+) -> tuple[BatchResult, list["Sent"]]:
+    """decode, validate, dedupe, apply (the pipeline), then emit: outputs first, state second.
+
+    ``rec.ref`` of every record must be an event of its partition (write_states needs it);
+    ``states`` is where the pipeline reads customers from (default: the table). With ``sender``
+    the outputs go out as produce batches; with ``state_writes`` the states go straight to the
+    store and the changelog, whose produce batches are returned (not yet acknowledged).
+    """
+    result = japp.pipeline.process(records, japp.customers if states is None else states)  # type: ignore[arg-type]
     settings = japp.settings
-    producer = japp.app.producer
-    pending: list[Awaitable[Any]] = []
-
-    async def send(topic: str, out: Output) -> None:
-        pending.append(await producer.send(topic, out.key, out.value, None, None, None))
-
-    for t in result.transitions:
-        await send(settings.topic_transitions, transition_output(t))
-    for out in result.dead_letters:
-        await send(settings.topic_dead_letter, out)
-    for out in result.rekeyed:
-        await send(settings.topic_touchpoints, out)
+    outputs = [
+        *((settings.topic_transitions, transition_output(t)) for t in result.transitions),
+        *((settings.topic_dead_letter, out) for out in result.dead_letters),
+        *((settings.topic_touchpoints, out) for out in result.rekeyed),
+    ]
     # Outputs are acknowledged before the state that records them is written: after a crash the
     # batch is replayed and re-emits them (same transition ids) instead of losing them.
-    if pending:
-        await asyncio.gather(*pending)
+    if outputs:
+        if sender is not None:
+            sent = await sender.send((topic, None, out.key, out.value) for topic, out in outputs)
+            await asyncio.gather(*(s.future for s in sent))
+        else:
+            producer = japp.app.producer
+            pending: list[Awaitable[Any]] = []
+            for topic, out in outputs:
+                pending.append(await producer.send(topic, out.key, out.value, None, None, None))
+            await asyncio.gather(*pending)
     # Churn risk and pain points: re-scores the batch's customers, sends and
-    # acknowledges its events, and updates their states in place for write_states below.
+    # acknowledges its events, and updates their states in place for the writes below.
     if japp.churn is not None:
         await japp.churn.after_batch(records, result)
-    write_states(japp, result)
-    # Live aggregates: in the same synchronous stretch as the writes (see worker/aggregates.py).
-    if japp.aggregates is not None:
-        japp.aggregates.observe(records, result)
+
+    def observe() -> None:
+        # Live aggregates: in the same synchronous stretch as the writes (see worker/aggregates.py).
+        if japp.aggregates is not None:
+            japp.aggregates.observe(records, result)
+
+    changelog: list[Sent] = []
+    if state_writes is not None:
+        changelog = await state_writes.write(
+            ((key, rec.partition, state) for key, (rec, state, _before) in result.writes.items()), observe
+        )
+    else:
+        write_states(japp, result)
+        observe()
     japp.metrics.observe_batch(result, len(records))
-    return result
+    return result, changelog
 
 
 def write_states(japp: "JourneyApp", result: BatchResult) -> None:

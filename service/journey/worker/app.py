@@ -25,10 +25,13 @@ from journey.worker.pipeline import Pipeline
 if TYPE_CHECKING:
     from journey.worker.aggregates import LiveAggregates
     from journey.worker.churn import ChurnWorker
+    from journey.worker.statewrites import StateWrites
 
 log = logging.getLogger(__name__)
 
 TABLE_NAME = "customers"
+#: Largest produce batch (below the brokers' default 1 MiB message.max.bytes).
+PRODUCE_BATCH_BYTES = 512 * 1024
 
 
 class StateCodec(codecs.Codec):
@@ -85,11 +88,13 @@ class JourneyApp:
     aggregates: "LiveAggregates | None" = None
     #: Churn risk and pain points (set by worker/churn.register).
     churn: "ChurnWorker | None" = None
+    #: Direct store + changelog writes of the batch ingest (RocksDB store; set when it starts).
+    state_writes: "StateWrites | None" = None
 
 
 def create_app(settings: Settings, definition: JourneyDefinition | None = None) -> JourneyApp:
     """Build the worker's Faust app from settings (the CLI, `journey dev` and the tests all use this)."""
-    from journey.worker import agents, recovery, views
+    from journey.worker import agents, ingest, recovery, views
     from journey.worker import aggregates as live_aggregates
     from journey.worker import churn as churn_risk
 
@@ -110,6 +115,8 @@ def create_app(settings: Settings, definition: JourneyDefinition | None = None) 
         topic_replication_factor=settings.replication_factor,
         topic_allow_declare=True,
         producer_acks=-1,
+        # The batch ingest sends a batch's records for a partition as one produce batch.
+        producer_max_batch_size=PRODUCE_BATCH_BYTES,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
         broker_session_timeout=settings.session_timeout_s,
@@ -119,7 +126,7 @@ def create_app(settings: Settings, definition: JourneyDefinition | None = None) 
         stream_buffer_maxsize=max(4096, settings.batch_size * 4),
         canonical_url=f"http://{settings.web_host}:{settings.web_port}",
     )
-    recovery.use_true_highwaters(app)
+    recovery.use_true_highwaters(app, fetch_max_wait_ms=ingest.fetch_max_wait_ms(settings))
     touchpoints = app.topic(
         settings.topic_touchpoints,
         key_type=bytes,
@@ -146,7 +153,10 @@ def create_app(settings: Settings, definition: JourneyDefinition | None = None) 
     japp = JourneyApp(app, settings, definition, touchpoints, customers, pipeline, metrics)
     japp.aggregates = live_aggregates.register(japp)
     japp.churn = churn_risk.register(japp)
-    agents.register(japp)
+    if ingest.ingest_mode(settings) == "batch":
+        ingest.register(japp)
+    else:
+        agents.register(japp)
     views.register(japp)
     return japp
 

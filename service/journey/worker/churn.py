@@ -19,7 +19,7 @@ import weakref
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Awaitable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Iterator, Mapping, Sequence
 
 import orjson
 from faust.streams import _current_event
@@ -192,23 +192,38 @@ class ChurnWorker:
             raise
         topic = self.japp.settings.topic_touchpoints
         written = BatchResult()
-        for (key, state), (read_as, _), before in zip(changed, saved, befores):
-            current = table.get(key)
-            if current is not state and (current is None or (current.events, current.last_seen) != read_as):
-                # A batch wrote this customer while the outputs were in flight (a store that
-                # hands out copies, e.g. RocksDB): its state is newer and carries its own
-                # assessment; writing ours would lose its events.
-                continue
+
+        def still_ours() -> Iterator[tuple[str, CustomerState, Any]]:
+            for (key, state), (read_as, _), before in zip(changed, saved, befores):
+                current = table.get(key)
+                if current is not state and (current is None or (current.events, current.last_seen) != read_as):
+                    # A batch wrote this customer while the outputs were in flight (a store that
+                    # hands out copies, e.g. RocksDB): its state is newer and carries its own
+                    # assessment; writing ours would lose its events.
+                    continue
+                written.writes[key] = (Record(key.encode(), None, topic, state.partition, -1), state, before)  # type: ignore[arg-type]
+                yield key, state, before
+
+        aggregates = getattr(self.japp, "aggregates", None)
+
+        def observe() -> None:
+            if aggregates is not None and summarize is not None:
+                aggregates.observe([], written)  # same synchronous stretch as the writes
+
+        state_writes = getattr(self.japp, "state_writes", None)
+        if state_writes is not None:
+            # The batch ingest's direct writes: the check above runs under their lock, after
+            # any earlier write of these customers.
+            await state_writes.write(((key, state.partition, state) for key, state, _ in still_ours()), observe)
+            return len(written.writes)
+        for key, state, _ in list(still_ours()):
             event = _PartitionEvent(topic, state.partition)  # type: ignore[arg-type]
             token = _current_event.set(weakref.ref(event))
             try:
                 table[key] = state
             finally:
                 _current_event.reset(token)
-            written.writes[key] = (Record(key.encode(), None, topic, state.partition, -1), state, before)  # type: ignore[arg-type]
-        aggregates = getattr(self.japp, "aggregates", None)
-        if aggregates is not None and summarize is not None:
-            aggregates.observe([], written)  # same synchronous stretch as the writes
+        observe()
         return len(written.writes)
 
     # --- rebalance ------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from journey.core.definition import JourneyDefinition
@@ -53,6 +55,16 @@ class WorkerMetrics:
             self.customers.labels(stage=name)
         for ch in CHANNELS:
             self.touchpoints.labels(type=OTHER_TYPE, channel=ch)
+        self._touchpoint_children: dict[tuple[str, str], Any] = {}
+        self._transition_children: dict[tuple[str, str], Any] = {}
+
+    @staticmethod
+    def _child(cache: dict[tuple[str, str], Any], metric: Any, labels: tuple[str, str]) -> Any:
+        # labels() costs a lock and a few lookups: once per label pair, not per event.
+        child = cache.get(labels)
+        if child is None:
+            child = cache[labels] = metric.labels(*labels)
+        return child
 
     def observe_batch(self, result: BatchResult, n_records: int) -> None:
         self.batch_size.observe(n_records)
@@ -61,21 +73,24 @@ class WorkerMetrics:
         for etype, channel, _kind in result.applied:
             label = etype if etype in known else OTHER_TYPE
             counts[(label, channel)] = counts.get((label, channel), 0) + 1
-        for (etype, channel), n in counts.items():
-            self.touchpoints.labels(type=etype, channel=channel).inc(n)
+        for labels, n in counts.items():
+            self._child(self._touchpoint_children, self.touchpoints, labels).inc(n)
         for reason in result.reasons:
             self.dead_letters.labels(reason=reason).inc()
         if result.duplicates:
             self.duplicates.inc(result.duplicates)
         if result.rekeyed:
             self.rekeyed.inc(len(result.rekeyed))
+        moves: dict[tuple[str, str], int] = {}
         for t in result.transitions:
-            self.transitions.labels(
-                from_stage=STAGES[t.from_stage] if t.from_stage >= 0 else "none", to_stage=STAGES[t.to_stage]
-            ).inc()
+            move = (STAGES[t.from_stage] if t.from_stage >= 0 else "none", STAGES[t.to_stage])
+            moves[move] = moves.get(move, 0) + 1
+        for move, n in moves.items():
+            self._child(self._transition_children, self.transitions, move).inc(n)
         now = time.time()
+        observe = self.latency.observe
         for ts in result.trigger_timestamps:
-            self.latency.observe(max(0.0, now - ts))
+            observe(max(0.0, now - ts))
         if result.max_event_time is not None:
             self.event_time.set(max(self.event_time._value.get(), result.max_event_time))
         self.last_batch.set(now)

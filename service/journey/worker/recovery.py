@@ -31,6 +31,7 @@ import logging
 import time
 from typing import List, Mapping, cast
 
+import aiokafka
 import faust
 from faust.transport import drivers as faust_drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -42,7 +43,18 @@ logger = logging.getLogger(__name__)
 
 
 class TrueHighwaterConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Consumer thread whose ``highwaters()`` come from Fetch responses."""
+    """Consumer thread whose ``highwaters()`` come from Fetch responses (and whose fetch wait
+    is the transport's ``fetch_max_wait_ms``)."""
+
+    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        wait_ms = getattr(transport, "fetch_max_wait_ms", None)
+        if wait_ms is not None:
+            # Faust hard-codes 1500 ms. A broker that answers a waiting fetch only when the
+            # wait expires (the embedded tansu does) then delays every record by up to that
+            # much; aiokafka reads this when the consumer starts its fetcher.
+            consumer._fetch_max_wait_ms = int(wait_ms)
+        return consumer
 
     async def _highwaters(self, partitions: List[TP]) -> Mapping[TP, int]:
         if self.consumer.in_transaction:
@@ -79,20 +91,25 @@ class TrueHighwaterTransport(faust_aiokafka.Transport):
     """The aiokafka transport, with :class:`TrueHighwaterConsumer`."""
 
     Consumer = TrueHighwaterConsumer
+    #: The consumer's fetch.max.wait.ms; None keeps Faust's 1500 ms.
+    fetch_max_wait_ms: int | None = None
 
 
 class RecoverySetupError(RuntimeError):
     """``use_true_highwaters`` was called on an app it cannot change."""
 
 
-def use_true_highwaters(app: faust.App) -> None:
+def use_true_highwaters(app: faust.App, *, fetch_max_wait_ms: int | None = None) -> None:
     """Give ``app`` a transport whose table recovery reads changelogs to their true end.
 
     Call it once the app and its configuration exist (after ``faust.App(...)``
     and any ``config_from_object``) and before the worker starts. Agents and
-    tables may be declared before or after. Idempotent.
+    tables may be declared before or after. Idempotent. ``fetch_max_wait_ms``
+    replaces Faust's fixed 1500 ms fetch wait (None keeps it).
     """
     if isinstance(app._transport, TrueHighwaterTransport):
+        if fetch_max_wait_ms is not None:
+            app._transport.fetch_max_wait_ms = fetch_max_wait_ms
         return
     if app._consumer is not None:
         raise RecoverySetupError(
@@ -118,4 +135,6 @@ def use_true_highwaters(app: faust.App) -> None:
         )
     # Safe even if app.topics already built the conductor: the conductor only holds
     # the app, and the consumer and producer are created from app.transport later.
-    app.transport = TrueHighwaterTransport(app.conf.broker_consumer, app)
+    transport = TrueHighwaterTransport(app.conf.broker_consumer, app)
+    transport.fetch_max_wait_ms = fetch_max_wait_ms
+    app.transport = transport

@@ -1,0 +1,92 @@
+"""A batch's customer states into a RocksDB-backed table: each changed customer once, encoded
+once, into its partition's database (one WriteBatch) and its changelog (one produce batch per
+partition).
+
+``table[key] = state`` costs two encodings, a RocksDB put, a changelog send through Faust's
+producer buffer (a coroutine per record) and a RocksDB put of the changelog offset per record.
+This writes the same bytes to the same places, and records the changelog offset once per
+produce batch when the broker has acknowledged it (what Faust's ``_on_changelog_sent`` does,
+so a restarted worker replays only the changelog's tail). The in-memory store keeps the table's
+own path (agents.write_states).
+
+Ordering: a customer's changelog records must reach the broker in the order of the store writes
+(recovery keeps the last one). Every write of the table while the batch ingest runs -- its own
+batches and the churn timer -- goes through :meth:`StateWrites.write` under one lock, after
+Faust's producer buffer (earlier ``table[key] = ...`` writes) has been flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable, Iterable
+
+import rocksdict
+from faust.types import TP
+
+from journey.core.state import CustomerState
+from journey.worker.produce import BatchSender, Sent
+
+log = logging.getLogger(__name__)
+
+
+def uses_rocksdb(table: Any) -> bool:
+    """Whether the table's store is Faust's RocksDB store on rocksdict (the only one written directly)."""
+    from faust.stores.rocksdb import Store as RocksDBStore
+
+    return isinstance(table.data, RocksDBStore) and bool(getattr(table.data, "use_rocksdict", False))
+
+
+class StateWrites:
+    def __init__(self, app: Any, table: Any, sender: BatchSender) -> None:
+        self.app = app
+        self.table = table
+        self.sender = sender
+        self.topic = table.changelog_topic.get_topic_name()
+        self._lock = asyncio.Lock()
+
+    def read(self, key: str, partition: int) -> CustomerState | None:
+        """A customer's state from their partition's database (a fresh object: the caller's)."""
+        raw = self.table.data._db_for_partition(partition).get(key.encode())
+        return CustomerState.from_wire(raw) if raw is not None else None
+
+    async def write(
+        self, states: Iterable[tuple[str, int, CustomerState]], on_stored: Callable[[], None] | None = None
+    ) -> list[Sent]:
+        """Write (key, partition, state) to the store and send them to the changelog; returns the
+        changelog batches (their futures resolve when acknowledged; the offsets are then recorded).
+        ``on_stored`` runs right after the store writes, in the same synchronous stretch.
+        ``states`` is consumed under the lock, after the flush: a generator may decide there
+        what is still to be written (the churn timer does)."""
+        async with self._lock:
+            # Faust's buffer may hold earlier changelog records of the same keys: they go first.
+            await self.app.producer.buffer.flush()
+            store = self.table.data
+            batches: dict[int, Any] = {}
+            out: list[tuple[str, int, bytes, bytes]] = []
+            topic = self.topic
+            for key, partition, state in states:
+                kb, vb = key.encode(), state.to_wire()
+                wb = batches.get(partition)
+                if wb is None:
+                    wb = batches[partition] = rocksdict.WriteBatch(raw_mode=True)
+                wb.put(kb, vb)
+                out.append((topic, partition, kb, vb))
+            for partition, wb in batches.items():
+                store._db_for_partition(partition).write(wb)
+            if on_stored is not None:
+                on_stored()
+            sent = await self.sender.send(out)
+        for s in sent:
+            s.future.add_done_callback(self._persisted(s))
+        return sent
+
+    def _persisted(self, s: Sent) -> Any:
+        store, tp, count = self.table.data, TP(s.topic, s.partition), s.count
+
+        def done(fut: asyncio.Future) -> None:
+            if fut.cancelled() or fut.exception() is not None:
+                return  # the batch's own await reports it
+            store.set_persisted_offset(tp, fut.result().offset + count - 1)
+
+        return done
