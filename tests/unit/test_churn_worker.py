@@ -72,7 +72,7 @@ def make_worker() -> tuple[ChurnWorker, Producer, Table, list[str]]:
         assignor=SimpleNamespace(assigned_actives=lambda: [SimpleNamespace(topic="tp", partition=0)]),
     )
     japp = SimpleNamespace(app=app, settings=settings, definition=DEFINITION, customers=table, metrics=WorkerMetrics(DEFINITION))
-    return ChurnWorker(japp, ChurnSettings()), producer, table, log  # type: ignore[arg-type]
+    return ChurnWorker(japp, ChurnSettings.from_settings(Settings())), producer, table, log  # type: ignore[arg-type]
 
 
 def buyer(customer: str, days: list[int], partition: int = 0) -> CustomerState:

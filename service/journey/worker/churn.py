@@ -47,20 +47,18 @@ _OWN_KEYS = (RISK_KEY, painpoints.KEY)
 
 @dataclass(frozen=True)
 class ChurnSettings:
-    """The churn part of the settings (Settings.churn_*, env JOURNEY_CHURN_*)."""
+    """The churn part of the settings: Settings.churn_* (env JOURNEY_CHURN_*), where the defaults live."""
 
-    #: The params file (`journey churn fit`); default: <schemas_dir>/churn-params.json.
-    params_file: Path | None = None
-    horizon_days: float = 90.0
-    medium_threshold: float = 0.5
-    high_threshold: float = 0.8
-    abandonment_window_hours: float = 24.0
-    stall_days: float = 14.0
-    allowed_lateness_s: float = 60.0
-    live_window_s: float = 300.0
-    tick_s: float = 1.0
-    #: Most customers the timer re-scores per tick (the rest wait for the next one).
-    max_per_tick: int = 5000
+    params_file: Path | None
+    horizon_days: float
+    medium_threshold: float
+    high_threshold: float
+    abandonment_window_hours: float
+    stall_days: float
+    allowed_lateness_s: float
+    live_window_s: float
+    tick_s: float
+    max_per_tick: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ChurnSettings":
