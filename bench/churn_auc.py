@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "service"))
 
 from journey.churn import bgnbd  # noqa: E402
+from journey.churn.calibration import roc_auc  # noqa: E402
 from journey.churn.offline import fit_model, fold, parse_as_of, read_touchpoints, score_all  # noqa: E402
 from journey.churn.risk import RiskConfig  # noqa: E402
 from journey.churn.update import ChurnConfig  # noqa: E402
@@ -38,26 +39,6 @@ from journey.core.definition import load_definition  # noqa: E402
 CALIBRATION_END = date(1997, 9, 30)
 HOLDOUT_WEEKS = 39
 TIME_UNIT_DAYS = 7.0
-
-
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """ROC AUC via the Mann-Whitney U statistic; tied scores get their average rank."""
-    scores = np.asarray(scores, dtype=float)
-    labels = np.asarray(labels, dtype=bool)
-    n_pos = int(labels.sum())
-    n_neg = len(labels) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("AUC needs both positive and negative labels")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores))
-    # Average rank (1-based) over each run of equal scores.
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    ends = np.r_[starts[1:], len(scores)]
-    for s, e in zip(starts, ends):
-        ranks[order[s:e]] = (s + 1 + e) / 2.0
-    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from datetime import date, datetime, timedelta, timezone
@@ -301,17 +300,16 @@ def test_shipped_default_params_file_is_consistent():
     assert churn.fitted_on["until"] == CALIBRATION_END.isoformat()
 
 
-# --- the benchmark's AUC
+# --- the AUC the benchmark and the calibration report
 
 
-def test_bench_roc_auc_matches_pairwise_definition():
-    spec = importlib.util.spec_from_file_location("churn_auc", REPO / "bench/churn_auc.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_roc_auc_matches_pairwise_definition():
+    from journey.churn.calibration import roc_auc
+
     rng = np.random.default_rng(5)
     scores = rng.integers(0, 6, 300).astype(float)  # many ties
     labels = rng.uniform(size=300) < 0.3 + 0.1 * scores
     pos, neg = scores[labels], scores[~labels]
     pairwise = ((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean()
-    assert bench.roc_auc(scores, labels) == pytest.approx(pairwise, rel=1e-12)
-    assert bench.roc_auc(-scores, labels) == pytest.approx(1 - pairwise, rel=1e-12)
+    assert roc_auc(scores, labels) == pytest.approx(pairwise, rel=1e-12)
+    assert roc_auc(-scores, labels) == pytest.approx(1 - pairwise, rel=1e-12)
