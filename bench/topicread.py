@@ -51,17 +51,22 @@ async def _assigned_consumer(bootstrap: str, topic: str, partitions: int, **conf
     return consumer, tps
 
 
+async def log_ends(bootstrap: str, topic: str, partitions: int) -> dict:
+    """Each partition's true end offset (by fetch highwater; the test broker's ListOffsets is off)."""
+    hw = Highwaters(bootstrap)
+    await hw.start()
+    try:
+        return await hw.of(topic, partitions)
+    finally:
+        await hw.close()
+
+
 async def read_topic(
     bootstrap: str, topic: str, partitions: int, on_record: Callable[[bytes | None, bytes | None], None],
     *, timeout_s: float = 600.0,
 ) -> int:
     """Hand every record of ``topic`` (as it is now) to ``on_record(key, value)``; return the count."""
-    hw = Highwaters(bootstrap)
-    await hw.start()
-    try:
-        ends = await hw.of(topic, partitions)
-    finally:
-        await hw.close()
+    ends = await log_ends(bootstrap, topic, partitions)
     consumer, tps = await _assigned_consumer(bootstrap, topic, partitions, fetch_max_wait_ms=50)
     n = 0
     deadline = time.monotonic() + timeout_s
@@ -74,7 +79,7 @@ async def read_topic(
             for msgs in batch.values():
                 for m in msgs:
                     on_record(m.key, m.value)
-                n += sum(len(msgs) for msgs in batch.values())
+                n += len(msgs)
             for tp in list(todo):
                 if await consumer.position(tp) >= ends[tp]:
                     todo.discard(tp)
@@ -95,12 +100,7 @@ async def ceiling(bootstrap: str, topic: str, partitions: int, expected: int) ->
     """A plain consumer (no group, all partitions assigned, from the beginning) reading and
     orjson-decoding every record. Timed like the worker: from the end of the first fetch that
     returned records (those records not counted) to the last record decoded."""
-    hw = Highwaters(bootstrap)
-    await hw.start()
-    try:
-        ends = await hw.of(topic, partitions)
-    finally:
-        await hw.close()
+    ends = await log_ends(bootstrap, topic, partitions)
     if sum(ends.values()) != expected:
         raise RuntimeError(f"{topic} holds {sum(ends.values())} records, expected {expected}: the input was not fully produced")
     consumer, tps = await _assigned_consumer(bootstrap, topic, partitions)
