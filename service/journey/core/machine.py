@@ -78,6 +78,11 @@ class Outcome:
     kind: Kind
 
 
+_STAGED, _PURCHASE, _RENEWAL, _ADVOCACY, _NEGATIVE, _OTHER = (
+    Kind.STAGED, Kind.PURCHASE, Kind.RENEWAL, Kind.ADVOCACY, Kind.NEGATIVE, Kind.OTHER,
+)
+
+
 def apply(
     state: CustomerState | None,
     tp: Touchpoint,
@@ -85,45 +90,65 @@ def apply(
     limits: Limits = Limits(),
 ) -> Outcome:
     """Apply one touchpoint to a customer's state (mutated in place; a new one when None)."""
+    # The worker's hot path: once per event, so written flat (no helper calls for the common case).
     st = state if state is not None else CustomerState()
     eid = id_hash(tp.event_id)
-    if eid in st.seen:
-        return Outcome(st, None, True, Kind.OTHER)
-    _remember(st.seen, eid, limits.dedupe_window)
+    seen = st.seen
+    if eid in seen:
+        return Outcome(st, None, True, _OTHER)
+    seen.append(eid)
+    if len(seen) > limits.dedupe_window:
+        del seen[0]
 
     ts = tp.ts
+    channel = tp.channel
     last_touch_before = st.last_channel
-    _record_touch(st, tp.channel, ts)
-    kind = definition.classify(tp.type, tp.properties)
-    target = NO_STAGE
-    if kind is Kind.STAGED:
-        target = definition.type_stage[tp.type]
-    elif kind is Kind.PURCHASE:
-        if st.attribution is None:
-            # Last touch = the touch before the purchase itself (the purchase is not a channel's win).
-            st.attribution = [st.first_channel, last_touch_before or tp.channel]
-        target = _record_purchase(st, tp, eid, limits)
-    elif kind is Kind.RENEWAL:
-        st.renewal_max = ts if st.renewal_max is None else max(st.renewal_max, ts)
-        if st.first_purchase is not None and ts >= st.first_purchase:
-            target = RETENTION
-    elif kind is Kind.ADVOCACY:
-        st.advocacy_max = ts if st.advocacy_max is None else max(st.advocacy_max, ts)
-        if st.first_purchase is not None and ts >= st.first_purchase:
-            target = ADVOCACY
-    elif kind is Kind.NEGATIVE:
-        st.negatives[tp.type] = st.negatives.get(tp.type, 0) + 1
-        st.last_negative = ts if st.last_negative is None else max(st.last_negative, ts)
+    # The touch: counts, and first/last touch by event time so late events land where they belong.
+    st.events += 1
+    channels = st.channels
+    channels[channel] = channels.get(channel, 0) + 1
+    if st.first_seen is None or ts < st.first_seen:
+        st.first_seen = ts
+        st.first_channel = channel
+    if st.last_seen is None or ts >= st.last_seen:
+        st.last_seen = ts
+        st.last_channel = channel
+
+    etype = tp.type
+    target = definition.type_stage.get(etype)
+    if target is not None:
+        kind = _STAGED
+    else:
+        target = NO_STAGE
+        kind = definition.classify(etype, tp.properties)
+        if kind is _PURCHASE:
+            if st.attribution is None:
+                # Last touch = the touch before the purchase itself (the purchase is not a channel's win).
+                st.attribution = [st.first_channel, last_touch_before or channel]
+            target = _record_purchase(st, tp, eid, limits)
+        elif kind is _RENEWAL:
+            st.renewal_max = ts if st.renewal_max is None else max(st.renewal_max, ts)
+            if st.first_purchase is not None and ts >= st.first_purchase:
+                target = RETENTION
+        elif kind is _ADVOCACY:
+            st.advocacy_max = ts if st.advocacy_max is None else max(st.advocacy_max, ts)
+            if st.first_purchase is not None and ts >= st.first_purchase:
+                target = ADVOCACY
+        elif kind is _NEGATIVE:
+            st.negatives[etype] = st.negatives.get(etype, 0) + 1
+            st.last_negative = ts if st.last_negative is None else max(st.last_negative, ts)
 
     if target == NO_STAGE:
         return Outcome(st, None, False, kind)
-    if kind is not Kind.PURCHASE:  # a purchase records its own reached times
-        _reach(st, target, ts)
-    if target <= st.stage:
+    reached = st.reached
+    if kind is not _PURCHASE:  # a purchase records its own reached times
+        if reached[target] is None or ts < reached[target]:  # type: ignore[operator]
+            reached[target] = ts
+    previous = st.stage
+    if target <= previous:
         return Outcome(st, None, False, kind)
 
-    previous = st.stage
-    since = st.reached[previous] if previous >= 0 else None
+    since = reached[previous] if previous >= 0 else None
     st.stage = target
     transition = Transition(
         customer_id=tp.profile_id,
@@ -132,28 +157,17 @@ def apply(
         at=ts,
         at_text=tp.timestamp,
         trigger_event_id=tp.event_id,
-        trigger_type=tp.type,
-        channel=tp.channel,
+        trigger_type=etype,
+        channel=channel,
         seconds_in_previous_stage=None if since is None else max(0.0, ts - since),
         journey_version=definition.version,
-        skipped=[STAGES[i] for i in range(previous + 1, target) if st.reached[i] is None],
+        skipped=[STAGES[i] for i in range(previous + 1, target) if reached[i] is None] if target > previous + 1 else [],
     )
-    st.recent.append([previous, target, ts, tp.type, tp.channel])
-    if len(st.recent) > RECENT_TRANSITIONS:
-        del st.recent[0]
+    recent = st.recent
+    recent.append([previous, target, ts, etype, channel])
+    if len(recent) > RECENT_TRANSITIONS:
+        del recent[0]
     return Outcome(st, transition, False, kind)
-
-
-def _record_touch(st: CustomerState, channel: str, ts: float) -> None:
-    st.events += 1
-    st.channels[channel] = st.channels.get(channel, 0) + 1
-    # First/last touch by event time, so late events land where they belong.
-    if st.first_seen is None or ts < st.first_seen:
-        st.first_seen = ts
-        st.first_channel = channel
-    if st.last_seen is None or ts >= st.last_seen:
-        st.last_seen = ts
-        st.last_channel = channel
 
 
 def _record_purchase(st: CustomerState, tp: Touchpoint, eid: int, limits: Limits) -> int:

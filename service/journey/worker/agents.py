@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import weakref
-from typing import TYPE_CHECKING, Any, Awaitable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 from faust.streams import _current_event
 
@@ -51,7 +51,7 @@ async def handle_batch(japp: "JourneyApp", events: Sequence[Any]) -> BatchResult
 async def handle_records(
     japp: "JourneyApp",
     records: Sequence[Record],
-    states: Mapping[str, Any] | None = None,
+    read: Callable[[str, int], Any] | None = None,
     *,
     sender: "BatchSender | None" = None,
     state_writes: "StateWrites | None" = None,
@@ -59,11 +59,22 @@ async def handle_records(
     """decode, validate, dedupe, apply (the pipeline), then emit: outputs first, state second.
 
     ``rec.ref`` of every record must be an event of its partition (write_states needs it);
-    ``states`` is where the pipeline reads customers from (default: the table). With ``sender``
+    ``read(key, partition)`` is how the pipeline reads customers (default: from the table). With ``sender``
     the outputs go out as produce batches; with ``state_writes`` the states go straight to the
     store and the changelog, whose produce batches are returned (not yet acknowledged).
     """
-    result = japp.pipeline.process(records, japp.customers if states is None else states)  # type: ignore[arg-type]
+    async with japp.state_lock:
+        return await _handle_locked(japp, records, read, sender, state_writes)
+
+
+async def _handle_locked(
+    japp: "JourneyApp",
+    records: Sequence[Record],
+    read: Callable[[str, int], Any] | None,
+    sender: "BatchSender | None",
+    state_writes: "StateWrites | None",
+) -> tuple[BatchResult, list["Sent"]]:
+    result = japp.pipeline.process(records, japp.customers, read=read)
     settings = japp.settings
     outputs = [
         *((settings.topic_transitions, transition_output(t)) for t in result.transitions),

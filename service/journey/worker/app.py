@@ -5,8 +5,9 @@ Everything journey-specific is decided by the pure core; this module only wires 
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +91,10 @@ class JourneyApp:
     churn: "ChurnWorker | None" = None
     #: Direct store + changelog writes of the batch ingest (RocksDB store; set when it starts).
     state_writes: "StateWrites | None" = None
+    #: Held by a batch from its first read of a state to its writes, and by the churn timer's
+    #: tick: the pipeline changes the states it reads in place (no copies), so nothing else may
+    #: read or write a customer in between.
+    state_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def create_app(settings: Settings, definition: JourneyDefinition | None = None) -> JourneyApp:
@@ -149,7 +154,7 @@ def create_app(settings: Settings, definition: JourneyDefinition | None = None) 
     metrics = WorkerMetrics(definition)
     limits = Limits(dedupe_window=settings.dedupe_window, order_window=settings.order_window)
     # The pipeline hands the live aggregates each customer's summary from before the batch.
-    pipeline = Pipeline(definition, limits, summarize=summarize)
+    pipeline = Pipeline(definition, limits, summarize=summarize, copy_reads=False)
     japp = JourneyApp(app, settings, definition, touchpoints, customers, pipeline, metrics)
     japp.aggregates = live_aggregates.register(japp)
     japp.churn = churn_risk.register(japp)

@@ -83,27 +83,23 @@ class PartitionEvent:
 
 
 class PartitionReads:
-    """The table as the pipeline reads it: each customer from the partition of their records
-    (as an agent does for its current event), so a RocksDB store looks in the right database;
-    with ``direct``, straight from that database."""
+    """How the pipeline reads the table: each customer from the partition of their records (as
+    an agent does for its current event), so a RocksDB store looks in the right database; with
+    ``direct``, straight from that database (and its cache)."""
 
     __slots__ = ("table", "events", "direct")
 
-    def __init__(self, table: Any, events: Mapping[bytes | None, PartitionEvent], direct: StateWrites | None = None) -> None:
+    def __init__(self, table: Any, events: Mapping[int, PartitionEvent], direct: StateWrites | None = None) -> None:
         self.table = table
         self.events = events
         self.direct = direct
 
-    def get(self, key: str, default: Any = None) -> Any:
-        event = self.events.get(key.encode())
-        if event is None:
-            return self.table.get(key, default)
+    def read(self, key: str, partition: int) -> Any:
         if self.direct is not None:
-            state = self.direct.read(key, event.message.partition)
-            return default if state is None else state
-        token = _current_event.set(event.ref)
+            return self.direct.read(key, partition)
+        token = _current_event.set(self.events[partition].ref)
         try:
-            return self.table.get(key, default)
+            return self.table.get(key)
         finally:
             _current_event.reset(token)
 
@@ -181,8 +177,11 @@ class BatchIngest:
         consumer: BatchConsumer = app.consumer  # type: ignore[assignment]
         table = self.japp.customers
         sender = BatchSender(app.producer)
-        state_writes = StateWrites(app, table, sender) if uses_rocksdb(table) else None
+        settings = self.japp.settings
+        state_writes = StateWrites(app, table, sender, cache_size=settings.state_cache) if uses_rocksdb(table) else None
         self.japp.state_writes = state_writes
+        reads = PartitionReads(table, self._events, state_writes)
+        generation = None
         while True:
             await self._arrived.wait()
             self._arrived.clear()
@@ -191,10 +190,15 @@ class BatchIngest:
                 if not chunks:
                     continue
                 try:
-                    records, events, spans = self._records(chunks)
+                    if state_writes is not None and generation != app.consumer_generation_id:
+                        # A rebalance happened since the last batch (wait_empty empties the
+                        # cache too; this also covers a revocation Faust did not wait for).
+                        state_writes.forget()
+                        generation = app.consumer_generation_id
+                    records, spans = self._records(chunks)
                     try:
                         _, changelog = await handle_records(
-                            self.japp, records, PartitionReads(table, events, state_writes), sender=sender, state_writes=state_writes,
+                            self.japp, records, reads.read, sender=sender, state_writes=state_writes,
                         )
                     except Exception:  # bad records never get here: they are dead-lettered in the pipeline
                         _exit_replaying("a batch could not be completed")
@@ -249,23 +253,20 @@ class BatchIngest:
             self._idle.clear()
         return taken
 
-    def _records(
-        self, chunks: list[_Chunk]
-    ) -> tuple[list[Record], dict[bytes | None, PartitionEvent], dict[TP, tuple[int, int]]]:
+    def _records(self, chunks: list[_Chunk]) -> tuple[list[Record], dict[TP, tuple[int, int]]]:
         records: list[Record] = []
-        events: dict[bytes | None, PartitionEvent] = {}
+        append = records.append
         spans: dict[TP, tuple[int, int]] = {}
         for chunk in chunks:
             tp = chunk.tp
             event = self._event(tp)
-            topic = tp.topic
+            topic, partition = tp.topic, tp.partition
             for r in chunk.records:
                 ts = r.timestamp
-                records.append(Record(r.key, r.value, topic, r.partition, r.offset, event, ts / 1000.0 if ts is not None else None))
-                events[r.key] = event
+                append(Record(r.key, r.value, topic, partition, r.offset, event, ts / 1000.0 if ts is not None else None))
             span = spans.get(tp)
             spans[tp] = (chunk.ack_from if span is None else span[0], chunk.records[-1].offset)
-        return records, events, spans
+        return records, spans
 
     def _event(self, tp: TP) -> PartitionEvent:
         event = self._events.get(tp.partition)
@@ -349,6 +350,10 @@ class BatchConsumer(TrueHighwaterConsumer):
         ingest = self.ingest
         if ingest is not None:
             await ingest.drain()
+            # Partitions are about to be revoked: their states may change elsewhere.
+            state_writes = ingest.japp.state_writes
+            if state_writes is not None:
+                state_writes.forget()
         await super().wait_empty()
 
 

@@ -70,7 +70,7 @@ class WorkerMetrics:
         self.batch_size.observe(n_records)
         known = self.known_types
         counts: dict[tuple[str, str], int] = {}
-        for etype, channel, _kind in result.applied:
+        for _key, etype, channel, _kind, _ts in result.applied:
             label = etype if etype in known else OTHER_TYPE
             counts[(label, channel)] = counts.get((label, channel), 0) + 1
         for labels, n in counts.items():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, MutableMapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import orjson
 
@@ -53,8 +53,9 @@ class BatchResult:
     #: Final state of every customer the batch changed, with a record of theirs (its partition)
     #: and the summary of their state before the batch.
     writes: dict[str, tuple[Record, CustomerState, Any]] = field(default_factory=dict)
-    #: (type, channel, kind) of every applied touchpoint, for metrics.
-    applied: list[tuple[str, str, Kind]] = field(default_factory=list)
+    #: (customer key, type, channel, kind, event time) of every applied touchpoint, for metrics
+    #: and the churn hook (which notes carts and purchases without decoding them again).
+    applied: list[tuple[str, str, str, Kind, float]] = field(default_factory=list)
     #: Reasons of the dead letters, for metrics.
     reasons: list[str] = field(default_factory=list)
     duplicates: int = 0
@@ -69,17 +70,38 @@ class Pipeline:
         limits: Limits,
         *,
         summarize: Callable[[CustomerState | None], Any] | None = None,
+        copy_reads: bool = True,
     ) -> None:
         self.definition = definition
         self.limits = limits
+        # With copy_reads, a state read from ``states`` is copied before the batch changes it, so
+        # the mapping holds what it held until the caller writes the batch's states. The worker
+        # turns it off: a copy costs more than applying the event, and it never needs the old
+        # object (a batch that fails exits the process; the batch and the churn timer never
+        # interleave, see JourneyApp.state_lock).
+        self.copy_reads = copy_reads
         # Takes what the live aggregates need of a customer's state before the batch touches it
         # (once per customer per batch, since apply() changes the state in place).
         self.summarize = summarize
 
-    def process(self, records: Sequence[Record], states: MutableMapping[str, CustomerState]) -> BatchResult:
+    def process(
+        self,
+        records: Sequence[Record],
+        states: Mapping[str, CustomerState] | None = None,
+        *,
+        read: Callable[[str, int], CustomerState | None] | None = None,
+    ) -> BatchResult:
+        """Run a batch. Customers are read from ``states`` or, with ``read``, as
+        ``read(key, partition of their record)`` (a store per partition), once per batch each."""
         out = BatchResult()
         definition, limits = self.definition, self.limits
-        writes = out.writes
+        if read is None:
+            if states is None:
+                raise TypeError("Pipeline.process needs the states or a read function")
+            get = states.get
+            read = lambda key, _partition: get(key)  # noqa: E731
+        writes, applied = out.writes, out.applied
+        max_event_time: float | None = None
         for rec in records:
             # decode + validate
             try:
@@ -99,29 +121,34 @@ class Pipeline:
                 state: CustomerState | None = pending[1]
                 before = pending[2]
             else:
-                stored = states.get(key)
+                stored = read(key, rec.partition)
                 before = self.summarize(stored) if self.summarize is not None else None
-                # Never change what the table holds (a memory store hands out its own object):
-                # if the batch fails before its writes, the table must still be as it was.
-                state = stored.copy() if stored is not None else None
+                state = stored.copy() if stored is not None and self.copy_reads else stored
             try:
                 outcome = apply(state, tp, definition, limits)
             except Exception as exc:  # a bug must cost one event, not the worker
                 log.exception("touchpoint %s of %s could not be applied", tp.event_id, key)
                 self._dead_letter(out, rec, "processing_error", f"{type(exc).__name__}: {exc}; this is a journey bug, please report it with this record")
+                if pending is None and state is not None and not self.copy_reads:
+                    # The state was changed in place up to the failure and the caller's cache
+                    # holds that object: write it, so the store agrees with what later reads see.
+                    writes[key] = (rec, state, before)
                 continue
             if outcome.duplicate:
                 out.duplicates += 1
                 continue
-            outcome.state.partition = rec.partition
-            writes[key] = (rec, outcome.state, before)
-            out.applied.append((tp.type, tp.channel, outcome.kind))
-            if out.max_event_time is None or tp.ts > out.max_event_time:
-                out.max_event_time = tp.ts
+            if pending is None:  # later events of the batch change the same object
+                outcome.state.partition = rec.partition
+                writes[key] = (rec, outcome.state, before)
+            ts = tp.ts
+            applied.append((key, tp.type, tp.channel, outcome.kind, ts))
+            if max_event_time is None or ts > max_event_time:
+                max_event_time = ts
             if outcome.transition is not None:
                 out.transitions.append(outcome.transition)
                 if rec.timestamp is not None:
                     out.trigger_timestamps.append(rec.timestamp)
+        out.max_event_time = max_event_time
         return out
 
     @staticmethod

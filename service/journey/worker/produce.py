@@ -9,10 +9,11 @@ key), so a customer's records land where any other producer would put them.
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2
 
 
 @dataclass(slots=True)
@@ -26,26 +27,43 @@ class Sent:
     future: asyncio.Future
 
 
+#: Keys whose murmur2 hash is remembered (aiokafka's murmur2 is pure Python, ~3 us a key; the
+#: same customers come back again and again).
+HASH_CACHE_SIZE = 100_000
+
+
 class BatchSender:
     """Sends records through the app's aiokafka producer (the one Faust flushes before a commit)."""
 
     def __init__(self, faust_producer: Any) -> None:
         self._faust_producer = faust_producer
-        self._partitioner = DefaultPartitioner()
         self._partitions: dict[str, list[int]] = {}
+        self._hashes: dict[bytes, int] = {}
+
+    def partition_of(self, key: bytes | None, partitions: list[int]) -> int:
+        """Kafka's default partitioner (murmur2 of the key, as aiokafka's DefaultPartitioner and
+        the Java client do), so a record lands where any other producer would put it."""
+        if key is None:  # e.g. the dead letter of an unkeyed record: anywhere, as send() would
+            return random.choice(partitions)
+        h = self._hashes.get(key)
+        if h is None:
+            if len(self._hashes) >= HASH_CACHE_SIZE:
+                self._hashes.clear()
+            h = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return partitions[h % len(partitions)]
 
     async def send(self, records: Iterable[tuple[str, int | None, bytes | None, bytes | None]]) -> list[Sent]:
         """Send (topic, partition or None for by-key, key, value) records; per topic-partition
         in the order given. Returns the produce batches (await their futures for the acks)."""
         producer = self._faust_producer._ensure_producer()
         groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
-        partitioner = self._partitioner
+        partition_of = self.partition_of
         for topic, partition, key, value in records:
             if partition is None:
                 parts = self._partitions.get(topic)
                 if parts is None:
                     parts = self._partitions[topic] = sorted(await producer.partitions_for(topic))
-                partition = partitioner(key, parts, parts)
+                partition = partition_of(key, parts)
             group = groups.get((topic, partition))
             if group is None:
                 group = groups[(topic, partition)] = []

@@ -9,6 +9,13 @@ produce batch when the broker has acknowledged it (what Faust's ``_on_changelog_
 so a restarted worker replays only the changelog's tail). The in-memory store keeps the table's
 own path (agents.write_states).
 
+Reads: decoding a state costs more than applying an event to it, so the states this worker
+last read or wrote stay decoded in memory (:class:`StateCache`, bounded, least recently written
+first out). The cache is only ever a copy of what the store holds for partitions we own: every
+write goes through it, and it is emptied whenever partitions may change hands (before a
+rebalance revokes them, see ingest.BatchConsumer.wait_empty), so a recovery that rewrites the
+store from the changelog is never hidden by an old entry.
+
 Ordering: a customer's changelog records must reach the broker in the order of the store writes
 (recovery keeps the last one). Every write of the table while the batch ingest runs -- its own
 batches and the churn timer -- goes through :meth:`StateWrites.write` under one lock, after
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
 import rocksdict
@@ -37,18 +45,66 @@ def uses_rocksdb(table: Any) -> bool:
     return isinstance(table.data, RocksDBStore) and bool(getattr(table.data, "use_rocksdict", False))
 
 
+class StateCache:
+    """Decoded states by customer key, at most ``size`` of them (0: no cache)."""
+
+    __slots__ = ("size", "_states", "hits", "misses")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._states: OrderedDict[str, CustomerState] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> CustomerState | None:
+        return self._states.get(key)
+
+    def put(self, key: str, state: CustomerState) -> None:
+        states = self._states
+        if key in states:
+            states.move_to_end(key)
+        states[key] = state
+        if len(states) > self.size:
+            states.popitem(last=False)
+
+    def clear(self) -> None:
+        self._states.clear()
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
 class StateWrites:
-    def __init__(self, app: Any, table: Any, sender: BatchSender) -> None:
+    def __init__(self, app: Any, table: Any, sender: BatchSender, cache_size: int = 0) -> None:
         self.app = app
         self.table = table
         self.sender = sender
         self.topic = table.changelog_topic.get_topic_name()
+        self.cache = StateCache(cache_size)
         self._lock = asyncio.Lock()
 
     def read(self, key: str, partition: int) -> CustomerState | None:
-        """A customer's state from their partition's database (a fresh object: the caller's)."""
+        """A customer's state: the cached object, or decoded from their partition's database.
+
+        The caller may change it in place only while it holds JourneyApp.state_lock and must
+        then write it (or exit): the cache hands the same object to the next reader."""
+        cache = self.cache
+        state = cache.get(key)
+        if state is not None:
+            cache.hits += 1
+            return state
+        cache.misses += 1
         raw = self.table.data._db_for_partition(partition).get(key.encode())
-        return CustomerState.from_wire(raw) if raw is not None else None
+        if raw is None:
+            return None
+        state = CustomerState.from_wire(raw)
+        if cache.size:
+            cache.put(key, state)
+        return state
+
+    def forget(self) -> None:
+        """Empty the cache (partitions may be about to change hands)."""
+        self.cache.clear()
 
     async def write(
         self, states: Iterable[tuple[str, int, CustomerState]], on_stored: Callable[[], None] | None = None
@@ -65,8 +121,11 @@ class StateWrites:
             batches: dict[int, Any] = {}
             out: list[tuple[str, int, bytes, bytes]] = []
             topic = self.topic
+            cache = self.cache if self.cache.size else None
             for key, partition, state in states:
                 kb, vb = key.encode(), state.to_wire()
+                if cache is not None:
+                    cache.put(key, state)
                 wb = batches.get(partition)
                 if wb is None:
                     wb = batches[partition] = rocksdict.WriteBatch(raw_mode=True)
