@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from journey.core.definition import Kind, load_definition
@@ -244,3 +245,22 @@ def test_state_stays_compact_for_a_busy_customer():
     assert len(state.orders) == Limits().order_window
     assert state.purchases == 50
     assert len(state.to_wire()) < 1500
+
+
+def test_states_written_in_the_v1_encoding_are_still_read():
+    state, _ = run([tp("ad_click", 0, channel="ads"), tp("purchase", 9, order_id="A", amount=3.5), tp("complaint", 12)])
+    state.extra = {"churn": {"l": "low"}}
+    v1 = orjson.dumps({
+        "v": 1, "s": state.stage, "r": state.reached, "n": state.events, "ch": state.channels,
+        "fc": state.first_channel, "lc": state.last_channel, "fs": state.first_seen, "ls": state.last_seen,
+        "p": state.purchases, "pd": state.purchase_days, "rev": state.revenue, "fp": state.first_purchase,
+        "lp": state.last_purchase, "o": state.orders, "d": state.days, "am": state.advocacy_max,
+        "rm": state.renewal_max, "ng": state.negatives, "nl": state.last_negative, "sn": state.seen,
+        "tr": state.recent, "pt": state.partition, "at": state.attribution, "x": state.extra,
+    })
+    assert CustomerState.from_wire(v1).to_wire() == state.to_wire()
+
+
+def test_an_unknown_state_encoding_is_refused_with_what_to_do():
+    with pytest.raises(ValueError, match="encoding 9 .*newer journey"):
+        CustomerState.from_wire(orjson.dumps([9, 1, 2]))
