@@ -56,8 +56,9 @@ def _iso(ts: float) -> str:
     return iso(ts)  # type: ignore[return-value]
 
 
-def _run(events: list[dict]) -> tuple[dict[str, CustomerState], PartitionAggregate]:
-    """Apply events one by one, keeping an aggregate by difference as the worker does."""
+def _run(events: list[dict], *, by_replace: bool = True) -> tuple[dict[str, CustomerState], PartitionAggregate]:
+    """Apply events one by one, keeping an aggregate by difference as the worker does
+    (``replace``), or by ``remove`` + ``add``."""
     states: dict[str, CustomerState] = {}
     agg = PartitionAggregate()
     for e in events:
@@ -65,15 +66,37 @@ def _run(events: list[dict]) -> tuple[dict[str, CustomerState], PartitionAggrega
         before = summarize(states.get(tp.profile_id))
         out = apply(states.get(tp.profile_id), tp, DEFINITION)
         states[tp.profile_id] = out.state
-        agg.remove(before)
-        agg.add(summarize(out.state))
+        if by_replace:
+            agg.replace(before, summarize(out.state))
+        else:
+            agg.remove(before)
+            agg.add(summarize(out.state))
     return states, agg
 
 
-def test_updating_by_difference_equals_a_recount() -> None:
-    states, agg = _run(_events(1))
+@pytest.mark.parametrize("by_replace", [True, False], ids=["replace", "remove+add"])
+def test_updating_by_difference_equals_a_recount(by_replace: bool) -> None:
+    states, agg = _run(_events(1), by_replace=by_replace)
     assert agg == PartitionAggregate.of(states.values())
     assert not agg.is_empty()
+
+
+def test_step_histograms_match_a_direct_count() -> None:
+    # Counted here from the states' reached times, without the aggregate's own step code.
+    states, agg = _run(_events(9, customers=200))
+    expected: dict[tuple[str, int], Counter] = {}
+    for st in states.values():
+        for step in range(len(STAGES) - 1):
+            a, b = st.reached[step], st.reached[step + 1]
+            if a is not None and b is not None:
+                expected.setdefault((st.first_channel, step), Counter())[bucket_of(b - a) if b > a else 0] += 1
+    assert len(expected) > 10  # several channels and steps
+    recount = PartitionAggregate.of(states.values())
+    for ch in CHANNELS:
+        for step in range(len(STAGES) - 1):
+            want = dict(expected.get((ch, step), {}))
+            assert agg.step_buckets(step, first_touch=ch) == want, (ch, step)
+            assert recount.step_buckets(step, first_touch=ch) == want, (ch, step)
 
 
 def test_removing_every_customer_leaves_nothing() -> None:

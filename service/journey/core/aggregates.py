@@ -1,11 +1,11 @@
 """Live aggregates of one input partition: a pure function of that partition's customer states.
 
 The worker keeps one :class:`PartitionAggregate` per partition it owns and updates it by
-difference (``remove(summary before) + add(summary after)`` for every customer a batch changed);
-after a rebalance it rebuilds it from the table. The sidecar merges the partitions' latest
-snapshots. Because an aggregate only ever reflects states (never a stream of events), replays,
-duplicates and ownership changes cannot make the counts drift: whoever holds the states can
-recompute the same numbers.
+difference (``replace(summary before, summary after)``, which is ``remove(before) +
+add(after)``, for every customer a batch changed); after a rebalance it rebuilds it from the
+table. The sidecar merges the partitions' latest snapshots. Because an aggregate only ever
+reflects states (never a stream of events), replays, duplicates and ownership changes cannot
+make the counts drift: whoever holds the states can recompute the same numbers.
 
 What is counted, per partition:
 - customers per current stage, broken down by first-touch channel (the funnel's filter); a
@@ -21,7 +21,7 @@ What is counted, per partition:
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, Iterable, Mapping
 
 from journey.core import painpoints
 from journey.core.stages import STAGES
@@ -42,17 +42,12 @@ NO_CHANNEL = "none"
 CHURN_KEY = "churn"
 
 
-class Summary(NamedTuple):
-    """What the aggregate needs of one customer's state (small, immutable, cheap to build)."""
-
-    slot: int
-    first_channel: str
-    channels: tuple[tuple[str, int], ...]
-    attribution: tuple[str, str] | None
-    #: (step, bucket) for every pair of consecutive stages the customer reached.
-    steps: tuple[tuple[int, int], ...]
-    churn_level: str | None
-    pain_points: tuple[tuple[str, int], ...]
+#: What the aggregate needs of one customer's state: a plain tuple (cheapest to build, by far),
+#: built only by :func:`summarize` and never changed afterwards. Fields, in order:
+#: slot, first-touch channel, {channel: touchpoints} (a copy), attribution (first, last) or None,
+#: the reached times (the step buckets derive from them, and only where they changed),
+#: churn level or None, abandoned carts, stalled (0 or 1).
+Summary = tuple[int, str, dict[str, int], tuple[str, str] | None, tuple[float | None, ...], str | None, int, int]
 
 
 def bucket_of(seconds: float) -> int:
@@ -70,49 +65,46 @@ def bucket_value(bucket: int) -> float:
 
 
 def summarize(state: CustomerState | None) -> Summary | None:
-    """The part of a customer's state the live aggregates count (None: no customer)."""
+    """The part of a customer's state the live aggregates count (None: no customer).
+
+    On the hot path (twice per changed customer per batch): it copies and derives nothing it
+    can leave to :meth:`PartitionAggregate.replace`, which mostly finds the parts unchanged.
+    """
     if state is None:
         return None
-    reached = state.reached
-    steps = []
-    for i in range(STEPS):
-        a, b = reached[i], reached[i + 1]
-        if a is not None and b is not None:
-            # A late event can put an earlier stage's time after a later one's: count it as no wait.
-            steps.append((i, bucket_of(b - a) if b > a else 0))
+    stage = state.stage
     attribution = state.attribution
     extra = state.extra
-    return Summary(
-        slot=state.stage + 1 if state.stage >= 0 else 0,
-        first_channel=state.first_channel or NO_CHANNEL,
-        channels=tuple(state.channels.items()),
-        attribution=(attribution[0] or NO_CHANNEL, attribution[1] or NO_CHANNEL) if attribution else None,
-        steps=tuple(steps),
-        churn_level=_churn_level(extra) if extra else None,
-        pain_points=_pain_points(state) if extra else (),
+    level = None
+    abandoned = stalled = 0
+    if extra:
+        churn = extra.get(CHURN_KEY)
+        if isinstance(churn, dict):
+            level = churn.get("l")
+            if not isinstance(level, str):
+                level = None
+        pain = extra.get(painpoints.KEY)
+        if pain:
+            # "a" holds the abandoned carts (painpoints' format): most pain memories only hold
+            # open carts, and the call is a good part of this function's cost.
+            if "a" in pain:
+                abandoned = painpoints.abandoned_carts(state)[0]
+            if pain.get("s") is not None:
+                stalled = 1
+    return (
+        stage + 1 if stage >= 0 else 0,
+        state.first_channel or NO_CHANNEL,
+        state.channels.copy(),
+        (attribution[0] or NO_CHANNEL, attribution[1] or NO_CHANNEL) if attribution else None,
+        tuple(state.reached),
+        level,
+        abandoned,
+        stalled,
     )
 
 
-def _churn_level(extra: Mapping[str, Any]) -> str | None:
-    churn = extra.get(CHURN_KEY)
-    level = churn.get("l") if isinstance(churn, dict) else None
-    return level if isinstance(level, str) else None
-
-
-def _pain_points(state: CustomerState) -> tuple[tuple[str, int], ...]:
-    """Pain points the customer's state records: abandoned carts (all of them), and a stall (the latest)."""
-    out = []
-    abandoned, _ = painpoints.abandoned_carts(state)
-    if abandoned:
-        out.append((painpoints.CART_ABANDONED, abandoned))
-    pain = state.extra.get(painpoints.KEY)
-    if pain and pain.get("s") is not None:
-        out.append((painpoints.STALLED, 1))
-    return tuple(out)
-
-
 class PartitionAggregate:
-    """Counts over a set of customer states; add/remove keep it equal to a recount."""
+    """Counts over a set of customer states; add/remove/replace keep it equal to a recount."""
 
     __slots__ = ("by_first", "by_channel", "touchpoints", "first_touch", "last_touch", "durations", "churn", "pain")
 
@@ -147,27 +139,155 @@ class PartitionAggregate:
         if summary is not None:
             self._apply(summary, -1)
 
+    # replace() and what it calls are the worker's hot path (a few times per event): the dict
+    # updates of _bump and _bump_slot are written out there, where they are most frequent.
+    def replace(self, before: Summary | None, after: Summary | None) -> None:
+        """``remove(before)`` then ``add(after)``, touching only the counts the two differ in.
+
+        Most changed customers keep their first touch, attribution, churn level and pain
+        points, and many their stage and channels: those parts cost one comparison each.
+        """
+        if before is None:  # a customer the batch created
+            if after is not None:
+                self._apply(after, 1)
+            return
+        if after is None:
+            self._apply(before, -1)
+            return
+        # The after side is counted before the before side is taken away, so an entry is only
+        # deleted when its counts really end at zero (as in a recount). A customer moving between
+        # slots of an entry that holds them before and after leaves it non-zero: no check.
+        b_slot, b_first, b_ch, b_attr, b_reached, b_churn, b_abandoned, b_stalled = before
+        a_slot, a_first, a_ch, a_attr, a_reached, a_churn, a_abandoned, a_stalled = after
+        moved = b_slot != a_slot
+        if b_first != a_first:
+            _bump_slot(self.by_first, a_first, a_slot, 1)
+            _bump_slot(self.by_first, b_first, b_slot, -1)
+        elif moved:
+            slots = self.by_first.get(a_first)
+            if slots is not None:  # always, while the aggregate counts ``before``
+                slots[a_slot] += 1
+                slots[b_slot] -= 1
+            else:
+                _move_slot(self.by_first, a_first, b_slot, a_slot)
+        if moved or b_ch != a_ch:
+            by_channel, touchpoints = self.by_channel, self.touchpoints
+            common = 0
+            for ch, n in a_ch.items():
+                m = b_ch.get(ch)
+                if m is None:
+                    _bump_slot(by_channel, ch, a_slot, 1)
+                    _bump(touchpoints, ch, n)
+                    continue
+                common += 1
+                if moved:
+                    slots = by_channel.get(ch)
+                    if slots is not None:
+                        slots[a_slot] += 1
+                        slots[b_slot] -= 1
+                    else:
+                        _move_slot(by_channel, ch, b_slot, a_slot)
+                if m != n:
+                    value = touchpoints.get(ch, 0) + n - m
+                    if value:
+                        touchpoints[ch] = value
+                    else:
+                        touchpoints.pop(ch, None)
+            if common < len(b_ch):  # channels the state no longer has (the machine never drops one)
+                for ch, m in b_ch.items():
+                    if ch not in a_ch:
+                        _bump_slot(by_channel, ch, b_slot, -1)
+                        _bump(touchpoints, ch, -m)
+        if b_attr != a_attr:
+            if a_attr is not None:
+                _bump(self.first_touch, a_attr[0], 1)
+                _bump(self.last_touch, a_attr[1], 1)
+            if b_attr is not None:
+                _bump(self.first_touch, b_attr[0], -1)
+                _bump(self.last_touch, b_attr[1], -1)
+        if b_first != a_first:
+            self._apply_steps(a_first, a_reached, 1)
+            self._apply_steps(b_first, b_reached, -1)
+        elif b_reached != a_reached:
+            self._replace_steps(a_first, b_reached, a_reached)
+        if b_churn != a_churn:
+            if a_churn is not None:
+                _bump(self.churn, a_churn, 1)
+            if b_churn is not None:
+                _bump(self.churn, b_churn, -1)
+        if b_abandoned != a_abandoned:
+            _bump(self.pain, painpoints.CART_ABANDONED, a_abandoned - b_abandoned)
+        if b_stalled != a_stalled:
+            _bump(self.pain, painpoints.STALLED, a_stalled - b_stalled)
+
     def _apply(self, s: Summary, sign: int) -> None:
-        slot = s.slot
-        _bump_slot(self.by_first, s.first_channel, slot, sign)
-        for ch, n in s.channels:
-            _bump_slot(self.by_channel, ch, slot, sign)
-            _bump(self.touchpoints, ch, sign * n)
-        if s.attribution is not None:
-            _bump(self.first_touch, s.attribution[0], sign)
-            _bump(self.last_touch, s.attribution[1], sign)
-        if s.steps:
-            per_step = self.durations.get(s.first_channel)
-            if per_step is None:
-                per_step = self.durations[s.first_channel] = [{} for _ in range(STEPS)]
-            for step, bucket in s.steps:
-                _bump(per_step[step], bucket, sign)
-            if sign < 0 and not any(per_step):
-                del self.durations[s.first_channel]
-        if s.churn_level is not None:
-            _bump(self.churn, s.churn_level, sign)
-        for kind, n in s.pain_points:
-            _bump(self.pain, kind, sign * n)
+        slot, first, channels, attribution, reached, churn, abandoned, stalled = s
+        _bump_slot(self.by_first, first, slot, sign)
+        by_channel, touchpoints = self.by_channel, self.touchpoints
+        for ch, n in channels.items():
+            slots = by_channel.get(ch)
+            if slots is None:
+                slots = by_channel[ch] = [0] * SLOTS
+            slots[slot] += sign
+            if sign < 0 and not any(slots):
+                del by_channel[ch]
+            value = touchpoints.get(ch, 0) + sign * n
+            if value:
+                touchpoints[ch] = value
+            else:
+                touchpoints.pop(ch, None)
+        if attribution is not None:
+            _bump(self.first_touch, attribution[0], sign)
+            _bump(self.last_touch, attribution[1], sign)
+        if reached.count(None) < STEPS:  # a step needs two reached stages
+            self._apply_steps(first, reached, sign)
+        if churn is not None:
+            _bump(self.churn, churn, sign)
+        if abandoned:
+            _bump(self.pain, painpoints.CART_ABANDONED, sign * abandoned)
+        if stalled:
+            _bump(self.pain, painpoints.STALLED, sign * stalled)
+
+    def _apply_steps(self, first: str, reached: tuple[float | None, ...], sign: int) -> None:
+        per_step = None
+        t0 = reached[0]
+        for i in range(STEPS):
+            t1 = reached[i + 1]
+            if t0 is not None and t1 is not None:
+                # A late event can put an earlier stage's time after a later one's: no wait.
+                bucket = bucket_of(t1 - t0) if t1 > t0 else 0
+                if per_step is None:
+                    per_step = self.durations.get(first)
+                    if per_step is None:
+                        per_step = self.durations[first] = [{} for _ in range(STEPS)]
+                _bump(per_step[i], bucket, sign)
+            t0 = t1
+        if per_step is not None and sign < 0 and not any(per_step):
+            del self.durations[first]
+
+    def _replace_steps(self, first: str, b_reached: tuple[float | None, ...], a_reached: tuple[float | None, ...]) -> None:
+        """Same first touch, other reached times: only the steps whose ends moved change."""
+        per_step = None
+        removed = False
+        b0, a0 = b_reached[0], a_reached[0]
+        for i in range(STEPS):
+            b1, a1 = b_reached[i + 1], a_reached[i + 1]
+            if b0 != a0 or b1 != a1:
+                old = None if b0 is None or b1 is None else (bucket_of(b1 - b0) if b1 > b0 else 0)
+                new = None if a0 is None or a1 is None else (bucket_of(a1 - a0) if a1 > a0 else 0)
+                if old != new:
+                    if per_step is None:
+                        per_step = self.durations.get(first)
+                        if per_step is None:
+                            per_step = self.durations[first] = [{} for _ in range(STEPS)]
+                    if new is not None:
+                        _bump(per_step[i], new, 1)
+                    if old is not None:
+                        _bump(per_step[i], old, -1)
+                        removed = True
+            b0, a0 = b1, a1
+        if removed and not any(per_step):  # type: ignore[arg-type]
+            del self.durations[first]
 
     def merge_in(self, other: "PartitionAggregate") -> None:
         for ch, slots in other.by_first.items():
@@ -272,7 +392,7 @@ def _bump(counts: dict[Any, int], key: Any, n: int) -> None:
     if value:
         counts[key] = value
     else:
-        del counts[key]  # zeros are dropped: a recount and an add/remove history compare equal
+        counts.pop(key, None)  # zeros are dropped: a recount and an add/remove history compare equal
 
 
 def _bump_slot(table: dict[str, list[int]], key: str, slot: int, sign: int) -> None:
@@ -281,6 +401,17 @@ def _bump_slot(table: dict[str, list[int]], key: str, slot: int, sign: int) -> N
         slots = table[key] = [0] * SLOTS
     slots[slot] += sign
     if sign < 0 and not any(slots):
+        del table[key]
+
+
+def _move_slot(table: dict[str, list[int]], key: str, frm: int, to: int) -> None:
+    """One customer counted under ``key`` moves from slot ``frm`` to slot ``to``."""
+    slots = table.get(key)
+    if slots is None:
+        slots = table[key] = [0] * SLOTS
+    slots[to] += 1
+    slots[frm] -= 1
+    if not any(slots):
         del table[key]
 
 

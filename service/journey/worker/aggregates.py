@@ -3,7 +3,7 @@ about every second to the aggregates topic for the sidecar.
 
 Invariant: for every partition p in ``parts``, ``parts[p]`` equals the aggregate of the table's
 states with ``state.partition == p``. It holds because
-- a batch's table writes and the matching ``remove(before) + add(after)`` happen in one
+- a batch's table writes and the matching ``replace(before, after)`` happen in one
   synchronous stretch (agents.handle_batch: write_states, then observe), so no other coroutine
   ever sees one without the other;
 - a partition's aggregate is built from the table only once Faust has finished recovering the
@@ -53,14 +53,14 @@ class LiveAggregates:
     def observe(self, records: Sequence[Record], result: BatchResult) -> None:
         """Fold a batch's written states in; call it right after the states are written."""
         parts, offsets = self.parts, self.offsets
-        for rec in records:
-            if rec.partition in parts and rec.offset > offsets.get(rec.partition, -1):
-                offsets[rec.partition] = rec.offset
+        # A partition's records come in offset order (Kafka's), so its last one is its highest.
+        for p, offset in {rec.partition: rec.offset for rec in records}.items():
+            if p in parts and offset > offsets.get(p, -1):
+                offsets[p] = offset
         for rec, state, before in result.writes.values():
             agg = parts.get(rec.partition)
             if agg is not None:
-                agg.remove(before)
-                agg.add(summarize(state))
+                agg.replace(before, summarize(state))
 
     # --- ownership -------------------------------------------------------------------------
     def on_assigned(self, assigned: Iterable[TP]) -> None:

@@ -1,0 +1,63 @@
+"""The worker's LiveAggregates.observe over real pipeline batches, without Kafka: each owned
+partition's aggregate stays equal to a recount of that partition's states."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import orjson
+
+from journey.core.aggregates import PartitionAggregate, summarize
+from journey.core.clock import iso
+from journey.core.definition import load_definition
+from journey.core.events import CHANNELS
+from journey.core.machine import Limits
+from journey.core.state import CustomerState
+from journey.worker.aggregates import LiveAggregates
+from journey.worker.pipeline import Pipeline, Record
+
+DEFINITION = load_definition(Path(__file__).resolve().parents[2] / "schemas" / "journey.yaml")
+TYPES = ["page_view", "product_view", "add_to_cart", "checkout_started", "purchase", "referral_sent", "support_ticket"]
+T0 = 1_700_000_000.0
+
+
+def _live(owned: set[int]) -> LiveAggregates:
+    settings = SimpleNamespace(topic_touchpoints="touchpoints", app_id="journey", web_port=6066)
+    live = LiveAggregates(SimpleNamespace(settings=settings))  # type: ignore[arg-type]
+    live.assigned = set(owned)
+    live.parts = {p: PartitionAggregate() for p in owned}
+    return live
+
+
+def test_observe_keeps_each_owned_partition_equal_to_a_recount() -> None:
+    rng = random.Random(3)
+    pipe = Pipeline(DEFINITION, Limits(), summarize=summarize)
+    live = _live({0, 1})  # partition 2 is someone else's
+    states: dict[str, CustomerState] = {}
+    next_offset = [0, 0, 0]
+    highest: dict[int, int] = {}
+    for batch_no in range(40):
+        records = []
+        for i in range(50):
+            c = rng.randrange(40)
+            p = c % 3
+            event = {
+                "event_id": f"e{batch_no}-{i}", "customer_id": f"c{c}", "type": rng.choice(TYPES),
+                "timestamp": iso(T0 + batch_no * 3600 + rng.uniform(-7200, 0)), "channel": rng.choice(sorted(CHANNELS)),
+                "properties": {"order_id": f"o{c}", "amount": 5.0, "currency": "EUR"},
+            }
+            records.append(Record(f"c{c}".encode(), orjson.dumps(event), "touchpoints", p, next_offset[p]))
+            highest[p] = next_offset[p]
+            next_offset[p] += 1
+        result = pipe.process(records, states)
+        for key, (_rec, state, _before) in result.writes.items():
+            states[key] = state
+        live.observe(records, result)
+    for p in (0, 1):
+        mine = [st for st in states.values() if st.partition == p]
+        assert mine
+        assert live.parts[p] == PartitionAggregate.of(mine)
+        assert live.offsets[p] == highest[p]
+    assert 2 not in live.parts and 2 not in live.offsets
