@@ -88,3 +88,23 @@ def test_the_table_is_untouched_until_the_batch_writes():
     # replayed events are applied again rather than dropped as duplicates.
     assert states["a"].to_wire() == stored
     assert out.writes["a"][1].stage == 3 and states["a"].stage == 0
+
+
+def test_a_decoder_bug_costs_one_record_not_the_batch(monkeypatch):
+    from journey.worker import pipeline as pipeline_module
+
+    real = pipeline_module.decode
+
+    def flaky(raw: bytes):
+        if b'"boom"' in raw:
+            raise TypeError("unhashable type: 'list'")
+        return real(raw)
+
+    monkeypatch.setattr(pipeline_module, "decode", flaky)
+    out = Pipeline(DEFINITION, Limits()).process(
+        [rec("a", tp("1", "a", "page_view")), rec("b", {**tp("2", "b", "page_view"), "campaign": "boom"}), rec("c", tp("3", "c", "ad_click"))],
+        {},
+    )
+    assert set(out.writes) == {"a", "c"}
+    assert out.reasons == ["processing_error"]
+    assert b"TypeError" in out.dead_letters[0].value

@@ -2,13 +2,19 @@
 
 The checks here implement the JSON Schema by hand because a generic validator costs more than
 the rest of the hot path together; tests/unit/test_events.py holds the two to the same verdicts.
+
+Two paths, one verdict. ``_validate_strict`` reads the schema rule by rule and words every
+error. ``validate`` first tries a fast path that accepts only what is certainly valid (exact
+types, type strings and currencies already found valid, timestamps assembled from remembered
+pieces) and hands anything else to the strict path, so errors, and which field is blamed first,
+are always the strict path's. tests/unit/test_events_fast.py holds the two paths together.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import Any, Final
 
 import orjson
@@ -46,11 +52,12 @@ class Touchpoint:
     ts: float
     channel: str
     properties: dict[str, Any]
+    #: The id the journey is kept under: the customer, or the anonymous visitor when there is none.
+    #: A slot set at construction rather than a property: it is read for every event.
+    profile_id: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def profile_id(self) -> str:
-        """The id the journey is kept under: the customer, or the anonymous visitor when there is none."""
-        return self.customer_id if self.customer_id is not None else self.anonymous_id  # type: ignore[return-value]
+    def __post_init__(self) -> None:
+        self.profile_id = self.customer_id if self.customer_id is not None else self.anonymous_id  # type: ignore[assignment]
 
 
 def decode(raw: bytes) -> Touchpoint:
@@ -70,8 +77,207 @@ def decode(raw: bytes) -> Touchpoint:
     return validate(data)
 
 
+# --- fast path -------------------------------------------------------------------------------
+# Strings already found valid. Each cache is bounded (cleared when full), so a producer sending
+# ever new values costs the strict checks' time, never unbounded memory.
+CACHE_MAX: Final[int] = 10_000
+_VALID_TYPES: set[str] = set()
+_VALID_CURRENCIES: set[str] = set()
+# A timestamp is read as three remembered pieces, each worth microseconds since the epoch:
+# 'YYYY-MM-DDTHH' -> the hour (as if UTC); ':MM:SS' -> into the hour (3600 keys at most);
+# what follows the seconds ('Z', '+HH:MM', '.fff+HH:MM', ...) -> the fraction less the offset.
+# Their sum over 10**6 is datetime.fromisoformat(ts.upper()).timestamp() to the bit: that too is
+# whole microseconds over 10**6 (timedelta.total_seconds()), and int / int rounds correctly.
+_HOURS: dict[str, int] = {}
+_MINUTE_SECONDS: dict[str, int] = {}
+_TAILS: dict[str, int] = {}
+_EPOCH_ORDINAL: Final[int] = date(1970, 1, 1).toordinal()
+# The properties _check_properties looks at, by what they must be (exact types here: a bool, or
+# a float rating like 4.0, is for the strict path to judge); all others are free-form.
+_PROPERTY_RULES: Final[dict[str, str]] = {
+    "order_id": "id", "cart_id": "id", "amount": "number", "currency": "currency", "rating": "rating",
+}
+_CHECKED_PROPERTIES: Final[frozenset[str]] = frozenset(_PROPERTY_RULES)
+_new = object.__new__
+
+
 def validate(data: Any) -> Touchpoint:
     """A decoded JSON value -> Touchpoint, checking every rule of the touchpoint schema."""
+    # Exact types (type(x) is str, not isinstance): anything unusual takes the strict path.
+    if type(data) is not dict:
+        return _validate_strict(data)
+    try:  # subscripts cost less than get(); a missing field is the rarer case
+        event_id = data["event_id"]
+        customer_id = data["customer_id"]
+        etype = data["type"]
+        timestamp = data["timestamp"]
+        channel = data["channel"]
+        properties = data["properties"]
+        anonymous_id = None if len(data) == 6 else data.get("anonymous_id")  # 6: just the fields above
+    except KeyError:
+        get = data.get
+        event_id = get("event_id")
+        customer_id = get("customer_id")
+        anonymous_id = get("anonymous_id")
+        etype = get("type")
+        timestamp = get("timestamp")
+        channel = get("channel")
+        properties = get("properties")
+    if channel is None:
+        channel = DEFAULT_CHANNEL
+    if properties is None:
+        properties = {}
+    if (
+        type(event_id) is not str or not 0 < len(event_id) <= MAX_ID_LEN
+        or (
+            (type(customer_id) is not str or not 0 < len(customer_id) <= MAX_ID_LEN)
+            and (customer_id is not None or anonymous_id is None)
+        )
+        or (anonymous_id is not None and (type(anonymous_id) is not str or not 0 < len(anonymous_id) <= MAX_ID_LEN))
+        or type(etype) is not str or (etype not in _VALID_TYPES and not _remember_type(etype))
+        or type(timestamp) is not str
+        or type(channel) is not str or channel not in CHANNELS
+        or type(properties) is not dict
+        or (properties and not _CHECKED_PROPERTIES.isdisjoint(properties) and not _properties_surely_valid(properties))
+    ):
+        return _validate_strict(data)
+    try:
+        us = _HOURS[timestamp[:13]] + _MINUTE_SECONDS[timestamp[13:19]] + _TAILS[timestamp[19:]]
+    except KeyError:
+        us = _epoch_us(timestamp)
+        if us is None:
+            return _validate_strict(data)
+    tp = _new(Touchpoint)  # skips __init__: these slot stores cost less than the call
+    tp.event_id = event_id
+    tp.customer_id = customer_id
+    tp.anonymous_id = anonymous_id
+    tp.type = etype
+    tp.timestamp = timestamp
+    tp.ts = us / 1_000_000
+    tp.channel = channel
+    tp.properties = properties
+    tp.profile_id = customer_id if customer_id is not None else anonymous_id
+    return tp
+
+
+def _epoch_us(ts: str) -> int | None:
+    """'YYYY-MM-DDTHH:MM:SS[.f](Z|+HH:MM)' -> microseconds since the epoch, remembering its pieces.
+
+    Only ASCII digits, years 1900-2199, a real date and time, 1 to 9 fraction digits (truncated
+    to microseconds, as datetime.fromisoformat does) and offsets up to 23:59; None for anything
+    else, which the strict path then judges.
+    """
+    if len(ts) < 20 or not ts.isascii():  # ASCII: str.isdigit() below then means 0-9 only
+        return None
+    head, minute_second, rest = ts[:13], ts[13:19], ts[19:]
+    hour = _HOURS.get(head)
+    if hour is None:
+        y, mo, d, h = head[0:4], head[5:7], head[8:10], head[11:13]
+        if not (
+            head[4] == "-" and head[7] == "-" and head[10] in "Tt"
+            and y.isdigit() and mo.isdigit() and d.isdigit() and h.isdigit()
+            and 1900 <= int(y) <= 2199 and int(h) <= 23
+        ):
+            return None
+        try:
+            days = date(int(y), int(mo), int(d)).toordinal() - _EPOCH_ORDINAL
+        except ValueError:  # Feb 30 and the like
+            return None
+        hour = (days * 86_400 + int(h) * 3_600) * 1_000_000
+        _remember(_HOURS, head, hour)
+    minute_seconds = _MINUTE_SECONDS.get(minute_second)
+    if minute_seconds is None:
+        mm, ss = minute_second[1:3], minute_second[4:6]
+        if not (
+            minute_second[0] == ":" and minute_second[3] == ":" and mm.isdigit() and ss.isdigit()
+            and int(mm) <= 59 and int(ss) <= 59
+        ):
+            return None
+        minute_seconds = (int(mm) * 60 + int(ss)) * 1_000_000
+        _MINUTE_SECONDS[minute_second] = minute_seconds
+    tail = _TAILS.get(rest)
+    if tail is None:
+        tail = _tail_us(rest)
+        if tail is None:
+            return None
+    return hour + minute_seconds + tail
+
+
+def _tail_us(rest: str) -> int | None:
+    """'[.f](Z|+HH:MM)' -> the fraction's microseconds less the offset's; None if it is not that."""
+    if rest[-1] in "Zz":
+        frac, offset = rest[:-1], 0
+    else:
+        frac, zone = rest[:-6], rest[-6:]
+        hh, mm = zone[1:3], zone[4:6]
+        if not (
+            len(zone) == 6 and zone[0] in "+-" and zone[3] == ":" and hh.isdigit() and mm.isdigit()
+            and int(hh) <= 23 and int(mm) <= 59
+        ):
+            return None
+        offset = int(hh) * 3_600 + int(mm) * 60
+        if zone[0] == "-":
+            offset = -offset
+    digits = frac[1:]
+    if frac and not (frac[0] == "." and 0 < len(digits) <= 9 and digits.isdigit()):
+        return None
+    tail = (int(digits[:6].ljust(6, "0")) if digits else 0) - offset * 1_000_000  # truncated, as fromisoformat does
+    if len(digits) <= 3:  # whole seconds and milliseconds repeat; remembering microseconds would only churn
+        _remember(_TAILS, rest, tail)
+    return tail
+
+
+def _remember(cache: dict[str, int], key: str, value: int) -> None:
+    if len(cache) >= CACHE_MAX:
+        cache.clear()
+    cache[key] = value
+
+
+def _remember_type(etype: str) -> bool:
+    """Whether ``etype`` is a valid type string, remembering it if so."""
+    if len(etype) > MAX_TYPE_LEN or not _TYPE_RE.fullmatch(etype):
+        return False
+    if len(_VALID_TYPES) >= CACHE_MAX:
+        _VALID_TYPES.clear()
+    _VALID_TYPES.add(etype)
+    return True
+
+
+def _remember_currency(currency: str) -> bool:
+    if not _CURRENCY_RE.fullmatch(currency):
+        return False
+    if len(_VALID_CURRENCIES) >= CACHE_MAX:
+        _VALID_CURRENCIES.clear()
+    _VALID_CURRENCIES.add(currency)
+    return True
+
+
+def _properties_surely_valid(p: dict[str, Any]) -> bool:
+    """True only when _check_properties would pass ``p``; False means "ask it"."""
+    for key, v in p.items():
+        rule = _PROPERTY_RULES.get(key)
+        if rule is None:
+            continue
+        t = type(v)
+        if rule == "id":
+            if t is not str and t is not int:
+                return False
+        elif rule == "number":
+            if t is not float and t is not int:
+                return False
+        elif rule == "currency":
+            if t is not str or (v not in _VALID_CURRENCIES and not _remember_currency(v)):
+                return False
+        elif t is not int or not 1 <= v <= 5:  # rating
+            return False
+    return True
+
+
+# --- strict path -----------------------------------------------------------------------------
+
+
+def _validate_strict(data: Any) -> Touchpoint:
+    """The schema's rules one by one, in order, each failure worded for the producer."""
     if not isinstance(data, dict):
         raise InvalidTouchpoint("not_object", f"a touchpoint must be a JSON object, got {type(data).__name__}")
     event_id = data.get("event_id")
@@ -98,7 +304,7 @@ def validate(data: Any) -> Touchpoint:
     channel = data.get("channel", DEFAULT_CHANNEL)
     if channel is None:
         channel = DEFAULT_CHANNEL
-    elif channel not in CHANNELS:
+    elif not isinstance(channel, str) or channel not in CHANNELS:
         raise _violation("channel", channel, f"one of {', '.join(sorted(CHANNELS))}", event_id)
     properties = data.get("properties")
     if properties is None:

@@ -111,6 +111,10 @@ class Pipeline:
             except InvalidTouchpoint as exc:
                 self._dead_letter(out, rec, exc.reason, exc.error)
                 continue
+            except Exception as exc:  # a validator bug must cost one record, not the worker
+                log.exception("record %s[%d]@%d could not be decoded", rec.topic, rec.partition, rec.offset)
+                self._dead_letter(out, rec, "processing_error", f"{type(exc).__name__}: {exc}; this is a journey bug, please report it with this record")
+                continue
             key = tp.profile_id
             if rec.key is None or rec.key != key.encode():
                 out.rekeyed.append(Output(key.encode(), rec.value))  # type: ignore[arg-type]
