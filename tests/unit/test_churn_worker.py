@@ -15,12 +15,12 @@ import pytest
 from journey.core.clock import DAY_S, iso
 from journey.core.definition import load_definition
 from journey.core.events import validate
-from journey.core.machine import apply
+from journey.core.machine import Limits, apply
 from journey.core.state import CustomerState
 from journey.settings import Settings
 from journey.worker.churn import ChurnSettings, ChurnWorker
 from journey.worker.metrics import WorkerMetrics
-from journey.worker.pipeline import BatchResult, Record
+from journey.worker.pipeline import BatchResult, Pipeline, Record
 
 REPO = Path(__file__).resolve().parents[2]
 DEFINITION = load_definition(REPO / "schemas/journey.yaml")
@@ -161,13 +161,38 @@ async def test_rebuild_indexes_this_workers_partitions_from_the_table():
 async def test_after_batch_notes_carts_and_emits_the_pain_point_when_due():
     worker, producer, table, _log = make_worker()
     tp = {"event_id": "e1", "customer_id": "k", "type": "add_to_cart", "timestamp": iso(T0), "channel": "ads"}
-    state = apply(None, validate(tp), DEFINITION).state
-    state.partition = 0
     record = Record(b"k", orjson.dumps(tp), "tp", 0, 0)
-    await worker.after_batch([record], BatchResult(writes={"k": (record, state, None)}, max_event_time=T0))
-    table["k"] = state
+    result = Pipeline(DEFINITION, Limits()).process([record], {})
+    await worker.after_batch([record], result)
+    table["k"] = result.writes["k"][1]
     assert worker.index.due_time("k") == pytest.approx(T0 + 86400)
     worker.clock.observe(T0 + 86400 + 120, time.time())
     await worker.tick()
     pains = [e for t, _k, e in producer.sent if t == "pain"]
     assert [(p["kind"], p["channel"], p["at"]) for p in pains] == [("cart_abandoned", "ads", iso(T0 + 86400))]
+
+
+async def test_after_batch_notes_only_the_applied_touchpoints_of_each_customer():
+    worker, _producer, _table, _log = make_worker()
+
+    def rec(event_id: str, customer: str, type_: str, at: float, key: bytes, offset: int) -> Record:
+        tp = {"event_id": event_id, "customer_id": customer, "type": type_, "timestamp": iso(at), "channel": "ads",
+              "properties": {"order_id": event_id, "amount": 5} if type_ == "purchase" else {}}
+        return Record(key, orjson.dumps(tp), "tp", 0, offset)
+
+    records = [
+        rec("c1", "a", "add_to_cart", T0, b"a", 0),
+        rec("c1", "a", "add_to_cart", T0 + 2 * DAY_S, b"a", 1),  # a duplicate (same id): not a second cart
+        rec("c2", "b", "add_to_cart", T0, b"a", 2),  # keyed as another customer: re-published, not noted
+        rec("c3", "b", "page_view", T0, b"b", 3),
+        rec("p1", "c", "add_to_cart", T0, b"c", 4),
+        rec("p2", "c", "purchase", T0 + 3600, b"c", 5),  # closes c's cart
+    ]
+    result = Pipeline(DEFINITION, Limits()).process(records, {})
+    assert result.duplicates == 1 and len(result.rekeyed) == 1
+    await worker.after_batch(records, result)
+    pain = {key: state.extra.get("pain") for key, (_r, state, _b) in result.writes.items()}
+    assert pain["a"] == {"c": [[T0, "ads"]]}
+    assert pain["b"] is None
+    assert pain["c"] == {"r": T0 + 3600}
+    assert worker.index.due_time("a") == pytest.approx(T0 + DAY_S)

@@ -22,14 +22,16 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from journey.churn import bgnbd
 from journey.churn.calibration import Calibration, CalibrationError
+from journey.churn.calibration import features as calibration_features
 from journey.core import painpoints
-from journey.core.clock import DAY_S, utc_day
-from journey.core.stages import AWARENESS, CONSIDERATION, DECISION, STAGES
+from journey.core.clock import DAY_S
+from journey.core.stages import AWARENESS, DECISION, STAGES
 from journey.core.state import CustomerState
 
 LEVELS = ("low", "medium", "high")
@@ -91,11 +93,12 @@ class ChurnModel:
     params: bgnbd.ChurnParams
     calibration: Calibration | None = None
 
-    @property
+    # Cached: every churn event names the model, and the calibration's version is a hash.
+    @cached_property
     def name(self) -> str:
         return bgnbd.MODEL_NAME + ("+backtest" if self.calibration is not None else "")
 
-    @property
+    @cached_property
     def version(self) -> str:
         return self.params.version + (f"+{self.calibration.version}" if self.calibration is not None else "")
 
@@ -140,37 +143,85 @@ class StageTimes:
         self.config = config
         self._n = [0, 0, 0]
         self._log_sum = [0.0, 0.0, 0.0]
+        # Read once per scored customer, changed once per transition: computed on first read.
+        self._typical: list[float | None] = [None, None, None]
 
     def observe(self, from_stage: int, seconds: float | None) -> None:
         if seconds is None or not AWARENESS <= from_stage <= DECISION:
             return
         self._n[from_stage] += 1
         self._log_sum[from_stage] += math.log(max(seconds, 1.0))
+        self._typical[from_stage] = None
 
     def typical_s(self, stage: int) -> float:
         stage = min(max(stage, AWARENESS), DECISION)
-        n = self._n[stage]
-        if self.config.learn_move_on and n >= self.config.min_learn_samples:
-            return math.exp(self._log_sum[stage] / n)
-        return self.config.move_on_days[stage] * DAY_S
+        typical = self._typical[stage]
+        if typical is None:
+            n = self._n[stage]
+            if self.config.learn_move_on and n >= self.config.min_learn_samples:
+                typical = math.exp(self._log_sum[stage] / n)
+            else:
+                typical = self.config.move_on_days[stage] * DAY_S
+            self._typical[stage] = typical
+        return typical
 
     def learned(self) -> dict[str, int]:
         return {STAGES[i]: self._n[i] for i in range(3)}
 
 
-@dataclass(slots=True)
 class Risk:
-    score: float
-    level: int
-    reasons: list[str]
-    at: float
-    #: The event time at which the level would next change (or a signal expires) if nothing
-    #: happens; None when it cannot change any more.
-    next_change: float | None
+    """One assessment. The reasons are written out only when read (an event or the CLI needs
+    them; most assessments of a stream change nothing and are never shown)."""
+
+    __slots__ = ("score", "level", "at", "next_change", "_reasons", "_why")
+
+    def __init__(
+        self,
+        score: float,
+        level: int,
+        reasons: list[str] | None = None,
+        at: float = 0.0,
+        next_change: float | None = None,
+        *,
+        why: tuple[Any, ...] | None = None,
+    ) -> None:
+        self.score = score
+        self.level = level
+        self.at = at
+        #: The event time at which the level would next change (or a signal expires) if nothing
+        #: happens; None when it cannot change any more.
+        self.next_change = next_change
+        self._reasons = reasons if reasons is not None or why is not None else []
+        self._why = why
+
+    @property
+    def reasons(self) -> list[str]:
+        reasons = self._reasons
+        if reasons is None:
+            reasons = self._reasons = _write_reasons(*self._why)  # type: ignore[misc]
+        return reasons
+
+    @reasons.setter
+    def reasons(self, value: list[str]) -> None:
+        self._reasons = value
 
     @property
     def level_name(self) -> str:
         return LEVELS[self.level]
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.score, self.level, self.reasons, self.at, self.next_change)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Risk) and self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"Risk(score={self.score!r}, level={self.level!r}, reasons={self.reasons!r}, "
+            f"at={self.at!r}, next_change={self.next_change!r})"
+        )
 
 
 def assess(
@@ -181,24 +232,23 @@ def assess(
     stage_times: StageTimes | None = None,
 ) -> Risk:
     """Score ``state`` as of event time ``at`` (not before the customer's last event)."""
-    at = max(at, state.last_seen if state.last_seen is not None else at)
-    reasons: list[str] = []
+    last_seen = state.last_seen
+    if last_seen is not None and last_seen > at:
+        at = last_seen
+    keep, expiry, active = _signals(state, config, at)
     if state.first_purchase is not None:
-        base_at, grid = _purchaser(state, model, config, reasons, at)
-    else:
-        base_at, grid = _non_purchaser(state, config, stage_times or StageTimes(config), reasons, at)
-    keep, expiry = _signals(state, config, reasons, at)
-    score = 1.0 - (1.0 - base_at(at)) * keep
-    level = config.level(score)
-    next_change = _next_change(level, keep, expiry, base_at, grid, at, config)
-    return Risk(score=round(score, 6), level=level, reasons=reasons, at=at, next_change=next_change)
+        return _purchaser(state, model, config, at, keep, expiry, active)
+    return _non_purchaser(state, config, stage_times, at, keep, expiry, active)
+
+
+_LEVEL_INDEX = {name: i for i, name in enumerate(LEVELS)}
 
 
 def record(state: CustomerState, risk: Risk, due: float | None) -> int | None:
     """Keep the assessment in the customer's state (compact); return the previous level."""
     previous = state.extra.get(KEY)
-    state.extra[KEY] = {"s": risk.score, "l": risk.level_name, "at": risk.at, "due": due}
-    return LEVELS.index(previous["l"]) if previous else None
+    state.extra[KEY] = {"s": risk.score, "l": LEVELS[risk.level], "at": risk.at, "due": due}
+    return _LEVEL_INDEX[previous["l"]] if previous else None
 
 
 def stored_due(state: CustomerState) -> float | None:
@@ -207,106 +257,193 @@ def stored_due(state: CustomerState) -> float | None:
 
 
 # --------------------------------------------------------------------------------------------
+# The hot path: every customer of every batch is assessed, so each part avoids calls,
+# closures and allocations that its result does not need. The arithmetic is the formula's,
+# operation for operation (tests/unit/test_churn_fastpath.py holds it to the plain version).
 
 
 def _purchaser(
-    state: CustomerState, model: ChurnModel, config: RiskConfig, reasons: list[str], at: float
-) -> tuple[Callable[[float], float], Callable[[int], float]]:
-    params, unit = model.params.params, model.params.time_unit_days
-    first = utc_day(state.first_purchase)  # type: ignore[arg-type]
-    last = utc_day(state.last_purchase if state.last_purchase is not None else state.first_purchase)  # type: ignore[arg-type]
-    x = float(max(state.purchase_days - 1, 0))
-    t_x = (last - first) / unit
-    H = config.horizon_days / unit
-    mean_value = state.revenue / state.purchases if state.purchases else 0.0
+    state: CustomerState,
+    model: ChurnModel,
+    config: RiskConfig,
+    at: float,
+    keep: float,
+    expiry: float | None,
+    active: Sequence[tuple[str, int]],
+) -> Risk:
+    curve = _curve(model, config.horizon_days)
+    first_purchase: float = state.first_purchase  # type: ignore[assignment]
+    last_purchase = state.last_purchase if state.last_purchase is not None else first_purchase
+    first = int(first_purchase // DAY_S)
+    span = int(last_purchase // DAY_S) - first
+    repeat = max(state.purchase_days - 1, 0)
     calibration = model.calibration
+    if calibration is not None:
+        mean_value = state.revenue / state.purchases if state.purchases else 0.0
+        z_value = calibration.weights[3] * math.log1p(max(mean_value, 0.0))
+    else:
+        z_value = 0.0
+    values, get = curve.values, curve.get
+    day = int(at // DAY_S)
 
-    def base(t: float) -> float:
-        T = max(utc_day(t) - first, last - first) / unit
-        p = bgnbd.p_no_purchase_within(params, x, t_x, T, H)
-        if calibration is not None:
-            p = calibration.apply(p, x, T - t_x, mean_value)
-        return p
+    def base_on(d: int) -> float:
+        # The score of UTC day d: T = max(d - first, span) days, in the params' unit.
+        t_days = d - first
+        key = (repeat, span, t_days if t_days > span else span)
+        entry = values.get(key) or get(key)
+        if calibration is None:
+            return entry[0]
+        z = entry[1] + z_value
+        if z >= 0:
+            return 1.0 / (1.0 + math.exp(-z))
+        e = math.exp(z)
+        return e / (1.0 + e)
 
-    day = utc_day(at)
-    days_silent = max(day - last, 0)
-    days = int(x) + 1
-    reasons.append(f"no purchase for {days_silent} days")
-    reasons.append("one purchase day only" if days == 1 else f"{days} purchase days")
-    T_at = max(day - first, last - first) / unit
-    reasons.append(
-        f"model P(no purchase within {config.horizon_days:g} days)="
-        f"{bgnbd.p_no_purchase_within(params, x, t_x, T_at, H):.2f}"
-    )
-    # The score only changes at UTC midnight: step through day starts.
-    return base, lambda k: (day + k) * DAY_S
+    score = 1.0 - (1.0 - base_on(day)) * keep
+    # The model's own probability for the reasons (its own lookup: the memo may start over
+    # during the search below).
+    p_at = get((repeat, span, max(day - first, span)))[0]
+    level = HIGH if score >= config.high else MEDIUM if score >= config.medium else LOW
+    if level == HIGH:
+        next_change = expiry
+    else:
+        threshold = config.high if level == MEDIUM else config.medium
+        limit = expiry if expiry is not None else at + config.lookahead_days * DAY_S
+
+        def reaches(k: int) -> bool:
+            return 1.0 - (1.0 - base_on(day + k)) * keep >= threshold
+
+        # Where this curve crossed this threshold before (this customer at an earlier look, or
+        # another one with the same purchase history): a hint, checked by the search.
+        crossing = (repeat, span, z_value, keep, threshold)
+        seen = curve.crossings.get(crossing)
+        hint = seen - (day - first) if seen is not None else None
+        # The score only changes at UTC midnight: step through day starts.
+        next_change = _first_rise(reaches, lambda k: (day + k) * DAY_S, limit, hint)
+        if next_change is not None and next_change < limit:
+            curve.remember(crossing, int(next_change // DAY_S) - first)
+    why = (config, True, max(day - (first + span), 0), repeat + 1, p_at, active)
+    return Risk(round(score, 6), level, None, at, next_change, why=why)
 
 
 def _non_purchaser(
-    state: CustomerState, config: RiskConfig, stage_times: StageTimes, reasons: list[str], at: float
-) -> tuple[Callable[[float], float], Callable[[int], float]]:
+    state: CustomerState,
+    config: RiskConfig,
+    stage_times: StageTimes | None,
+    at: float,
+    keep: float,
+    expiry: float | None,
+    active: Sequence[tuple[str, int]],
+) -> Risk:
     stage = min(max(state.stage, AWARENESS), DECISION)
-    typical = stage_times.typical_s(stage)
+    typical = stage_times.typical_s(stage) if stage_times is not None else config.move_on_days[stage] * DAY_S
     last_seen = state.last_seen if state.last_seen is not None else at
     cap = config.silence_cap
+    score = 1.0 - (1.0 - cap * (1.0 - 2.0 ** (-max(at - last_seen, 0.0) / typical))) * keep
+    level = HIGH if score >= config.high else MEDIUM if score >= config.medium else LOW
+    if level == HIGH:
+        next_change = expiry
+    else:
+        threshold = config.high if level == MEDIUM else config.medium
+        limit = expiry if expiry is not None else at + config.lookahead_days * DAY_S
 
-    def base(t: float) -> float:
-        return cap * (1.0 - 2.0 ** (-max(t - last_seen, 0.0) / typical))
+        def reaches(k: int) -> bool:
+            t = at + 60.0 * k
+            return 1.0 - (1.0 - cap * (1.0 - 2.0 ** (-max(t - last_seen, 0.0) / typical))) * keep >= threshold
 
-    reasons.append(
-        f"silent {max(at - last_seen, 0.0) / DAY_S:.1f} days in {STAGES[stage]} "
-        f"(customers typically move on within {typical / DAY_S:.1f} days)"
-    )
-    return base, lambda k: at + 60.0 * k  # minute steps
+        # The first minute the base score reaches what the threshold needs, solved for; the
+        # search below checks it (and its neighbours) with the formula itself.
+        hint = None
+        need = 1.0 - (1.0 - threshold) / keep if keep > 0.0 else math.inf
+        if 0.0 < need / cap < 1.0:
+            silence = -typical * math.log2(1.0 - need / cap)
+            steps = (silence - (at - last_seen)) / 60.0
+            if steps < 1e15:
+                hint = max(math.ceil(steps), 1)
+        next_change = _first_rise(reaches, lambda k: at + 60.0 * k, limit, hint)  # minute steps
+    why = (config, False, max(at - last_seen, 0.0), stage, typical, active)
+    return Risk(round(score, 6), level, None, at, next_change, why=why)
 
 
-def _signals(state: CustomerState, config: RiskConfig, reasons: list[str], at: float) -> tuple[float, float | None]:
-    """(share of the stay chance left after the active negative signals, when they expire)."""
+def _signals(state: CustomerState, config: RiskConfig, at: float) -> tuple[float, float | None, Sequence[tuple[str, int]]]:
+    """(share of the stay chance left after the active negative signals, when they expire, the
+    active signals in order)."""
+    negatives = state.negatives
+    pain = state.extra.get(painpoints.KEY)
+    if not negatives and (not pain or "a" not in pain):
+        return 1.0, None, _NO_SIGNALS
     window = config.signal_window_days * DAY_S
     keep = 1.0
     expiries = []
     active: list[tuple[str, int]] = []
-    if state.negatives and state.last_negative is not None and at - state.last_negative < window:
-        active.extend(state.negatives.items())
+    if negatives and state.last_negative is not None and at - state.last_negative < window:
+        active.extend(negatives.items())
         expiries.append(state.last_negative + window)
     carts, last_cart = painpoints.abandoned_carts(state)
     if carts and last_cart is not None and at - last_cart < window:
         active.append((painpoints.CART_ABANDONED, carts))
         expiries.append(last_cart + window)
-    for kind, n in sorted(active):
+    active.sort()
+    for kind, n in active:
         w = config.signal_weights.get(kind, config.default_signal_weight)
         keep *= (1.0 - w) ** min(n, config.max_signal_count)
+    return keep, (min(expiries) if expiries else None), active
+
+
+_NO_SIGNALS: tuple[tuple[str, int], ...] = ()
+
+
+def _write_reasons(config: RiskConfig, purchaser: bool, a: Any, b: Any, c: Any, active: Sequence[tuple[str, int]]) -> list[str]:
+    if purchaser:
+        days_silent, days, p = a, b, c
+        reasons = [
+            f"no purchase for {days_silent} days",
+            "one purchase day only" if days == 1 else f"{days} purchase days",
+            f"model P(no purchase within {config.horizon_days:g} days)={p:.2f}",
+        ]
+    else:
+        silence, stage, typical = a, b, c
+        reasons = [
+            f"silent {silence / DAY_S:.1f} days in {STAGES[stage]} "
+            f"(customers typically move on within {typical / DAY_S:.1f} days)"
+        ]
+    for kind, n in active:
         name = SIGNAL_NAMES.get(kind, kind.replace("_", " "))
         reasons.append(name if n == 1 else f"{name} x{n}")
-    return keep, (min(expiries) if expiries else None)
+    return reasons
 
 
-def _next_change(
-    level: int,
-    keep: float,
-    expiry: float | None,
-    base: Callable[[float], float],
-    grid: Callable[[int], float],
-    at: float,
-    config: RiskConfig,
-) -> float | None:
-    """First grid time after ``at`` where the level rises, or the signal expiry if earlier.
+def _first_rise(reaches: Callable[[int], bool], grid: Callable[[int], float], limit: float, hint: int | None = None) -> float:
+    """First grid time after ``grid(0)`` where ``reaches``, or ``limit`` if that is not earlier.
 
-    The base score never falls while the customer is silent, so the first crossing of the next
-    threshold is found by doubling steps and then bisection: O(log) evaluations, no scan.
+    ``reaches`` is false at 0 and, once true, stays true (the base score never falls while the
+    customer is silent), so there is one step k with ``reaches(k)`` and not ``reaches(k - 1)``.
+    It is found by doubling steps and then bisection: O(log) evaluations, no scan. A ``hint``
+    (a guess of k) only changes where the doubling starts from, not the answer: from the hint
+    backwards when it already reaches, else forwards from it.
     """
-    limit = expiry if expiry is not None else at + config.lookahead_days * DAY_S
-    if level == HIGH:
-        return expiry
-    threshold = config.high if level == MEDIUM else config.medium
-
-    def reaches(k: int) -> bool:
-        return 1.0 - (1.0 - base(grid(k))) * keep >= threshold
-
-    # grid(0) is at (or the start of its day): below the threshold, as level says.
-    lo, hi = 0, 1
+    lo = 0
+    if hint is not None and hint >= 1:
+        if reaches(hint):
+            hi, back = hint, 1
+            while True:
+                k = hint - back
+                if k <= 0:
+                    break  # 0 never reaches
+                if not reaches(k):
+                    lo = k
+                    break
+                hi, back = k, back * 2
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if reaches(mid) else (mid, hi)
+            return grid(hi) if grid(hi) < limit else limit
+        lo = hint
+    base, step = lo, 1
+    hi = base + step
     while grid(hi) < limit and not reaches(hi):
-        lo, hi = hi, hi * 2
+        lo, step = hi, step * 2
+        hi = base + step
     if grid(hi) >= limit:
         # The last grid point before the limit decides whether the crossing comes in time.
         a, b = lo, hi
@@ -320,3 +457,70 @@ def _next_change(
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if reaches(mid) else (mid, hi)
     return grid(hi)
+
+
+class _Curve:
+    """BG/NBD's P(no purchase within H) of (repeat days, last - first purchase day, days since
+    the first), with the calibration's terms that need no more than those (all but the mean
+    order value's). Exact memoization: a pure function of integers, shared by all customers."""
+
+    __slots__ = ("model", "params", "unit", "H", "values", "crossings")
+
+    #: Entries kept before the memo starts over (a few MB).
+    MAX = 1 << 17
+
+    def __init__(self, model: ChurnModel, horizon_days: float) -> None:
+        self.model = model
+        self.params = model.params.params
+        self.unit = model.params.time_unit_days
+        self.H = horizon_days / self.unit
+        self.values: dict[tuple[int, int, int], tuple[float, float]] = {}
+        #: (repeat days, span, mean order value's term, signals' keep, threshold) -> the first
+        #: day (since the first purchase) the score reached the threshold: search hints.
+        self.crossings: dict[tuple[int, int, float, float, float], int] = {}
+
+    def remember(self, crossing: tuple[int, int, float, float, float], day: int) -> None:
+        if len(self.crossings) >= self.MAX:
+            self.crossings.clear()
+        self.crossings[crossing] = day
+
+    def get(self, key: tuple[int, int, int]) -> tuple[float, float]:
+        entry = self.values.get(key)
+        if entry is not None:
+            return entry
+        repeat, span, T_days = key
+        x = float(repeat)
+        t_x = span / self.unit
+        T = T_days / self.unit
+        p = bgnbd.p_no_purchase_within(self.params, x, t_x, T, self.H)
+        z = 0.0
+        calibration = self.model.calibration
+        if calibration is not None:
+            # Calibration.apply's sum, in its order, up to (not with) the mean order value's term.
+            f = calibration_features(p, x, T - t_x, 0.0)
+            w = calibration.weights
+            z = calibration.intercept
+            z += w[0] * f[0]
+            z += w[1] * f[1]
+            z += w[2] * f[2]
+        if len(self.values) >= self.MAX:
+            self.values.clear()
+        entry = self.values[key] = (p, z)
+        return entry
+
+
+_curves: dict[tuple[int, float], _Curve] = {}
+
+
+def clear_memo() -> None:
+    """Forget the memoized curve values and crossings (benchmarks: start cold)."""
+    _curves.clear()
+
+
+def _curve(model: ChurnModel, horizon_days: float) -> _Curve:
+    curve = _curves.get((id(model), horizon_days))
+    if curve is None or curve.model is not model:
+        if len(_curves) > 16:
+            _curves.clear()
+        curve = _curves[(id(model), horizon_days)] = _Curve(model, horizon_days)
+    return curve

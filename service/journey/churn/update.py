@@ -41,9 +41,23 @@ class Update:
             "level": r.level_name,
             "previous_level": LEVELS[self.previous_level] if self.previous_level is not None else None,
             "reasons": r.reasons,
-            "at": iso(r.at),
+            "at": _iso_at(r.at),
             "model": {"name": model.name, "version": model.version},
         }
+
+
+_last_iso: tuple[float | None, str | None] = (None, None)
+
+
+def _iso_at(at: float) -> str | None:
+    """iso(), remembering the last answer: a batch's customers are mostly assessed at one clock."""
+    global _last_iso
+    last = _last_iso
+    if last[0] == at:
+        return last[1]
+    text = iso(at)
+    _last_iso = (at, text)  # one assignment: a reader sees an old pair or the new one
+    return text
 
 
 def note_touchpoint(state: CustomerState, event_type: str, ts: float, channel: str, config: ChurnConfig) -> None:
@@ -59,10 +73,12 @@ def update(
     stage_times: StageTimes | None = None,
 ) -> Update:
     """Pain points due by ``at``, then the churn risk (abandoned carts count in it), kept in the state."""
-    at = max(at, state.last_seen if state.last_seen is not None else at)
-    pains = painpoints.evaluate(state, at, config.pain)
+    last_seen = state.last_seen
+    if last_seen is not None and last_seen > at:
+        at = last_seen
+    pains, deadline = painpoints.evaluate_due(state, at, config.pain)
     risk = assess(state, at, model, config.risk, stage_times)
-    deadlines = [t for t in (risk.next_change, painpoints.next_deadline(state, config.pain)) if t is not None]
-    due = min(deadlines) if deadlines else None
+    change = risk.next_change
+    due = deadline if change is None else change if deadline is None else min(change, deadline)
     previous = record(state, risk, due)
     return Update(risk, previous, pains, due)

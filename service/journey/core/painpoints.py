@@ -78,7 +78,21 @@ def note_touchpoint(state: CustomerState, event_type: str, ts: float, channel: s
 
 def evaluate(state: CustomerState, now: float, config: PainConfig) -> list[PainPoint]:
     """Pain points that have become due by event time ``now`` (each reported once)."""
-    pain = state.extra.get(KEY) or {}
+    return evaluate_due(state, now, config)[0]
+
+
+def evaluate_due(state: CustomerState, now: float, config: PainConfig) -> tuple[list[PainPoint], float | None]:
+    """:func:`evaluate`, and then :func:`next_deadline`, in one pass over the state."""
+    extra = state.extra
+    pain = extra.get(KEY)
+    stage = state.stage
+    if not pain and stage not in config.stall_stages:
+        # Nothing open and nothing to stall in: most customers of a stream.
+        if KEY in extra:
+            del extra[KEY]
+        return [], None
+    if not pain:
+        pain = {}
     found: list[PainPoint] = []
     w = config.abandonment_window_s
     for cart in sorted(pain.get("c") or (), key=lambda c: c[0]):
@@ -93,8 +107,8 @@ def evaluate(state: CustomerState, now: float, config: PainConfig) -> list[PainP
                 PainPoint(CART_ABANDONED, stage_name(state.stage), channel, ts + w,
                           {"cart_at": iso(ts), "window_hours": round(w / 3600, 3)})
             )
-    stage = state.stage
     entered = state.reached[stage] if stage >= 0 else None
+    deadline = None
     if stage in config.stall_stages and entered is not None and pain.get("s") != stage:
         if now >= entered + config.stall_limit_s:
             pain["s"] = stage
@@ -102,8 +116,17 @@ def evaluate(state: CustomerState, now: float, config: PainConfig) -> list[PainP
                 PainPoint(STALLED, stage_name(stage), state.last_channel, entered + config.stall_limit_s,
                           {"stage_entered_at": iso(entered), "limit_days": round(config.stall_limit_s / 86400, 3)})
             )
+        else:
+            deadline = entered + config.stall_limit_s
     _store(state, pain)
-    return found
+    carts = pain.get("c")
+    if carts:
+        # next_deadline's order: the carts' window ends, then the stall.
+        times = [c[0] + w for c in carts]
+        if deadline is not None:
+            times.append(deadline)
+        deadline = min(times)
+    return found, deadline
 
 
 def next_deadline(state: CustomerState, config: PainConfig) -> float | None:
@@ -130,8 +153,12 @@ def _open_cart(state: CustomerState, ts: float, channel: str, config: PainConfig
     pain = state.extra.get(KEY) or {}
     if ts <= pain.get("r", float("-inf")):
         return  # a replayed or very late cart event: that cart was already decided
+    carts = pain.get("c")
+    if not carts:  # the usual case: the customer's only open cart
+        pain["c"] = [[ts, channel]]
+        state.extra[KEY] = pain
+        return
     w = config.abandonment_window_s
-    carts = pain.setdefault("c", [])
     for cart in carts:
         if cart[0] <= ts <= cart[0] + w:
             return  # part of an open cart

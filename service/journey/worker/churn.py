@@ -28,7 +28,6 @@ from journey.churn.risk import KEY as RISK_KEY
 from journey.churn.risk import RiskConfig, StageTimes, load_model, stored_due
 from journey.churn.timers import DueIndex
 from journey.churn.update import ChurnConfig, Update, note_touchpoint, update
-from journey.core.events import InvalidTouchpoint, decode
 from journey.core.eventclock import EventClock
 from journey.core import painpoints
 from journey.core.painpoints import PainConfig
@@ -108,20 +107,27 @@ class ChurnWorker:
         self.stage_times = StageTimes(self.config.risk)
         pain = self.config.pain
         self._note_types = pain.cart_types | pain.purchase_types
-        self._note_needles = tuple(t.encode() for t in self._note_types)
+        self._counters: dict[tuple[str, ...], Any] = {}
 
     # --- after a batch --------------------------------------------------------------------
     async def after_batch(self, records: Sequence[Record], result: BatchResult) -> None:
         """Re-score the customers of a batch; send and acknowledge what changed. Their states
         (result.writes) are updated in place for handle_batch to write."""
+        outputs = self.score_batch(result)
+        if outputs is not None:
+            await self._send(outputs)
+
+    def score_batch(self, result: BatchResult) -> list[tuple[str, bytes, bytes]] | None:
+        """The pure part of :meth:`after_batch`: note, re-score and collect the outputs to send
+        (None: the batch wrote no customer)."""
         wall = time.time()
         self.clock.observe(result.max_event_time, wall)
         for t in result.transitions:
             self.stage_times.observe(t.from_stage, t.seconds_in_previous_stage)
         writes = result.writes
         if not writes:
-            return
-        self._note_carts(records, writes)
+            return None
+        self._note_carts(result.applied, writes)
         now = self.clock.now(wall)
         outputs: list[tuple[str, bytes, bytes]] = []
         for key, (rec, state, _before) in writes.items():
@@ -132,21 +138,18 @@ class ChurnWorker:
                 continue
             self.index.schedule(key, u.due, rec.partition)
             self._collect(key, u, outputs)
-        await self._send(outputs)
+        return outputs
 
-    def _note_carts(self, records: Sequence[Record], writes: Mapping[str, tuple[Record, CustomerState, Any]]) -> None:
-        needles = self._note_needles
-        for rec in records:
-            value = rec.value
-            if value is None or rec.key is None or not any(n in value for n in needles):
-                continue
-            try:
-                tp = decode(value)
-            except InvalidTouchpoint:
-                continue
-            entry = writes.get(tp.profile_id)
-            if entry is not None and tp.type in self._note_types and rec.key == tp.profile_id.encode():
-                note_touchpoint(entry[1], tp.type, tp.ts, tp.channel, self.config)
+    def _note_carts(self, applied: Sequence[tuple[str, str, str, Any, float]], writes: Mapping[str, tuple[Record, CustomerState, Any]]) -> None:
+        """Note the batch's applied carts and purchases (the pipeline's record of them: only
+        correctly keyed, non-duplicate touchpoints; nothing decoded twice)."""
+        types, config = self._note_types, self.config
+        for applied_one in applied:
+            if applied_one[1] in types:  # most touchpoints are neither: no unpacking for them
+                key, event_type, channel, _kind, ts = applied_one
+                entry = writes.get(key)
+                if entry is not None:
+                    note_touchpoint(entry[1], event_type, ts, channel, config)
 
     # --- the timer ------------------------------------------------------------------------
     async def tick(self) -> int:
@@ -247,14 +250,29 @@ class ChurnWorker:
 
     # --- output ---------------------------------------------------------------------------
     def _collect(self, key: str, u: Update, outputs: list[tuple[str, bytes, bytes]]) -> None:
-        settings, metrics = self.japp.settings, self.japp.metrics
+        pains, changed = u.pains, u.level_changed
+        if not pains and not changed:
+            return  # most customers of a batch
+        settings = self.japp.settings
         kb = key.encode()
-        for p in u.pains:
+        for p in pains:
             outputs.append((settings.topic_pain_points, kb, orjson.dumps(p.to_event(key))))
-            metrics.pain_points.labels(kind=p.kind, stage=p.stage or "none", channel=p.channel or "other").inc()
-        if u.level_changed:
+            self._counter(("pain", p.kind, p.stage or "none", p.channel or "other")).inc()
+        if changed:
             outputs.append((settings.topic_churn_risk, kb, orjson.dumps(u.churn_event(key, self.model))))
-            metrics.churn_risk.labels(level=u.risk.level_name).inc()
+            self._counter(("risk", u.risk.level_name)).inc()
+
+    def _counter(self, labels: tuple[str, ...]) -> Any:
+        """The metric child of these labels (prometheus' labels() costs a lock and a lookup per call)."""
+        child = self._counters.get(labels)
+        if child is None:
+            metrics = self.japp.metrics
+            if labels[0] == "pain":
+                child = metrics.pain_points.labels(kind=labels[1], stage=labels[2], channel=labels[3])
+            else:
+                child = metrics.churn_risk.labels(level=labels[1])
+            self._counters[labels] = child
+        return child
 
     async def _send(self, outputs: list[tuple[str, bytes, bytes]]) -> None:
         self.japp.metrics.churn_timer_customers.set(len(self.index))
