@@ -71,7 +71,10 @@ def make_worker() -> tuple[ChurnWorker, Producer, Table, list[str]]:
         rebalancing=False, producer=producer,
         assignor=SimpleNamespace(assigned_actives=lambda: [SimpleNamespace(topic="tp", partition=0)]),
     )
-    japp = SimpleNamespace(app=app, settings=settings, definition=DEFINITION, customers=table, metrics=WorkerMetrics(DEFINITION))
+    japp = SimpleNamespace(
+        app=app, settings=settings, definition=DEFINITION, customers=table, metrics=WorkerMetrics(DEFINITION),
+        state_lock=asyncio.Lock(), state_writes=None,
+    )
     return ChurnWorker(japp, ChurnSettings.from_settings(Settings())), producer, table, log  # type: ignore[arg-type]
 
 
@@ -132,14 +135,21 @@ async def test_timer_never_overwrites_a_state_a_batch_wrote_meanwhile():
     worker.clock.observe(due + 3600, time.time())
 
     original_send = producer.send
+    batches: list[asyncio.Future[None]] = []
 
-    async def send_while_a_batch_lands(*args: Any) -> Any:
-        newer = buyer("c1", [0, 7, 14, 21, 28, 29])  # the batch applied a new purchase
-        dict.__setitem__(table, "c1", newer.to_wire())
+    async def a_batch_lands() -> None:
+        async with worker.japp.state_lock:  # as agents.handle_records does
+            newer = buyer("c1", [0, 7, 14, 21, 28, 29])  # the batch applied a new purchase
+            dict.__setitem__(table, "c1", newer.to_wire())
+
+    async def send_while_a_batch_arrives(*args: Any) -> Any:
+        batches.append(asyncio.ensure_future(a_batch_lands()))
+        await asyncio.sleep(0.01)  # the batch gets every chance to run now
         return await original_send(*args)
 
-    producer.send = send_while_a_batch_lands  # type: ignore[method-assign]
+    producer.send = send_while_a_batch_arrives  # type: ignore[method-assign]
     await worker.tick()
+    await batches[0]
     assert table.get("c1").purchase_days == 6, "the timer wrote its older copy over the batch's state"
 
 

@@ -46,14 +46,18 @@ class DueIndex:
 
     def pop_due(self, now: float, limit: int | None = None) -> list[str]:
         """Customers due at or before ``now`` (earliest first, at most ``limit``), removed from the index."""
+        return [key for key, _ in self.pop_due_entries(now, limit)]
+
+    def pop_due_entries(self, now: float, limit: int | None = None) -> list[tuple[str, int | None]]:
+        """As pop_due, with each customer's partition (as scheduled)."""
         heap, due = self._heap, self._due
-        out: list[str] = []
+        out: list[tuple[str, int | None]] = []
         while heap and heap[0][0] <= now and (limit is None or len(out) < limit):
             when, key = heapq.heappop(heap)
             entry = due.get(key)
             if entry is not None and entry[0] == when:
                 del due[key]
-                out.append(key)
+                out.append((key, entry[1]))
         return out
 
     def next_due(self) -> float | None:

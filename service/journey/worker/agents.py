@@ -76,27 +76,27 @@ async def _handle_locked(
 ) -> tuple[BatchResult, list["Sent"]]:
     result = japp.pipeline.process(records, japp.customers, read=read)
     settings = japp.settings
-    outputs = [
-        *((settings.topic_transitions, transition_output(t)) for t in result.transitions),
-        *((settings.topic_dead_letter, out) for out in result.dead_letters),
-        *((settings.topic_touchpoints, out) for out in result.rekeyed),
+    outputs: list[tuple[str, bytes | None, bytes]] = [
+        *((settings.topic_transitions, o.key, o.value) for o in map(transition_output, result.transitions)),
+        *((settings.topic_dead_letter, o.key, o.value) for o in result.dead_letters),
+        *((settings.topic_touchpoints, o.key, o.value) for o in result.rekeyed),
     ]
+    # Churn risk and pain points: re-scores the batch's customers (their states are updated in
+    # place for the writes below); its events go out with the batch's other outputs.
+    if japp.churn is not None:
+        outputs.extend(japp.churn.score_batch(result) or ())
     # Outputs are acknowledged before the state that records them is written: after a crash the
-    # batch is replayed and re-emits them (same transition ids) instead of losing them.
+    # batch is replayed and re-emits them (same ids) instead of losing them.
     if outputs:
         if sender is not None:
-            sent = await sender.send((topic, None, out.key, out.value) for topic, out in outputs)
+            sent = await sender.send((topic, None, key, value) for topic, key, value in outputs)
             await asyncio.gather(*(s.future for s in sent))
         else:
             producer = japp.app.producer
             pending: list[Awaitable[Any]] = []
-            for topic, out in outputs:
-                pending.append(await producer.send(topic, out.key, out.value, None, None, None))
+            for topic, key, value in outputs:
+                pending.append(await producer.send(topic, key, value, None, None, None))
             await asyncio.gather(*pending)
-    # Churn risk and pain points: re-scores the batch's customers, sends and
-    # acknowledges its events, and updates their states in place for the writes below.
-    if japp.churn is not None:
-        await japp.churn.after_batch(records, result)
 
     def observe() -> None:
         # Live aggregates: in the same synchronous stretch as the writes (see worker/aggregates.py).

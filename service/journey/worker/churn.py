@@ -19,7 +19,7 @@ import weakref
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Awaitable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Mapping, Sequence
 
 import orjson
 from faust.streams import _current_event
@@ -138,6 +138,7 @@ class ChurnWorker:
                 continue
             self.index.schedule(key, u.due, rec.partition)
             self._collect(key, u, outputs)
+        self.japp.metrics.churn_timer_customers.set(len(self.index))
         return outputs
 
     def _note_carts(self, applied: Sequence[tuple[str, str, str, Any, float]], writes: Mapping[str, tuple[Record, CustomerState, Any]]) -> None:
@@ -160,21 +161,31 @@ class ChurnWorker:
         now = self.clock.now(time.time())
         if now is None:
             return 0
-        keys = self.index.pop_due(now, self.settings.max_per_tick)
-        if not keys:
+        # Batches change the states they read in place: no batch may run between our read of a
+        # customer and our write (JourneyApp.state_lock), or one of the two would be lost.
+        async with self.japp.state_lock:
+            return await self._tick(now)
+
+    async def _tick(self, now: float) -> int:
+        due = self.index.pop_due_entries(now, self.settings.max_per_tick)
+        if not due:
             return 0
         table = self.japp.customers
+        state_writes = self.japp.state_writes
         outputs: list[tuple[str, bytes, bytes]] = []
         changed: list[tuple[str, CustomerState]] = []
-        saved: list[tuple[tuple[int, float | None], dict[str, Any]]] = []
+        saved: list[dict[str, Any]] = []
         # The live aggregates count churn levels and pain points: they need each state before.
         summarize = self.japp.pipeline.summarize if getattr(self.japp, "pipeline", None) is not None else None
         befores: list[Any] = []
-        for key in keys:
-            state = table.get(key)
+        for key, partition in due:
+            if state_writes is not None and partition is not None:
+                state = state_writes.read(key, partition)  # the batch path's own (cached) object
+            else:
+                state = table.get(key)
             if state is None or state.partition is None:
                 continue  # moved away, or written before partitions were recorded
-            saved.append(((state.events, state.last_seen), {k: copy.deepcopy(state.extra[k]) for k in _OWN_KEYS if k in state.extra}))
+            saved.append({k: copy.deepcopy(state.extra[k]) for k in _OWN_KEYS if k in state.extra})
             befores.append(summarize(state) if summarize is not None else None)
             u = update(state, now, self.model, self.config, self.stage_times)
             self.index.schedule(key, u.due, state.partition)
@@ -185,7 +196,7 @@ class ChurnWorker:
             await self._send(outputs)
         except Exception:
             # Nothing was recorded: put the customers back as they were, due now, for the next tick.
-            for (key, state), (_, extra) in zip(changed, saved):
+            for (key, state), extra in zip(changed, saved):
                 for k in _OWN_KEYS:
                     state.extra.pop(k, None)
                 state.extra.update(extra)
@@ -193,31 +204,18 @@ class ChurnWorker:
             raise
         topic = self.japp.settings.topic_touchpoints
         written = BatchResult()
-
-        def still_ours() -> Iterator[tuple[str, CustomerState, Any]]:
-            for (key, state), (read_as, _), before in zip(changed, saved, befores):
-                current = table.get(key)
-                if current is not state and (current is None or (current.events, current.last_seen) != read_as):
-                    # A batch wrote this customer while the outputs were in flight (a store that
-                    # hands out copies, e.g. RocksDB): its state is newer and carries its own
-                    # assessment; writing ours would lose its events.
-                    continue
-                written.writes[key] = (Record(key.encode(), None, topic, state.partition, -1), state, before)  # type: ignore[arg-type]
-                yield key, state, before
-
+        for (key, state), before in zip(changed, befores):
+            written.writes[key] = (Record(key.encode(), None, topic, state.partition, -1), state, before)  # type: ignore[arg-type]
         aggregates = getattr(self.japp, "aggregates", None)
 
         def observe() -> None:
             if aggregates is not None and summarize is not None:
                 aggregates.observe([], written)  # same synchronous stretch as the writes
 
-        state_writes = getattr(self.japp, "state_writes", None)
         if state_writes is not None:
-            # The batch ingest's direct writes: the check above runs under their lock, after
-            # any earlier write of these customers.
-            await state_writes.write(((key, state.partition, state) for key, state, _ in still_ours()), observe)
-            return len(written.writes)
-        for key, state, _ in list(still_ours()):
+            await state_writes.write(((key, state.partition, state) for key, state in changed), observe)
+            return len(changed)
+        for key, state in changed:
             event = _PartitionEvent(topic, state.partition)  # type: ignore[arg-type]
             token = _current_event.set(weakref.ref(event))
             try:
@@ -225,7 +223,7 @@ class ChurnWorker:
             finally:
                 _current_event.reset(token)
         observe()
-        return len(written.writes)
+        return len(changed)
 
     # --- rebalance ------------------------------------------------------------------------
     def rebuild(self) -> int:
