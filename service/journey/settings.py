@@ -66,7 +66,8 @@ class Settings:
     session_timeout_s: float = 30.0
     commit_interval_s: float = 1.0
     #: Customer states kept decoded in memory (RocksDB store), least recently written out first;
-    #: each costs ~2.5-3 KiB (100,000: ~300 MiB). 0 decodes every read from the store.
+    #: each costs ~2.5-3 KiB (100,000: ~300 MiB). Never fewer than 3 batches plus a churn tick
+    #: (the states whose writes can be pending at once).
     state_cache: int = 100_000
     #: How many event ids (hashed) a customer's dedupe memory keeps.
     dedupe_window: int = 32

@@ -55,25 +55,48 @@ async def handle_records(
     *,
     sender: "BatchSender | None" = None,
     state_writes: "StateWrites | None" = None,
-) -> tuple[BatchResult, list["Sent"]]:
+) -> tuple[BatchResult, "asyncio.Future[list[Sent]]"]:
     """decode, validate, dedupe, apply (the pipeline), then emit: outputs first, state second.
 
     ``rec.ref`` of every record must be an event of its partition (write_states needs it);
-    ``read(key, partition)`` is how the pipeline reads customers (default: from the table). With ``sender``
-    the outputs go out as produce batches; with ``state_writes`` the states go straight to the
-    store and the changelog, whose produce batches are returned (not yet acknowledged).
+    ``read(key, partition)`` is how the pipeline reads customers (default: from the table). With
+    ``sender`` the outputs go out as produce batches.
+
+    Returns the batch's result and a future of its changelog batches. With ``state_writes`` the
+    call returns as soon as the outputs are handed to the producer and the states are staged:
+    the states are written (store, then changelog) once the outputs are acknowledged, in a
+    stage the future stands for, while the caller may already run the next batch. Without, it
+    returns when everything is written (the table's own path).
     """
     async with japp.state_lock:
-        return await _handle_locked(japp, records, read, sender, state_writes)
+        result, outputs = _process(japp, records, read)
+        if state_writes is not None and sender is not None:
+            sent = await sender.send((topic, None, key, value) for topic, key, value in outputs) if outputs else []
+            observe = _observer(japp, records, result)
+            # Outputs are acknowledged before the states that record them are written: after a
+            # crash the batch is replayed and re-emits them (same ids) instead of losing them.
+            # Live aggregates are updated with the staging: in the same synchronous stretch as
+            # the states' in-place changes (see worker/aggregates.py).
+            stage = state_writes.stage(
+                ((key, rec.partition, state) for key, (rec, state, _before) in result.writes.items()),
+                after=[s.future for s in sent],
+                on_written=lambda: japp.metrics.observe_batch(result, len(records)),
+            )
+            observe()
+            return result, stage
+        await _send_and_wait(japp, outputs, sender)
+        write_states(japp, result)
+        _observer(japp, records, result)()
+        japp.metrics.observe_batch(result, len(records))
+        done: asyncio.Future[list[Sent]] = asyncio.get_running_loop().create_future()
+        done.set_result([])
+        return result, done
 
 
-async def _handle_locked(
-    japp: "JourneyApp",
-    records: Sequence[Record],
-    read: Callable[[str, int], Any] | None,
-    sender: "BatchSender | None",
-    state_writes: "StateWrites | None",
-) -> tuple[BatchResult, list["Sent"]]:
+def _process(
+    japp: "JourneyApp", records: Sequence[Record], read: Callable[[str, int], Any] | None
+) -> tuple[BatchResult, list[tuple[str, bytes | None, bytes]]]:
+    """The pure part: the pipeline, then the churn hook; the outputs to send."""
     result = japp.pipeline.process(records, japp.customers, read=read)
     settings = japp.settings
     outputs: list[tuple[str, bytes | None, bytes]] = [
@@ -82,37 +105,32 @@ async def _handle_locked(
         *((settings.topic_touchpoints, o.key, o.value) for o in result.rekeyed),
     ]
     # Churn risk and pain points: re-scores the batch's customers (their states are updated in
-    # place for the writes below); its events go out with the batch's other outputs.
+    # place for the writes); its events go out with the batch's other outputs.
     if japp.churn is not None:
         outputs.extend(japp.churn.score_batch(result) or ())
-    # Outputs are acknowledged before the state that records them is written: after a crash the
-    # batch is replayed and re-emits them (same ids) instead of losing them.
-    if outputs:
-        if sender is not None:
-            sent = await sender.send((topic, None, key, value) for topic, key, value in outputs)
-            await asyncio.gather(*(s.future for s in sent))
-        else:
-            producer = japp.app.producer
-            pending: list[Awaitable[Any]] = []
-            for topic, key, value in outputs:
-                pending.append(await producer.send(topic, key, value, None, None, None))
-            await asyncio.gather(*pending)
+    return result, outputs
 
+
+def _observer(japp: "JourneyApp", records: Sequence[Record], result: BatchResult) -> Callable[[], None]:
     def observe() -> None:
-        # Live aggregates: in the same synchronous stretch as the writes (see worker/aggregates.py).
         if japp.aggregates is not None:
             japp.aggregates.observe(records, result)
 
-    changelog: list[Sent] = []
-    if state_writes is not None:
-        changelog = await state_writes.write(
-            ((key, rec.partition, state) for key, (rec, state, _before) in result.writes.items()), observe
-        )
-    else:
-        write_states(japp, result)
-        observe()
-    japp.metrics.observe_batch(result, len(records))
-    return result, changelog
+    return observe
+
+
+async def _send_and_wait(japp: "JourneyApp", outputs: list[tuple[str, bytes | None, bytes]], sender: "BatchSender | None") -> None:
+    if not outputs:
+        return
+    if sender is not None:
+        sent = await sender.send((topic, None, key, value) for topic, key, value in outputs)
+        await asyncio.gather(*(s.future for s in sent))
+        return
+    producer = japp.app.producer
+    pending: list[Awaitable[Any]] = []
+    for topic, key, value in outputs:
+        pending.append(await producer.send(topic, key, value, None, None, None))
+    await asyncio.gather(*pending)
 
 
 def write_states(japp: "JourneyApp", result: BatchResult) -> None:

@@ -1,11 +1,12 @@
 """The worker's live aggregates: one PartitionAggregate per owned input partition, published
 about every second to the aggregates topic for the sidecar.
 
-Invariant: for every partition p in ``parts``, ``parts[p]`` equals the aggregate of the table's
-states with ``state.partition == p``. It holds because
-- a batch's table writes and the matching ``replace(before, after)`` happen in one
-  synchronous stretch (agents.handle_batch: write_states, then observe), so no other coroutine
-  ever sees one without the other;
+Invariant: for every partition p in ``parts``, ``parts[p]`` equals the aggregate of the states
+of partition p as the worker last changed them (the table, plus the batch or two whose writes
+are staged behind their outputs' acks: worker/statewrites.py). It holds because
+- a batch's states are staged (or written, on the table's own path) and the matching
+  ``replace(before, after)`` happen while the batch holds JourneyApp.state_lock, and nothing
+  else changes a state without it;
 - a partition's aggregate is built from the table only once Faust has finished recovering the
   table for it (the table's on_recover callback), before the partition's stream is resumed;
 - a partition we no longer own is dropped at the next assignment, and updates for partitions

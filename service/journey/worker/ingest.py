@@ -178,14 +178,23 @@ class BatchIngest:
         table = self.japp.customers
         sender = BatchSender(app.producer)
         settings = self.japp.settings
-        state_writes = StateWrites(app, table, sender, cache_size=settings.state_cache) if uses_rocksdb(table) else None
+        state_writes = None
+        if uses_rocksdb(table):
+            floor = StateWrites.min_cache_size(settings.batch_size, settings.churn_max_per_tick)
+            state_writes = StateWrites(app, table, sender, cache_size=max(settings.state_cache, floor))
         self.japp.state_writes = state_writes
         reads = PartitionReads(table, self._events, state_writes)
         generation = None
+        #: Stages (state writes waiting for their outputs' acks) of the batches processed so far.
+        stages: deque[asyncio.Future[Any]] = deque()
         while True:
             await self._arrived.wait()
             self._arrived.clear()
             while self._chunks:
+                # Back-pressure: a batch runs while the one before waits for its acks, no further
+                # ahead (the state cache is sized for that).
+                while stages and (stages[0].done() or len(stages) >= 2):
+                    await asyncio.wait([stages.popleft()])
                 chunks = self._take(consumer)
                 if not chunks:
                     continue
@@ -193,31 +202,38 @@ class BatchIngest:
                     if state_writes is not None and generation != app.consumer_generation_id:
                         # A rebalance happened since the last batch (wait_empty empties the
                         # cache too; this also covers a revocation Faust did not wait for).
+                        await state_writes.idle()  # no staged state may be forgotten unwritten
                         state_writes.forget()
                         generation = app.consumer_generation_id
                     records, spans = self._records(chunks)
                     try:
-                        _, changelog = await handle_records(
+                        _, stage = await handle_records(
                             self.japp, records, reads.read, sender=sender, state_writes=state_writes,
                         )
                     except Exception:  # bad records never get here: they are dead-lettered in the pipeline
                         _exit_replaying("a batch could not be completed")
+                    stages.append(stage)
                     # The offsets are done once the changelog has the batch's states; meanwhile
-                    # the next batch runs (it reads the states from the store, already written).
-                    self._acking = asyncio.ensure_future(self._ack_when_durable(consumer, self._acking, changelog, spans))
+                    # the next batch runs (it reads the states from the cache, where they are).
+                    self._acking = asyncio.ensure_future(self._ack_when_durable(consumer, self._acking, stage, spans))
                 finally:
                     self._idle.set()
 
     async def _ack_when_durable(
-        self, consumer: "BatchConsumer", previous: "asyncio.Future[None] | None", changelog: list[Sent], spans: dict[TP, tuple[int, int]]
+        self,
+        consumer: "BatchConsumer",
+        previous: "asyncio.Future[None] | None",
+        stage: "asyncio.Future[list[Sent]]",
+        spans: dict[TP, tuple[int, int]],
     ) -> None:
         try:
             if previous is not None:
                 await previous  # in batch order
+            changelog = await stage  # outputs acknowledged, states in the store, changelog sent
             if changelog:
                 await asyncio.gather(*(s.future for s in changelog))
         except Exception:
-            _exit_replaying("a batch's state writes were not acknowledged by the changelog")
+            _exit_replaying("a batch's outputs or state writes were not acknowledged")
         consumer.ack_spans(spans)
         monitor = self.japp.app.monitor
         if monitor is not None:

@@ -45,4 +45,4 @@ def tune_gc() -> None:
     """
     gc.collect()
     gc.freeze()  # what was imported and built at start-up is never collected: stop scanning it
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(10_000, 20, 100)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import rocksdict
 from faust.types import TP
@@ -82,6 +82,8 @@ class StateWrites:
         self.topic = table.changelog_topic.get_topic_name()
         self.cache = StateCache(cache_size)
         self._lock = asyncio.Lock()
+        #: The last stage staged (each stage waits for the one before).
+        self._tail: "asyncio.Future[list[Sent]] | None" = None
 
     def read(self, key: str, partition: int) -> CustomerState | None:
         """A customer's state: the cached object, or decoded from their partition's database.
@@ -102,43 +104,88 @@ class StateWrites:
             cache.put(key, state)
         return state
 
+    @staticmethod
+    def min_cache_size(batch_size: int, timer_batch: int) -> int:
+        """The smallest cache that holds every state of the stages that can be pending at once:
+        the batch being written, the next one (staged, waiting for its outputs) and a churn tick."""
+        return 3 * batch_size + timer_batch
+
     def forget(self) -> None:
         """Empty the cache (partitions may be about to change hands)."""
         self.cache.clear()
 
-    async def write(
-        self, states: Iterable[tuple[str, int, CustomerState]], on_stored: Callable[[], None] | None = None
+    def stage(
+        self,
+        states: Iterable[tuple[str, int, CustomerState]],
+        *,
+        after: "Sequence[asyncio.Future[Any]]" = (),
+        on_written: Callable[[], None] | None = None,
+    ) -> "asyncio.Future[list[Sent]]":
+        """Encode (key, partition, state) now and write the bytes once ``after`` (the outputs
+        that record these states) are acknowledged: to the store and the changelog, after every
+        earlier stage. Returns a future of the changelog batches (their futures resolve when the
+        broker has them; the offsets are then recorded). ``on_written`` runs right after the
+        store writes.
+
+        Encoding now is what lets the caller go on (a next batch may change the same objects in
+        place): the write carries the state exactly as this stage saw it. Every state staged
+        stays in the cache until written, so reads never see the store behind (the cache's
+        floor, see StateWrites.min_cache_size, is sized for the stages that can be pending).
+        An exception (outputs or changelog not acknowledged) surfaces from the future."""
+        topic = self.topic
+        cache = self.cache
+        items: list[tuple[str, int, bytes, bytes]] = []
+        for key, partition, state in states:
+            items.append((topic, partition, key.encode(), state.to_wire()))
+            cache.put(key, state)
+        previous = self._tail
+        future = asyncio.ensure_future(self._write_after(previous, after, items, on_written))
+        self._tail = future
+        return future
+
+    async def write(self, states: Iterable[tuple[str, int, CustomerState]], on_stored: Callable[[], None] | None = None) -> list[Sent]:
+        """Stage these states with nothing to wait for, run ``on_stored`` (in the same synchronous
+        stretch as the encoding), and wait until the stage is written."""
+        future = self.stage(states)
+        if on_stored is not None:
+            on_stored()
+        return await future
+
+    async def _write_after(
+        self,
+        previous: "asyncio.Future[list[Sent]] | None",
+        after: "Sequence[asyncio.Future[Any]]",
+        items: list[tuple[str, int, bytes, bytes]],
+        on_written: Callable[[], None] | None,
     ) -> list[Sent]:
-        """Write (key, partition, state) to the store and send them to the changelog; returns the
-        changelog batches (their futures resolve when acknowledged; the offsets are then recorded).
-        ``on_stored`` runs right after the store writes, in the same synchronous stretch.
-        ``states`` is consumed under the lock, after the flush: a generator may decide there
-        what is still to be written (the churn timer does)."""
+        if previous is not None:
+            await previous  # stages write in the order they were staged
+        if after:
+            await asyncio.gather(*after)
         async with self._lock:
             # Faust's buffer may hold earlier changelog records of the same keys: they go first.
             await self.app.producer.buffer.flush()
             store = self.table.data
             batches: dict[int, Any] = {}
-            out: list[tuple[str, int, bytes, bytes]] = []
-            topic = self.topic
-            cache = self.cache if self.cache.size else None
-            for key, partition, state in states:
-                kb, vb = key.encode(), state.to_wire()
-                if cache is not None:
-                    cache.put(key, state)
+            for _topic, partition, kb, vb in items:
                 wb = batches.get(partition)
                 if wb is None:
                     wb = batches[partition] = rocksdict.WriteBatch(raw_mode=True)
                 wb.put(kb, vb)
-                out.append((topic, partition, kb, vb))
             for partition, wb in batches.items():
                 store._db_for_partition(partition).write(wb)
-            if on_stored is not None:
-                on_stored()
-            sent = await self.sender.send(out)
+            if on_written is not None:
+                on_written()
+            sent = await self.sender.send(items)
         for s in sent:
             s.future.add_done_callback(self._persisted(s))
         return sent
+
+    async def idle(self) -> None:
+        """Wait until every stage so far is written (errors are the stages' owners' to report)."""
+        tail = self._tail
+        if tail is not None:
+            await asyncio.wait([tail])
 
     def _persisted(self, s: Sent) -> Any:
         store, tp, count = self.table.data, TP(s.topic, s.partition), s.count
