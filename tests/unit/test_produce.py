@@ -1,6 +1,9 @@
 """BatchSender's partitioning must agree with Kafka's default partitioner, cache or no cache."""
 
+import asyncio
 import random
+
+import pytest
 
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -25,3 +28,69 @@ def test_partition_by_key_matches_the_default_partitioner(monkeypatch):
 def test_a_record_without_a_key_goes_to_some_partition():
     sender = BatchSender(faust_producer=None)
     assert {sender.partition_of(None, [0, 1, 2]) for _ in range(200)} == {0, 1, 2}
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.items: list[tuple[bytes | None, bytes | None]] = []
+
+    def append(self, key, value, timestamp):  # noqa: ANN001
+        self.items.append((key, value))
+        return object()
+
+    def record_count(self) -> int:
+        return len(self.items)
+
+
+class _SlowProducer:
+    """Takes a partition's next batch only once the previous one is acknowledged (as aiokafka's
+    accumulator does while a request is in flight)."""
+
+    def __init__(self) -> None:
+        self.handed: list[tuple[str, int, list]] = []
+        self.acks: dict[tuple[str, int], asyncio.Future] = {}
+        self.fail_next = False
+
+    def _ensure_producer(self):
+        return self
+
+    async def partitions_for(self, topic):
+        return {0, 1}
+
+    def create_batch(self):
+        return _Builder()
+
+    async def send_batch(self, batch, topic, partition):
+        previous = self.acks.get((topic, partition))
+        if previous is not None:
+            await asyncio.shield(previous)
+        if self.fail_next:
+            raise RuntimeError("producer closed")
+        self.handed.append((topic, partition, batch.items))
+        ack = self.acks[(topic, partition)] = asyncio.get_running_loop().create_future()
+        return ack
+
+
+async def test_send_returns_before_the_previous_batch_is_acknowledged_and_keeps_the_order():
+    producer = _SlowProducer()
+    sender = BatchSender(producer)
+    first = await sender.send([("t", 0, b"a", b"1"), ("t", 0, b"b", b"2")])
+    second = await asyncio.wait_for(sender.send([("t", 0, b"c", b"3")]), timeout=1)  # does not wait for first's ack
+    await asyncio.sleep(0)
+    assert [items for _, _, items in producer.handed] == [[(b"a", b"1"), (b"b", b"2")]]
+    producer.acks[("t", 0)].set_result("meta-1")
+    assert await first[0].future == "meta-1"
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert [items for _, _, items in producer.handed][1] == [(b"c", b"3")]
+    producer.acks[("t", 0)].set_exception(RuntimeError("not acknowledged"))
+    with pytest.raises(RuntimeError, match="not acknowledged"):
+        await second[0].future
+
+
+async def test_a_batch_the_producer_refuses_fails_its_future():
+    producer = _SlowProducer()
+    producer.fail_next = True
+    sent = await BatchSender(producer).send([("t", 1, b"k", b"v")])
+    with pytest.raises(RuntimeError, match="producer closed"):
+        await asyncio.wait_for(sent[0].future, timeout=1)

@@ -4,6 +4,13 @@ aiokafka's ``send()`` costs a coroutine, a future and an accumulator lookup per 
 API (``create_batch`` / ``send_batch``) appends records to a builder (C code) and hands the
 builder over once. Partitions are chosen as ``send()`` would (Kafka's default murmur2 on the
 key), so a customer's records land where any other producer would put them.
+
+aiokafka takes a produce batch for a partition only once the partition's previous batch has
+been sent, and it keeps one request per partition in flight: ``send_batch`` can wait a whole
+round trip. :meth:`BatchSender.send` therefore never waits for it: each batch is handed over by
+a task of its own, after the previous batch of the same partition (so the order per partition
+is the order of the calls), and its ``Sent.future`` resolves when the broker acknowledges it.
+The caller can prepare its next batch meanwhile.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ class BatchSender:
         self._faust_producer = faust_producer
         self._partitions: dict[str, list[int]] = {}
         self._hashes: dict[bytes, int] = {}
+        #: The last hand-over task per topic-partition (the next one waits for it).
+        self._handovers: dict[tuple[str, int], asyncio.Future[None]] = {}
 
     def partition_of(self, key: bytes | None, partitions: list[int]) -> int:
         """Kafka's default partitioner (murmur2 of the key, as aiokafka's DefaultPartitioner and
@@ -73,12 +82,45 @@ class BatchSender:
             batch = producer.create_batch()
             for key, value in items:
                 if batch.append(key=key, value=value, timestamp=None) is None:  # full
-                    sent.append(Sent(topic, partition, batch.record_count(), await producer.send_batch(batch, topic, partition=partition)))
+                    sent.append(self._hand_over(producer, batch, topic, partition))
                     batch = producer.create_batch()
                     if batch.append(key=key, value=value, timestamp=None) is None:
                         raise ValueError(
                             f"a record for {topic}[{partition}] ({len(value or b'')} bytes) does not fit in a produce "
                             "batch; raise the producer's max batch size"
                         )
-            sent.append(Sent(topic, partition, batch.record_count(), await producer.send_batch(batch, topic, partition=partition)))
+            sent.append(self._hand_over(producer, batch, topic, partition))
         return sent
+
+    def _hand_over(self, producer: Any, batch: Any, topic: str, partition: int) -> Sent:
+        acked: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        tp = (topic, partition)
+        previous = self._handovers.get(tp)
+        self._handovers[tp] = asyncio.ensure_future(_hand_over(previous, producer, batch, topic, partition, acked))
+        return Sent(topic, partition, batch.record_count(), acked)
+
+
+async def _hand_over(
+    previous: "asyncio.Future[None] | None", producer: Any, batch: Any, topic: str, partition: int, acked: "asyncio.Future[Any]"
+) -> None:
+    """Give ``batch`` to the producer after ``previous`` (never raises: errors go to ``acked``)."""
+    if previous is not None:
+        await previous
+    try:
+        delivery = await producer.send_batch(batch, topic, partition=partition)
+    except Exception as exc:  # e.g. the producer is closed: the batch's owner must see it
+        if not acked.done():
+            acked.set_exception(exc)
+        return
+
+    def settle(fut: "asyncio.Future[Any]") -> None:
+        if acked.done():
+            return
+        if fut.cancelled():
+            acked.cancel()
+        elif fut.exception() is not None:
+            acked.set_exception(fut.exception())  # type: ignore[arg-type]
+        else:
+            acked.set_result(fut.result())
+
+    delivery.add_done_callback(settle)
