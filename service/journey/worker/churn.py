@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Customers a tick re-scores per hold of the state lock.
+TICK_CHUNK = 500
+
 #: The keys of CustomerState.extra this adapter owns (churn risk, pain points).
 _OWN_KEYS = (RISK_KEY, painpoints.KEY)
 
@@ -162,14 +165,25 @@ class ChurnWorker:
         if now is None:
             return 0
         # Batches change the states they read in place: no batch may run between our read of a
-        # customer and our write (JourneyApp.state_lock), or one of the two would be lost.
-        async with self.japp.state_lock:
-            return await self._tick(now)
+        # customer and our write (JourneyApp.state_lock), or one of the two would be lost. The
+        # lock is taken per chunk of customers, so a tick with many due never stalls the stream.
+        done, left = 0, self.settings.max_per_tick
+        while left > 0:
+            chunk = min(TICK_CHUNK, left)
+            async with self.japp.state_lock:
+                n, popped = await self._tick(now, chunk)
+            done += n
+            left -= chunk
+            if popped < chunk:
+                break
+            await asyncio.sleep(0)  # a waiting batch goes first
+        return done
 
-    async def _tick(self, now: float) -> int:
-        due = self.index.pop_due_entries(now, self.settings.max_per_tick)
+    async def _tick(self, now: float, limit: int) -> tuple[int, int]:
+        """Re-score up to ``limit`` due customers; returns (re-scored, taken from the index)."""
+        due = self.index.pop_due_entries(now, limit)
         if not due:
-            return 0
+            return 0, 0
         table = self.japp.customers
         state_writes = self.japp.state_writes
         outputs: list[tuple[str, bytes, bytes]] = []
@@ -185,12 +199,32 @@ class ChurnWorker:
                 state = table.get(key)
             if state is None or state.partition is None:
                 continue  # moved away, or written before partitions were recorded
-            saved.append({k: copy.deepcopy(state.extra[k]) for k in _OWN_KEYS if k in state.extra})
+            if state_writes is None:  # to undo on a failed send (the staged path exits instead)
+                saved.append({k: copy.deepcopy(state.extra[k]) for k in _OWN_KEYS if k in state.extra})
             befores.append(summarize(state) if summarize is not None else None)
             u = update(state, now, self.model, self.config, self.stage_times)
             self.index.schedule(key, u.due, state.partition)
             self._collect(key, u, outputs)
             changed.append((key, state))
+        topic = self.japp.settings.topic_touchpoints
+        written = BatchResult()
+        for (key, state), before in zip(changed, befores):
+            written.writes[key] = (Record(key.encode(), None, topic, state.partition, -1), state, before)  # type: ignore[arg-type]
+        aggregates = getattr(self.japp, "aggregates", None)
+
+        def observe() -> None:
+            if aggregates is not None and summarize is not None:
+                aggregates.observe([], written)  # same synchronous stretch as the states' staging
+
+        if state_writes is not None:
+            # As a batch does: outputs handed over, states staged to be written once they are
+            # acknowledged (a failure there exits the worker, which replays from the changelog).
+            self.japp.metrics.churn_timer_customers.set(len(self.index))
+            sent = await state_writes.sender.send((t, None, k, v) for t, k, v in outputs) if outputs else []
+            stage = state_writes.stage(((key, state.partition, state) for key, state in changed), after=[x.future for x in sent])
+            stage.add_done_callback(_exit_if_failed)
+            observe()
+            return len(changed), len(due)
         # Same rule as a batch: outputs acknowledged first, then the states that record them.
         try:
             await self._send(outputs)
@@ -202,19 +236,6 @@ class ChurnWorker:
                 state.extra.update(extra)
                 self.index.schedule(key, now, state.partition)
             raise
-        topic = self.japp.settings.topic_touchpoints
-        written = BatchResult()
-        for (key, state), before in zip(changed, befores):
-            written.writes[key] = (Record(key.encode(), None, topic, state.partition, -1), state, before)  # type: ignore[arg-type]
-        aggregates = getattr(self.japp, "aggregates", None)
-
-        def observe() -> None:
-            if aggregates is not None and summarize is not None:
-                aggregates.observe([], written)  # same synchronous stretch as the writes
-
-        if state_writes is not None:
-            await state_writes.write(((key, state.partition, state) for key, state in changed), observe)
-            return len(changed)
         for key, state in changed:
             event = _PartitionEvent(topic, state.partition)  # type: ignore[arg-type]
             token = _current_event.set(weakref.ref(event))
@@ -223,7 +244,7 @@ class ChurnWorker:
             finally:
                 _current_event.reset(token)
         observe()
-        return len(changed)
+        return len(changed), len(due)
 
     # --- rebalance ------------------------------------------------------------------------
     def rebuild(self) -> int:
@@ -301,3 +322,10 @@ def register(japp: "JourneyApp") -> ChurnWorker:
         log.info("churn timer index rebuilt from the table: %d customers", n)
 
     return worker
+
+
+def _exit_if_failed(stage: "asyncio.Future[Any]") -> None:
+    if not stage.cancelled() and stage.exception() is not None:
+        from journey.worker.ingest import exit_replaying
+
+        exit_replaying("the churn timer's outputs or state writes were not acknowledged")

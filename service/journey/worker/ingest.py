@@ -211,7 +211,7 @@ class BatchIngest:
                             self.japp, records, reads.read, sender=sender, state_writes=state_writes,
                         )
                     except Exception:  # bad records never get here: they are dead-lettered in the pipeline
-                        _exit_replaying("a batch could not be completed")
+                        exit_replaying("a batch could not be completed")
                     stages.append(stage)
                     # The offsets are done once the changelog has the batch's states; meanwhile
                     # the next batch runs (it reads the states from the cache, where they are).
@@ -233,7 +233,7 @@ class BatchIngest:
             if changelog:
                 await asyncio.gather(*(s.future for s in changelog))
         except Exception:
-            _exit_replaying("a batch's outputs or state writes were not acknowledged")
+            exit_replaying("a batch's outputs or state writes were not acknowledged")
         consumer.ack_spans(spans)
         monitor = self.japp.app.monitor
         if monitor is not None:
@@ -291,7 +291,7 @@ class BatchIngest:
         return event
 
 
-def _exit_replaying(what: str) -> None:
+def exit_replaying(what: str) -> None:
     # An infrastructure failure (e.g. outputs not acknowledged after the producer's retries).
     # Acking would commit past records whose outputs or state were never written; exiting
     # leaves the offsets where they were, so the restarted worker (or the one taking over)
