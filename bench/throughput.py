@@ -37,12 +37,15 @@ Phases
    Then the transitions topic is read whole: its distinct transition_ids (at-least-once may
    repeat records) must equal the prediction; a mismatch fails the run.
 4. Latency, peak RSS, state size. A second fresh worker on a fresh input topic; once a probe
-   per partition has come back as a transition (joined, partitions owned), a paced producer
+   per partition has come back as a transition (joined, partitions owned), a paced producer (a process of its own)
    sends generated touchpoints at half the measured throughput for --latency-seconds. Latency
    = the transition's arrival at a watching consumer (5 ms fetch wait) minus the moment its
    triggering touchpoint was handed to the producer; p50 and p99 over all transitions. Peak
    RSS is the throughput worker's VmHWM. Bytes per customer = the value bytes of the latest
    changelog record per key (the state as stored), divided by the number of keys.
+   Then the latency floor at the same rate: the same paced producer and watcher with no
+   worker between them (the watcher reads the input topic itself), for what the broker and
+   this machine cost alone.
 5. Two workers in one group (new app id) on the same input, measured like 3; the speed-up is
    against one worker. The broker, both workers and this script share the machine's cores.
 
@@ -314,7 +317,7 @@ async def measure_latency(worker: Worker, settings: Settings, rate: float, secon
 
         guarding = asyncio.create_task(guard())
         try:
-            sent = await loadgen.produce_paced(settings.bootstrap_servers, settings.topic_touchpoints, feed.ordered or [], rate)
+            sent = await loadgen.produce_paced_elsewhere(settings.bootstrap_servers, settings.topic_touchpoints, feed.ordered or [], rate)
             deadline = time.monotonic() + 60
             while len(arrivals) < feed.prediction.transitions and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
@@ -333,6 +336,35 @@ async def measure_latency(worker: Worker, settings: Settings, rate: float, secon
         max_ms=lat[-1] if lat else float("nan"), transitions=len(arrivals), expected=feed.prediction.transitions,
         worker_mean_ms=(d_sum / d_cnt * 1000) if d_cnt else float("nan"),
     )
+
+
+async def transport_latency(bootstrap: str, topic: str, partitions: int, rate: float, seconds: float, args: argparse.Namespace) -> tuple[float, float, float]:
+    """The latency floor of this machine and broker: the same paced producer and the same
+    watcher as measure_latency, with no worker in between (the watcher reads the input topic
+    itself). Returns p50, p99, max in ms."""
+    settings = Settings()
+    definition = load_definition(settings.journey_path)
+    n = max(1, int(rate * seconds))
+    feed = loadgen.build_input(n, max(1, n // 10), seed=args.seed + 2000, partitions=partitions,
+                               definition=definition, limits=Limits(), keep_order=True)
+    arrivals: dict[str, float] = {}
+
+    def on_record(now: float, _key: bytes | None, value: bytes | None) -> None:
+        arrivals.setdefault(orjson.loads(value)["event_id"], now)  # type: ignore[arg-type]
+
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(topicread.watch(bootstrap, topic, partitions, on_record, stop))
+    try:
+        await asyncio.sleep(1.0)  # assigned and polling before the first record
+        sent = await loadgen.produce_paced_elsewhere(bootstrap, topic, feed.ordered or [], rate)
+        deadline = time.monotonic() + 30
+        while len(arrivals) < len(sent) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await watcher
+    lat = sorted((arrivals[e] - t) * 1000 for e, t in sent.items() if e in arrivals)
+    return _percentile(lat, 0.5), _percentile(lat, 0.99), lat[-1] if lat else float("nan")
 
 
 # --- Faust's floor ----------------------------------------------------------------------------
@@ -449,6 +481,10 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
         print(f"  latency: paced {rate:,.0f}/s for {args.latency_seconds:g}s into a fresh worker ...", flush=True)
         latency = await measure_latency(wl, lat_settings, rate, args.latency_seconds, args, run)
         wl.stop()
+        floor_topic = f"bench-{run}.latency-floor"
+        await ensure_topics(bootstrap, [TopicSpec(floor_topic, args.partitions, 1, 24 * 3600 * 1000)])
+        print(f"  latency floor: paced {rate:,.0f}/s through the broker alone ...", flush=True)
+        floor_lat = await transport_latency(bootstrap, floor_topic, args.partitions, rate, min(args.latency_seconds, 10.0), args)
 
         floors: dict[str, float] = {}
         for mode in args.faust_floor:
@@ -478,6 +514,8 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
             (f"latency at {_fmt_rate(latency.rate)}", f"p50 {latency.p50_ms:.1f} ms, p99 {latency.p99_ms:.1f} ms, max {latency.max_ms:.0f} ms "
              f"(target p99 < 100 ms); {latency.transitions:,}/{latency.expected:,} transitions; worker's own mean "
              f"(record timestamp -> acked) {latency.worker_mean_ms:.1f} ms"),
+            ("latency floor, no worker", f"p50 {floor_lat[0]:.1f} ms, p99 {floor_lat[1]:.1f} ms, max {floor_lat[2]:.0f} ms "
+             "(same producer and watcher, the broker alone, same rate)"),
             ("peak RSS, 1 worker", _fmt_mib(one.peak_rss[0])),
             ("state per customer", f"{bytes_per_customer:,.0f} bytes (latest changelog value per key, {keys:,} keys; target <= 1024)"),
         ]
