@@ -56,15 +56,8 @@ def build_batches(n_events: int, n_customers: int, batch: int, partitions: int) 
     note_types = config.pain.cart_types | config.pain.purchase_types
 
     data = loadgen.build_input(n_events, n_customers, seed=7, partitions=partitions, definition=definition, limits=limits)
-    records: list[Record] = []
-    cursors = [0] * partitions
-    run = 250  # a fetch hands out a run of records from each partition in turn
-    while any(c < len(data.partitions[i]) for i, c in enumerate(cursors)):
-        for i, part in enumerate(data.partitions):
-            for off in range(cursors[i], min(cursors[i] + run, len(part))):
-                k, v = part[off]
-                records.append(Record(k, v, "touchpoints", i, off, None, time.time()))
-            cursors[i] = min(cursors[i] + run, len(part))
+    now = time.time()  # a fetch hands out a run of records from each partition in turn
+    records = [Record(k, v, "touchpoints", p, off, None, now) for p, off, k, v in loadgen.fetch_order(data)]
 
     pipe = Pipeline(definition, limits, summarize=None)
     states: dict[str, CustomerState] = {}

@@ -105,14 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     data = loadgen.build_input(args.events, args.customers, seed=7, partitions=args.partitions, definition=definition, limits=limits)
     # Interleave the partitions the way a fetch does (as bench/pipeline_micro.py): a run of
     # records from each in turn, so the event-time clock moves as in the worker.
-    records: list[Record] = []
-    cursors = [0] * args.partitions
-    while any(c < len(data.partitions[i]) for i, c in enumerate(cursors)):
-        for i, part in enumerate(data.partitions):
-            for off in range(cursors[i], min(cursors[i] + 250, len(part))):
-                k, v = part[off]
-                records.append(Record(k, v, "touchpoints", i, off))
-            cursors[i] = min(cursors[i] + 250, len(part))
+    records = [Record(k, v, "touchpoints", p, off) for p, off, k, v in loadgen.fetch_order(data)]
     batches = [records[i:i + args.batch] for i in range(0, len(records), args.batch)]
 
     # Prepare: the pipeline and the hook batch after batch, snapshotting each batch's states

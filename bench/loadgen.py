@@ -202,3 +202,16 @@ async def produce_paced_elsewhere(
 
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return await asyncio.get_running_loop().run_in_executor(pool, _produce_paced_sync, bootstrap, topic, records, rate)
+
+
+def fetch_order(data: "Input", run: int = 250) -> Iterator[tuple[int, int, Key, Value]]:
+    """(partition, offset, key, value) of every record, interleaved as a consumer's fetches hand
+    them out: a run of records from each partition in turn (the micro-benchmarks' order)."""
+    cursors = [0] * len(data.partitions)
+    while any(c < len(part) for c, part in zip(cursors, data.partitions)):
+        for i, part in enumerate(data.partitions):
+            end = min(cursors[i] + run, len(part))
+            for off in range(cursors[i], end):
+                k, v = part[off]
+                yield i, off, k, v
+            cursors[i] = end

@@ -6,7 +6,8 @@ No Kafka, no Faust. The records are the benchmark's own input (bench/loadgen.py:
 mix of `journey dev`, keyed by customer, in partition order). Stages timed per event:
 
 - decode: orjson.loads + validate (journey.core.events.decode);
-- pipeline: Pipeline.process over batches, states in a dict (a memory store);
+- pipeline: Pipeline.process over batches, states in a dict (a memory store), changed in
+  place as the worker does (no copy on read), with the worker's garbage-collector settings;
 - pipeline + state codec: the same, with every state read decoded from and every write encoded
   to its wire form first, as a RocksDB store and the changelog do;
 - churn hook + aggregates: what the worker runs on each batch's result besides (see
@@ -34,6 +35,7 @@ from journey.core.machine import Limits  # noqa: E402
 from journey.core.state import CustomerState  # noqa: E402
 from journey.settings import Settings  # noqa: E402
 from journey.worker.pipeline import Pipeline, Record  # noqa: E402
+from journey.worker.runner import tune_gc  # noqa: E402
 
 import loadgen  # noqa: E402
 
@@ -62,22 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     limits = Limits(dedupe_window=settings.dedupe_window, order_window=settings.order_window)
     data = loadgen.build_input(args.events, args.customers, seed=7, partitions=args.partitions, definition=definition, limits=limits)
     # Interleave the partitions the way a fetch does: a run of records from each in turn.
-    records: list[Record] = []
-    cursors = [0] * args.partitions
-    offset_run = 250
-    while any(c < len(data.partitions[i]) for i, c in enumerate(cursors)):
-        for i, part in enumerate(data.partitions):
-            for off in range(cursors[i], min(cursors[i] + offset_run, len(part))):
-                k, v = part[off]
-                records.append(Record(k, v, "touchpoints", i, off, None, time.time()))
-            cursors[i] = min(cursors[i] + offset_run, len(part))
+    now = time.time()
+    records = [Record(k, v, "touchpoints", p, off, None, now) for p, off, k, v in loadgen.fetch_order(data)]
+    tune_gc()  # the worker's collector settings
     n = len(records)
     batches = [records[i:i + args.batch] for i in range(0, n, args.batch)]
     print(f"pipeline micro-benchmark: {n:,} events, {data.prediction.profiles:,} journeys, batches of {args.batch}")
 
     _timed("decode + validate", n, lambda: [decode(r.value) for r in records])  # type: ignore[arg-type]
 
-    pipe = Pipeline(definition, limits, summarize=summarize)
+    pipe = Pipeline(definition, limits, summarize=summarize, copy_reads=False)  # as the worker
 
     def run_dict() -> None:
         states: dict[str, CustomerState] = {}

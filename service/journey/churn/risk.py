@@ -303,12 +303,10 @@ def _purchaser(
     # The model's own probability for the reasons (its own lookup: the memo may start over
     # during the search below).
     p_at = get((repeat, span, max(day - first, span)))[0]
-    level = HIGH if score >= config.high else MEDIUM if score >= config.medium else LOW
-    if level == HIGH:
+    level, threshold, limit = _band(score, config, at, expiry)
+    if threshold is None:
         next_change = expiry
     else:
-        threshold = config.high if level == MEDIUM else config.medium
-        limit = expiry if expiry is not None else at + config.lookahead_days * DAY_S
 
         def reaches(k: int) -> bool:
             return 1.0 - (1.0 - base_on(day + k)) * keep >= threshold
@@ -326,6 +324,16 @@ def _purchaser(
     return Risk(round(score, 6), level, None, at, next_change, why=why)
 
 
+def _band(score: float, config: RiskConfig, at: float, expiry: float | None) -> tuple[int, float | None, float]:
+    """(level of the score, the threshold of the next level up or None at the top, how far
+    ahead to look for the moment it is reached)."""
+    level = HIGH if score >= config.high else MEDIUM if score >= config.medium else LOW
+    if level == HIGH:
+        return level, None, 0.0
+    limit = expiry if expiry is not None else at + config.lookahead_days * DAY_S
+    return level, (config.high if level == MEDIUM else config.medium), limit
+
+
 def _non_purchaser(
     state: CustomerState,
     config: RiskConfig,
@@ -340,12 +348,10 @@ def _non_purchaser(
     last_seen = state.last_seen if state.last_seen is not None else at
     cap = config.silence_cap
     score = 1.0 - (1.0 - cap * (1.0 - 2.0 ** (-max(at - last_seen, 0.0) / typical))) * keep
-    level = HIGH if score >= config.high else MEDIUM if score >= config.medium else LOW
-    if level == HIGH:
+    level, threshold, limit = _band(score, config, at, expiry)
+    if threshold is None:
         next_change = expiry
     else:
-        threshold = config.high if level == MEDIUM else config.medium
-        limit = expiry if expiry is not None else at + config.lookahead_days * DAY_S
 
         def reaches(k: int) -> bool:
             t = at + 60.0 * k
