@@ -74,3 +74,27 @@ def test_observe_batch_counts_every_touchpoint_transition_and_latency() -> None:
     assert latency[("journey_event_to_transition_seconds_count", ())] == 160
     # Record timestamps from 1970: every latency is past the last bound.
     assert latency[("journey_event_to_transition_seconds_bucket", (("le", "30.0"),))] == 0
+
+
+def test_the_state_cache_is_exported_at_scrape_time():
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client import generate_latest
+
+    from journey.worker.statewrites import StateCache
+
+    metrics = WorkerMetrics(DEFINITION)
+    cache = StateCache(10)
+    metrics.watch_state_cache(cache)
+    cache.hits, cache.misses = 7, 3
+    cache.put("a", object())  # type: ignore[arg-type]
+
+    def scrape() -> dict[tuple[str, tuple], float]:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(generate_latest(metrics.registry).decode()) for s in f.samples}
+
+    got = scrape()
+    assert got[("journey_state_cache_reads_total", (("result", "hit"),))] == 7
+    assert got[("journey_state_cache_reads_total", (("result", "miss"),))] == 3
+    assert got[("journey_state_cache_customers", ())] == 1
+    cache.hits += 1
+    assert scrape()[("journey_state_cache_reads_total", (("result", "hit"),))] == 8

@@ -182,6 +182,7 @@ class BatchIngest:
         if uses_rocksdb(table):
             floor = StateWrites.min_cache_size(settings.batch_size, settings.churn_max_per_tick)
             state_writes = StateWrites(app, table, sender, cache_size=max(settings.state_cache, floor))
+            self.japp.metrics.watch_state_cache(state_writes.cache)
         self.japp.state_writes = state_writes
         reads = PartitionReads(table, self._events, state_writes)
         generation = None

@@ -9,6 +9,7 @@ from operator import attrgetter, itemgetter
 from typing import Any, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from journey.core.definition import JourneyDefinition
 from journey.core.events import CHANNELS
@@ -57,12 +58,18 @@ class WorkerMetrics:
         self.churn_risk = Counter("journey_churn_risk_events_total", "Churn-risk events published (level changes), by new level", ["level"], registry=r)
         self.pain_points = Counter("journey_pain_points_total", "Pain points published, by kind, stage and channel", ["kind", "stage", "channel"], registry=r)
         self.churn_timer_customers = Gauge("journey_churn_timer_customers", "Customers in the churn timer index (this worker)", registry=r)
+
         for name in (*STAGES, "none"):
             self.customers.labels(stage=name)
         for ch in CHANNELS:
             self.touchpoints.labels(type=OTHER_TYPE, channel=ch)
         self._touchpoint_children: dict[tuple[str, str], Any] = {}
         self._transition_children: dict[tuple[str, str], Any] = {}
+
+    def watch_state_cache(self, cache: Any) -> None:
+        """Export a StateCache's counts at scrape time: its hit ratio says whether
+        JOURNEY_STATE_CACHE is large enough for this worker's active customers."""
+        self.registry.register(_StateCacheCollector(cache))
 
     @staticmethod
     def _child(cache: dict[tuple[str, str], Any], metric: Any, labels: tuple[str, str]) -> Any:
@@ -124,3 +131,21 @@ def observe_all(histogram: Histogram, values: Sequence[float]) -> None:
             bucket.inc(upto - done)
             done = upto
     total.inc(sum(ordered[first:]))
+
+
+class _StateCacheCollector:
+    """journey_state_cache_reads_total{result=hit|miss} and journey_state_cache_customers."""
+
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+
+    def collect(self) -> Any:
+        reads = CounterMetricFamily(
+            "journey_state_cache_reads",
+            "Customer state reads by the batch path, by result (hit: decoded in memory; miss: read from the store)",
+            labels=["result"],
+        )
+        reads.add_metric(["hit"], self.cache.hits)
+        reads.add_metric(["miss"], self.cache.misses)
+        yield reads
+        yield GaugeMetricFamily("journey_state_cache_customers", "Customers whose state is kept decoded in memory", value=len(self.cache))
