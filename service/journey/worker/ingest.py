@@ -367,9 +367,11 @@ class BatchConsumer(TrueHighwaterConsumer):
         ingest = self.ingest
         if ingest is not None:
             await ingest.drain()
-            # Partitions are about to be revoked: their states may change elsewhere.
+            # Partitions are about to be revoked: every staged write (a churn tick's too) must
+            # reach the store and the changelog first, and their states may change elsewhere.
             state_writes = ingest.japp.state_writes
             if state_writes is not None:
+                await state_writes.idle()
                 state_writes.forget()
         await super().wait_empty()
 
