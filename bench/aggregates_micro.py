@@ -16,7 +16,6 @@ on their own too. At the end the aggregate is checked against a recount of the f
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -111,13 +110,7 @@ def _live(partitions: int) -> LiveAggregates:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--events", type=int, default=100_000)
-    p.add_argument("--customers", type=int, default=10_000)
-    p.add_argument("--batch", type=int, default=1000)
-    p.add_argument("--partitions", type=int, default=8)
-    p.add_argument("--repeat", type=int, default=5)
-    args = p.parse_args(argv)
+    args = loadgen.micro_args(__doc__.split("\n\n")[0]).parse_args(argv)
 
     batches, finals = build_batches(args.events, args.customers, args.batch, args.partitions)
     n = sum(len(changed) for _recs, changed in batches)

@@ -20,7 +20,6 @@ The sending is not included (see ChurnWorker._send).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -91,13 +90,7 @@ def timed(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--events", type=int, default=100_000)
-    p.add_argument("--customers", type=int, default=10_000)
-    p.add_argument("--batch", type=int, default=1000)
-    p.add_argument("--partitions", type=int, default=8)
-    p.add_argument("--repeat", type=int, default=5)
-    args = p.parse_args(argv)
+    args = loadgen.micro_args(__doc__.split("\n\n")[0]).parse_args(argv)
 
     settings = Settings()
     definition = load_definition(settings.journey_path)

@@ -215,3 +215,16 @@ def fetch_order(data: "Input", run: int = 250) -> Iterator[tuple[int, int, Key, 
                 k, v = part[off]
                 yield i, off, k, v
             cursors[i] = end
+
+
+def micro_args(description: str) -> "argparse.ArgumentParser":
+    """The options the micro-benchmarks share (input size, batch size, repetitions)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--customers", type=int, default=10_000)
+    p.add_argument("--batch", type=int, default=1000)
+    p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--repeat", type=int, default=5)
+    return p
