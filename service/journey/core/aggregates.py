@@ -225,17 +225,8 @@ class PartitionAggregate:
         _bump_slot(self.by_first, first, slot, sign)
         by_channel, touchpoints = self.by_channel, self.touchpoints
         for ch, n in channels.items():
-            slots = by_channel.get(ch)
-            if slots is None:
-                slots = by_channel[ch] = [0] * SLOTS
-            slots[slot] += sign
-            if sign < 0 and not any(slots):
-                del by_channel[ch]
-            value = touchpoints.get(ch, 0) + sign * n
-            if value:
-                touchpoints[ch] = value
-            else:
-                touchpoints.pop(ch, None)
+            _bump_slot(by_channel, ch, slot, sign)
+            _bump(touchpoints, ch, sign * n)
         if attribution is not None:
             _bump(self.first_touch, attribution[0], sign)
             _bump(self.last_touch, attribution[1], sign)

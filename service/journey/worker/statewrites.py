@@ -11,15 +11,16 @@ own path (agents.write_states).
 
 Reads: decoding a state costs more than applying an event to it, so the states this worker
 last read or wrote stay decoded in memory (:class:`StateCache`, bounded, least recently written
-first out). The cache is only ever a copy of what the store holds for partitions we own: every
-write goes through it, and it is emptied whenever partitions may change hands (before a
+first out). The cache holds what the store holds for partitions we own, or will hold once the
+pending stages are written: every write goes through it, and it is emptied whenever partitions may change hands (before a
 rebalance revokes them, see ingest.BatchConsumer.wait_empty), so a recovery that rewrites the
 store from the changelog is never hidden by an old entry.
 
 Ordering: a customer's changelog records must reach the broker in the order of the store writes
 (recovery keeps the last one). Every write of the table while the batch ingest runs -- its own
-batches and the churn timer -- goes through :meth:`StateWrites.write` under one lock, after
-Faust's producer buffer (earlier ``table[key] = ...`` writes) has been flushed.
+batches and the churn timer -- is a :meth:`StateWrites.stage`; stages are written one after
+another in the order they were staged, under one lock, after Faust's producer buffer (earlier
+``table[key] = ...`` writes) has been flushed.
 """
 
 from __future__ import annotations
@@ -142,14 +143,6 @@ class StateWrites:
         future = asyncio.ensure_future(self._write_after(previous, after, items, on_written))
         self._tail = future
         return future
-
-    async def write(self, states: Iterable[tuple[str, int, CustomerState]], on_stored: Callable[[], None] | None = None) -> list[Sent]:
-        """Stage these states with nothing to wait for, run ``on_stored`` (in the same synchronous
-        stretch as the encoding), and wait until the stage is written."""
-        future = self.stage(states)
-        if on_stored is not None:
-            on_stored()
-        return await future
 
     async def _write_after(
         self,
