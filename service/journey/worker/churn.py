@@ -33,6 +33,7 @@ from journey.core import painpoints
 from journey.core.painpoints import PainConfig
 from journey.core.state import CustomerState
 from journey.settings import Settings
+from journey.worker.ingest import exit_replaying
 from journey.worker.pipeline import BatchResult, Record
 
 if TYPE_CHECKING:
@@ -326,6 +327,4 @@ def register(japp: "JourneyApp") -> ChurnWorker:
 
 def _exit_if_failed(stage: "asyncio.Future[Any]") -> None:
     if not stage.cancelled() and stage.exception() is not None:
-        from journey.worker.ingest import exit_replaying
-
         exit_replaying("the churn timer's outputs or state writes were not acknowledged")
