@@ -13,7 +13,10 @@ Phases
    Meanwhile they are folded through journey.core.machine.apply per customer in produce order
    (= the order the customer's partition delivers them) to predict the transitions.
 2. Ceiling. A plain aiokafka consumer (no group, every partition assigned, from the
-   beginning) reads and orjson-decodes every record.
+   beginning) reads and JSON-decodes every record with the standard library's json: the
+   issue's ceiling (its 150,000-180,000/s on this kind of machine is what json.loads gives
+   here; orjson.loads gives ~1.5x that). The same consumer with orjson.loads -- the decoder
+   journey uses -- is reported beside it as a stricter ceiling. Each is the best of two runs.
 3. journey, one worker. A fresh `python -m journey.cli worker` (new app id = new consumer
    group and changelog, own output topics, store rocksdb:// unless --store) reads the input
    from the beginning. The worker needs tens of seconds to join its group on this broker, so
@@ -60,6 +63,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import json
 import os
 import shutil
 import signal
@@ -248,6 +253,9 @@ class Latency:
     transitions: int
     expected: int
     worker_mean_ms: float
+    #: Share of transitions the worker had acknowledged within 100 ms of their event's record
+    #: timestamp (its own histogram): p99 < 100 ms on the worker's side when >= 0.99.
+    worker_within_100ms: float
 
 
 def _probe_keys(partitions: int, run: str) -> list[tuple[int, str]]:
@@ -260,6 +268,15 @@ def _probe_keys(partitions: int, run: str) -> list[tuple[int, str]]:
         keys.setdefault(partitioner(key.encode(), all_p, all_p), key)
         i += 1
     return sorted(keys.items())
+
+
+def _settle_heap() -> None:
+    """Move this process's objects (the generated input: millions of them) out of the garbage
+    collector's sight before a latency run: a full collection over them pauses the watcher
+    (which time-stamps arrivals) for hundreds of milliseconds, a cost of the bench, not of the
+    path measured. The worker's own collections still count."""
+    gc.collect()
+    gc.freeze()
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -277,6 +294,7 @@ async def measure_latency(worker: Worker, settings: Settings, rate: float, secon
         n, max(1, n // 10), seed=args.seed + 1000, partitions=settings.partitions,
         definition=definition, limits=limits, keep_order=True,
     )
+    _settle_heap()
     arrivals: dict[str, tuple[float, str]] = {}  # transition_id -> (arrival, trigger)
     probes_seen: set[str] = set()
 
@@ -331,10 +349,13 @@ async def measure_latency(worker: Worker, settings: Settings, rate: float, secon
     lat = sorted((arrival - sent[trigger]) * 1000 for arrival, trigger in arrivals.values() if trigger in sent)
     d_sum = _metric(after, "journey_event_to_transition_seconds_sum") - _metric(before, "journey_event_to_transition_seconds_sum")
     d_cnt = _metric(after, "journey_event_to_transition_seconds_count") - _metric(before, "journey_event_to_transition_seconds_count")
+    le_100ms = 'journey_event_to_transition_seconds_bucket{le="0.1"}'
+    d_fast = _metric(after, le_100ms) - _metric(before, le_100ms)
     return Latency(
         rate=rate, sent=len(feed.ordered or []), p50_ms=_percentile(lat, 0.5), p99_ms=_percentile(lat, 0.99),
         max_ms=lat[-1] if lat else float("nan"), transitions=len(arrivals), expected=feed.prediction.transitions,
         worker_mean_ms=(d_sum / d_cnt * 1000) if d_cnt else float("nan"),
+        worker_within_100ms=(d_fast / d_cnt) if d_cnt else float("nan"),
     )
 
 
@@ -347,6 +368,7 @@ async def transport_latency(bootstrap: str, topic: str, partitions: int, rate: f
     n = max(1, int(rate * seconds))
     feed = loadgen.build_input(n, max(1, n // 10), seed=args.seed + 2000, partitions=partitions,
                                definition=definition, limits=Limits(), keep_order=True)
+    _settle_heap()
     arrivals: dict[str, float] = {}
 
     def on_record(now: float, _key: bytes | None, value: bytes | None) -> None:
@@ -437,9 +459,17 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
         del data
         print(f"  produced in {produce_s:.1f}s ({args.events / produce_s:,.0f}/s)", flush=True)
 
-        # 2. ceiling
-        ceiling = await topicread.ceiling(bootstrap, input_topic, args.partitions, args.events)
-        print(f"  ceiling: plain aiokafka + orjson.loads {_fmt_rate(ceiling.events_per_s)}", flush=True)
+        # 2. ceilings: the issue's (a plain consumer, the standard library's json) and a stricter
+        # one with the decoder journey itself uses; the best of two runs of each (they vary).
+        ceilings: dict[str, topicread.Ceiling] = {}
+        for _ in range(2):
+            for name, loads in (("json", json.loads), ("orjson", orjson.loads)):
+                c = await topicread.ceiling(bootstrap, input_topic, args.partitions, args.events, loads)
+                if name not in ceilings or c.events_per_s > ceilings[name].events_per_s:
+                    ceilings[name] = c
+        ceiling, strict = ceilings["json"], ceilings["orjson"]
+        print(f"  ceiling: plain aiokafka + json.loads {_fmt_rate(ceiling.events_per_s)}; "
+              f"with orjson.loads {_fmt_rate(strict.events_per_s)}", flush=True)
 
         # 3. one worker
         w1 = Worker("one", base, workdir / "one")
@@ -495,11 +525,13 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
         ratio = one.events_per_s / ceiling.events_per_s
         rows = [
             ("input", f"{args.events:,} touchpoints, {pred.profiles:,} journeys, {args.partitions} partitions; produced in {produce_s:.1f}s"),
-            ("ceiling (aiokafka + orjson.loads)", f"{_fmt_rate(ceiling.events_per_s)}  ({ceiling.seconds:.1f}s)"),
+            ("ceiling (aiokafka + json.loads)", f"{_fmt_rate(ceiling.events_per_s)}  ({ceiling.seconds:.1f}s; best of 2)"),
+            ("stricter ceiling (+ orjson.loads)", f"{_fmt_rate(strict.events_per_s)}  ({strict.seconds:.1f}s; best of 2)"),
             (f"journey, 1 worker ({args.store})", f"{_fmt_rate(one.events_per_s)}  ({one.seconds:.1f}s; first {one.excluded:,} records "
              f"before the window; changelog done {one.changelog_tail_s * 1000:.0f} ms after the last batch)"),
             ("CPU in the window (1 worker)", f"worker {one.worker_cpu:.2f} cores, broker {one.broker_cpu:.2f} cores"),
-            ("ratio journey / ceiling", f"{ratio:.3f}   (target >= 0.5)"),
+            ("ratio journey / ceiling", f"{ratio:.3f}   (target >= 0.5); against the stricter ceiling "
+             f"{one.events_per_s / strict.events_per_s:.3f}"),
             ("transitions", f"{one.transitions:,} distinct ({one.transition_records:,} records), predicted {pred.transitions:,}"),
         ]
         if two is not None:
@@ -513,7 +545,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
         rows += [
             (f"latency at {_fmt_rate(latency.rate)}", f"p50 {latency.p50_ms:.1f} ms, p99 {latency.p99_ms:.1f} ms, max {latency.max_ms:.0f} ms "
              f"(target p99 < 100 ms); {latency.transitions:,}/{latency.expected:,} transitions; worker's own mean "
-             f"(record timestamp -> acked) {latency.worker_mean_ms:.1f} ms"),
+             f"(record timestamp -> acked) {latency.worker_mean_ms:.1f} ms, {latency.worker_within_100ms:.1%} within 100 ms"),
             ("latency floor, no worker", f"p50 {floor_lat[0]:.1f} ms, p99 {floor_lat[1]:.1f} ms, max {floor_lat[2]:.0f} ms "
              "(same producer and watcher, the broker alone, same rate)"),
             ("peak RSS, 1 worker", _fmt_mib(one.peak_rss[0])),

@@ -96,15 +96,16 @@ class Ceiling:
     seconds: float
 
 
-async def ceiling(bootstrap: str, topic: str, partitions: int, expected: int) -> Ceiling:
+async def ceiling(
+    bootstrap: str, topic: str, partitions: int, expected: int, loads: Callable[[bytes], object] = orjson.loads,
+) -> Ceiling:
     """A plain consumer (no group, all partitions assigned, from the beginning) reading and
-    orjson-decoding every record. Timed like the worker: from the end of the first fetch that
-    returned records (those records not counted) to the last record decoded."""
+    decoding every record with ``loads``. Timed like the worker: from the end of the first fetch
+    that returned records (those records not counted) to the last record decoded."""
     ends = await log_ends(bootstrap, topic, partitions)
     if sum(ends.values()) != expected:
         raise RuntimeError(f"{topic} holds {sum(ends.values())} records, expected {expected}: the input was not fully produced")
     consumer, tps = await _assigned_consumer(bootstrap, topic, partitions)
-    loads = orjson.loads
     try:
         n = 0
         first_n = 0

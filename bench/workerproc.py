@@ -145,7 +145,8 @@ class Worker:
             return "(no log)"
 
     async def metrics(self) -> dict[str, float]:
-        """The worker's unlabelled journey_* metrics (GET /metrics); {} while it is not serving yet."""
+        """The worker's journey_* series (GET /metrics) by name, labels included as exposed
+        (``journey_x_bucket{le="0.1"}``); {} while it is not serving yet."""
         def get() -> bytes:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as r:
                 return r.read()
@@ -154,4 +155,4 @@ class Worker:
             body = await asyncio.to_thread(get)
         except OSError:
             return {}
-        return {m.group(1).decode(): float(m.group(3)) for m in _METRIC.finditer(body) if m.group(2) is None}
+        return {(m.group(1) + (m.group(2) or b"")).decode(): float(m.group(3)) for m in _METRIC.finditer(body)}
