@@ -121,6 +121,10 @@ class Run:
     #: CPU seconds per window second: the workers' (summed) and the broker's.
     worker_cpu: float = float("nan")
     broker_cpu: float = float("nan")
+    #: Share of customer reads the workers' state caches answered (the rest: RocksDB + decode).
+    cache_hit_ratio: float = float("nan")
+    #: The workers' minor page faults in the window per event (fresh memory touched).
+    faults_per_event: float = float("nan")
     transitions: int = 0
     transition_records: int = 0
     notes: list[str] = field(default_factory=list)
@@ -166,6 +170,7 @@ async def measure(
     s0 = int(done)
     t0 = max(_metric(m, "journey_last_batch_timestamp_seconds") for m in ms)
     cpu0 = (time.time(), sum(w.cpu_seconds() for w in workers), process_cpu_seconds(broker_pid))
+    faults0 = sum(w.minor_faults() for w in workers)
     notes = []
     if not all(counts):
         notes.append(f"only {sum(1 for c in counts if c)} of {len(workers)} workers got work before the input was drained")
@@ -190,6 +195,7 @@ async def measure(
             raise BenchError(f"{label}: the input was not fully committed within {run_deadline:.0f}s")
         await asyncio.sleep(POLL_S)
     cpu1 = (time.time(), sum(w.cpu_seconds() for w in workers), process_cpu_seconds(broker_pid))
+    faults1 = sum(w.minor_faults() for w in workers)
     final_changelog = history[-1][1]
     t_durable = next(t for t, n in history if n >= final_changelog)
     ms = await _scrape(workers)
@@ -199,6 +205,8 @@ async def measure(
     if sum(processed) > n_events:
         notes.append(f"{sum(processed) - n_events:,} records processed twice (a rebalance replayed uncommitted batches)")
     t_processed = max(_metric(m, "journey_last_batch_timestamp_seconds") for m in ms)
+    hits = sum(_metric(m, 'journey_state_cache_reads_total{result="hit"}') for m in ms)
+    misses = sum(_metric(m, 'journey_state_cache_reads_total{result="miss"}') for m in ms)
     t_end = max(t_processed, t_durable)
     seconds = t_end - t0
     return Run(
@@ -206,6 +214,8 @@ async def measure(
         seconds=seconds, excluded=s0, changelog_tail_s=max(0.0, t_durable - t_processed),
         processed_per_worker=processed, peak_rss=[w.peak_rss_bytes() for w in workers], notes=notes,
         worker_cpu=(cpu1[1] - cpu0[1]) / (cpu1[0] - cpu0[0]), broker_cpu=(cpu1[2] - cpu0[2]) / (cpu1[0] - cpu0[0]),
+        cache_hit_ratio=hits / (hits + misses) if hits + misses else float("nan"),
+        faults_per_event=(faults1 - faults0) / (n_events - s0) if n_events > s0 else float("nan"),
     )
 
 
@@ -529,7 +539,9 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
             ("stricter ceiling (+ orjson.loads)", f"{_fmt_rate(strict.events_per_s)}  ({strict.seconds:.1f}s; best of 2)"),
             (f"journey, 1 worker ({args.store})", f"{_fmt_rate(one.events_per_s)}  ({one.seconds:.1f}s; first {one.excluded:,} records "
              f"before the window; changelog done {one.changelog_tail_s * 1000:.0f} ms after the last batch)"),
-            ("CPU in the window (1 worker)", f"worker {one.worker_cpu:.2f} cores, broker {one.broker_cpu:.2f} cores"),
+            ("CPU in the window (1 worker)", f"worker {one.worker_cpu:.2f} cores ({one.worker_cpu / one.events_per_s * 1e6:.1f} "
+             f"CPU-us per event, {one.faults_per_event:.2f} page faults per event), broker {one.broker_cpu:.2f} cores; "
+             f"state cache hits {one.cache_hit_ratio:.1%}"),
             ("ratio journey / ceiling", f"{ratio:.3f}   (target >= 0.5); against the stricter ceiling "
              f"{one.events_per_s / strict.events_per_s:.3f}"),
             ("transitions", f"{one.transitions:,} distinct ({one.transition_records:,} records), predicted {pred.transitions:,}"),

@@ -31,11 +31,23 @@ _METRIC = re.compile(rb"^(journey_[a-z_]+?)(\{[^}]*\})? ([0-9.eE+-]+|NaN)$", re.
 
 def process_cpu_seconds(pid: int | None) -> float:
     """User + system CPU time of a process so far (Linux /proc; 0.0 when it is gone)."""
+    fields = _proc_stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
+
+
+def process_minor_faults(pid: int | None) -> int:
+    """Minor page faults of a process so far (Linux /proc; 0 when it is gone)."""
+    fields = _proc_stat(pid)
+    return int(fields[7]) if fields else 0
+
+
+def _proc_stat(pid: int | None) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state first); [] when unreadable."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
+        return fields if len(fields) > 12 else []
+    except OSError:
+        return []
 
 
 class WorkerDied(RuntimeError):
@@ -137,6 +149,9 @@ class Worker:
 
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.pid)
+
+    def minor_faults(self) -> int:
+        return process_minor_faults(self.pid)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
