@@ -478,6 +478,8 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
                 if name not in ceilings or c.events_per_s > ceilings[name].events_per_s:
                     ceilings[name] = c
         ceiling, strict = ceilings["json"], ceilings["orjson"]
+        if not ceiling.seconds > 0:
+            print("  ! the input came in a single fetch: too small to time the ceiling (use --events >= 100000)", flush=True)
         print(f"  ceiling: plain aiokafka + json.loads {_fmt_rate(ceiling.events_per_s)}; "
               f"with orjson.loads {_fmt_rate(strict.events_per_s)}", flush=True)
 

@@ -109,7 +109,7 @@ class Worker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
-            **{f"JOURNEY_{f.upper()}": str(getattr(self.settings, f)) for f in _ENV_FIELDS},
+            **self.settings.to_env(_ENV_FIELDS),
             "JOURNEY_DATA_DIR": str(self.data_dir),
             "JOURNEY_WEB_PORT": str(self.web_port),
             "PYTHONPATH": os.pathsep.join(p for p in (str(SERVICE), os.environ.get("PYTHONPATH", "")) if p),

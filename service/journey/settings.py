@@ -9,7 +9,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 
 class SettingsError(ValueError):
@@ -125,6 +125,19 @@ class Settings:
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
+
+    def to_env(self, names: Iterable[str]) -> dict[str, str]:
+        """The ``JOURNEY_*`` variables that give another process (from_env) these settings'
+        values of the fields ``names``; fields that are None are left out."""
+        known = {f.name for f in fields(self)}
+        env = {}
+        for name in names:
+            if name not in known:
+                raise SettingsError(f"{name!r} is not a journey setting")
+            value = getattr(self, name)
+            if value is not None:
+                env[f"JOURNEY_{name.upper()}"] = str(value)
+        return env
 
 
 def _convert(name: str, raw: str, f: dataclasses.Field) -> Any:

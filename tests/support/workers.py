@@ -38,15 +38,16 @@ def namespaced_settings(bootstrap: str, name: str, **overrides: object) -> Setti
     )
 
 
+#: The Settings fields a test worker gets from the environment.
+ENV_FIELDS = (
+    "bootstrap_servers", "app_id", "topic_touchpoints", "topic_transitions", "topic_dead_letter",
+    "topic_churn_risk", "topic_pain_points", "topic_aggregates", "partitions", "session_timeout_s",
+    "api_token", "batch_size", "store",
+)
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
-    env = {}
-    for f in ("bootstrap_servers", "app_id", "topic_touchpoints", "topic_transitions", "topic_dead_letter",
-              "topic_churn_risk", "topic_pain_points", "topic_aggregates", "partitions", "session_timeout_s",
-              "api_token", "batch_size", "store"):
-        value = getattr(settings, f)
-        if value is not None:
-            env[f"JOURNEY_{f.upper()}"] = str(value)
-    return env
+    return settings.to_env(ENV_FIELDS)
 
 
 @dataclass

@@ -9,7 +9,6 @@ import orjson
 from journey.core.definition import load_definition
 from journey.core.machine import Limits
 from journey.core.state import CustomerState
-from journey.settings import Settings
 from journey.worker.pipeline import Pipeline, Record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,18 +63,6 @@ def test_state_from_the_table_is_continued_and_summarized_before_the_batch():
     second = pipe.process([rec("a", tp("2", "a", "purchase", 5, order_id="o2")), rec("a", tp("3", "a", "social_share", 6))], states)
     assert [(t.from_stage, t.to_stage) for t in second.transitions] == [(3, 4), (4, 5)]
     assert second.writes["a"][2] == 3  # the stage before this batch, not after its first event
-
-
-def test_settings_read_from_the_environment_with_actionable_errors():
-    s = Settings.from_env({"JOURNEY_PARTITIONS": "12", "JOURNEY_BATCH_WINDOW_S": "0.2", "JOURNEY_API_TOKEN": "t"})
-    assert s.partitions == 12 and s.batch_window_s == 0.2 and s.api_token == "t"
-    assert Settings.from_env({}, bootstrap_servers="k:9092").bootstrap_servers == "k:9092"
-    try:
-        Settings.from_env({"JOURNEY_PARTITIONS": "many"})
-    except ValueError as exc:
-        assert "JOURNEY_PARTITIONS" in str(exc) and "'many'" in str(exc)
-    else:
-        raise AssertionError("a bad number must be refused")
 
 
 def test_the_table_is_untouched_until_the_batch_writes():
