@@ -34,7 +34,7 @@ test-unit: install
 test-integration: install browser
 	$(PY) -m pytest -q tests/integration
 
-# Throughput: journey against a plain aiokafka consumer on the same topic, in one run (~11 min).
+# Throughput: journey against a plain aiokafka consumer on the same topic, in one run (~4 min).
 bench: install
 	$(PY) bench/throughput.py
 

@@ -282,7 +282,7 @@ def _probe_keys(partitions: int, run: str) -> list[tuple[int, str]]:
 
 def _settle_heap() -> None:
     """Move this process's objects (the generated input: millions of them) out of the garbage
-    collector's sight before a latency run: a full collection over them pauses the watcher
+    collector's sight before a latency run: a full collection over them can pause the watcher
     (which time-stamps arrivals) for hundreds of milliseconds, a cost of the bench, not of the
     path measured. The worker's own collections still count."""
     gc.collect()
