@@ -94,7 +94,7 @@ async def main(args: argparse.Namespace) -> None:
         follower = ctx.Process(target=_follow, args=(bootstrap, topic, args.partitions, n, args.fetch_wait_ms, args.seconds + 30, out))
         follower.start()
         await asyncio.sleep(3.0)  # the follower is assigned and polling
-        pid = broker._process.pid if broker._process is not None else None
+        pid = broker.pid
         cpu: list[str] = []
 
         async def sample() -> None:

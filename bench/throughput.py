@@ -489,8 +489,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
         print(f"  journey, one worker (pid {w1.pid}): waiting for it to join ...", flush=True)
         if args.profile:
             profiler = pyspy.Recording.start(w1.pid, Path(args.profile))  # type: ignore[arg-type]
-        # The broker's pid, to report its CPU share (EmbeddedBroker does not expose it publicly).
-        broker_pid = broker._process.pid if broker._process is not None else None
+        broker_pid = broker.pid  # to report its CPU share
         one = await measure("one worker", [w1], base, args.events, hw, broker_pid)
         if profiler is not None:
             profiler.stop()

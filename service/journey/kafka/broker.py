@@ -134,6 +134,11 @@ class EmbeddedBroker:
         return self._log_path
 
     @property
+    def pid(self) -> int | None:
+        """The broker process's id while it runs (for CPU accounting), else None."""
+        return self._process.pid if self.running else None  # type: ignore[union-attr]
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
