@@ -2,8 +2,8 @@
 
     python bench/broker_latency.py [--rate 5000] [--seconds 10] [--partitions 8] [--fetch-wait-ms 5]
 
-No journey code in the path: a fresh embedded broker (tansu), a paced aiokafka producer
-(acks=all, no linger) and, in another process, a consumer following the topic with every
+No journey code in the path: a fresh embedded broker (tansu), the throughput bench's paced
+producer (loadgen.produce_paced: aiokafka, acks=all, no linger) and, in another process, a consumer following the topic with every
 partition assigned, as the throughput bench's watcher does. Prints p50/p99/max of send -> ack
 (the broker took the record) and ack -> arrival (a following consumer saw it), and the broker's
 CPU every 2 s. On this machine the second dominates and grows with the data stored while a
@@ -17,30 +17,28 @@ import argparse
 import asyncio
 import multiprocessing
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "service"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from aiokafka import AIOKafkaProducer  # noqa: E402
-
 from journey.kafka.admin import TopicSpec, ensure_topics  # noqa: E402
 from journey.kafka.broker import EmbeddedBroker  # noqa: E402
 
+import loadgen  # noqa: E402
 import topicread  # noqa: E402
 from workerproc import process_cpu_seconds  # noqa: E402
 
 
-def _follow(bootstrap: str, topic: str, partitions: int, n: int, wait_ms: int, seconds: float, out: "multiprocessing.Queue[dict[int, float]]") -> None:
-    arrivals: dict[int, float] = {}
+def _follow(bootstrap: str, topic: str, partitions: int, n: int, wait_ms: int, seconds: float, out: "multiprocessing.Queue[dict[str, float]]") -> None:
+    arrivals: dict[str, float] = {}
 
     async def run() -> None:
         stop = asyncio.Event()
 
         def on_record(now: float, _key: bytes | None, value: bytes | None) -> None:
-            arrivals.setdefault(int(value or b"-1"), now)
+            arrivals.setdefault((value or b"").decode(), now)
             if len(arrivals) >= n:
                 stop.set()
 
@@ -56,29 +54,6 @@ def _follow(bootstrap: str, topic: str, partitions: int, n: int, wait_ms: int, s
     out.put(arrivals)
 
 
-async def _produce(bootstrap: str, topic: str, partitions: int, rate: float, n: int) -> tuple[dict[int, float], dict[int, float]]:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
-    await producer.start()
-    sent: dict[int, float] = {}
-    acked: dict[int, float] = {}
-    pending = []
-    try:
-        t0, i = time.time(), 0
-        while i < n:
-            due = min(n, int((time.time() - t0) * rate) + 1)
-            while i < due:
-                sent[i] = time.time()
-                fut = await producer.send(topic, str(i).encode(), key=str(i).encode(), partition=i % partitions)
-                fut.add_done_callback(lambda _f, i=i: acked.__setitem__(i, time.time()))
-                pending.append(fut)
-                i += 1
-            await asyncio.sleep(max(0.0, t0 + i / rate - time.time()))
-        await asyncio.gather(*pending)
-        return sent, acked
-    finally:
-        await producer.stop()
-
-
 def _pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * (len(values) - 1)))] if values else float("nan")
@@ -90,7 +65,7 @@ async def main(args: argparse.Namespace) -> None:
         await ensure_topics(bootstrap, [TopicSpec(topic, args.partitions, 1, 24 * 3600 * 1000)])
         n = int(args.rate * args.seconds)
         ctx = multiprocessing.get_context("spawn")
-        out: "multiprocessing.Queue[dict[int, float]]" = ctx.Queue()
+        out: "multiprocessing.Queue[dict[str, float]]" = ctx.Queue()
         follower = ctx.Process(target=_follow, args=(bootstrap, topic, args.partitions, n, args.fetch_wait_ms, args.seconds + 30, out))
         follower.start()
         await asyncio.sleep(3.0)  # the follower is assigned and polling
@@ -106,7 +81,9 @@ async def main(args: argparse.Namespace) -> None:
                 last = now
 
         sampler = asyncio.create_task(sample())
-        sent, acked = await _produce(bootstrap, topic, args.partitions, args.rate, n)
+        records = [(i % args.partitions, str(i).encode(), str(i).encode(), str(i)) for i in range(n)]
+        acked: dict[str, float] = {}
+        sent = await loadgen.produce_paced(bootstrap, topic, records, args.rate, acked=acked)
         sampler.cancel()
         arrivals = await asyncio.get_running_loop().run_in_executor(None, out.get)
         follower.join()

@@ -152,11 +152,14 @@ async def produce_paced(
     topic: str,
     records: list[tuple[int, Key, Value, str]],
     rate: float,
+    *,
+    acked: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Send ``records`` at ``rate`` per second (one produce call each, no linger, acks=all).
 
     Returns event_id -> wall-clock time (time.time()) when it was handed to the producer
-    (a redelivered duplicate keeps its first time).
+    (a redelivered duplicate keeps its first time). With ``acked``, also fills it with
+    event_id -> the time the broker acknowledged it.
     """
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     await producer.start()
@@ -171,7 +174,10 @@ async def produce_paced(
             while i < due:
                 p, key, value, event_id = records[i]
                 sent.setdefault(event_id, time.time())
-                pending.append(await producer.send(topic, value, key=key, partition=p))
+                fut = await producer.send(topic, value, key=key, partition=p)
+                if acked is not None:
+                    fut.add_done_callback(lambda _f, e=event_id: acked.setdefault(e, time.time()))
+                pending.append(fut)
                 i += 1
             if len(pending) > 5000:
                 await asyncio.gather(*pending)

@@ -6,11 +6,12 @@ import asyncio
 import logging
 import os
 import weakref
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from faust.streams import _current_event
 
 from journey.worker.pipeline import BatchResult, Record, transition_output
+from journey.worker.produce import send_each
 
 if TYPE_CHECKING:
     from journey.worker.app import JourneyApp
@@ -126,11 +127,7 @@ async def _send_and_wait(japp: "JourneyApp", outputs: list[tuple[str, bytes | No
         sent = await sender.send((topic, None, key, value) for topic, key, value in outputs)
         await asyncio.gather(*(s.future for s in sent))
         return
-    producer = japp.app.producer
-    pending: list[Awaitable[Any]] = []
-    for topic, key, value in outputs:
-        pending.append(await producer.send(topic, key, value, None, None, None))
-    await asyncio.gather(*pending)
+    await send_each(japp.app.producer, outputs)
 
 
 def write_states(japp: "JourneyApp", result: BatchResult) -> None:

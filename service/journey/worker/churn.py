@@ -19,7 +19,7 @@ import weakref
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Awaitable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import orjson
 from faust.streams import _current_event
@@ -35,6 +35,7 @@ from journey.core.state import CustomerState
 from journey.settings import Settings
 from journey.worker.ingest import exit_replaying
 from journey.worker.pipeline import BatchResult, Record
+from journey.worker.produce import send_each
 
 if TYPE_CHECKING:
     from journey.worker.app import JourneyApp
@@ -296,13 +297,7 @@ class ChurnWorker:
 
     async def _send(self, outputs: list[tuple[str, bytes, bytes]]) -> None:
         self.japp.metrics.churn_timer_customers.set(len(self.index))
-        if not outputs:
-            return
-        producer = self.japp.app.producer
-        pending: list[Awaitable[Any]] = []
-        for topic, key, value in outputs:
-            pending.append(await producer.send(topic, key, value, None, None, None))
-        await asyncio.gather(*pending)
+        await send_each(self.japp.app.producer, outputs)
 
 
 def register(japp: "JourneyApp") -> ChurnWorker:

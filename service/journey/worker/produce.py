@@ -124,3 +124,11 @@ async def _hand_over(
             acked.set_result(fut.result())
 
     delivery.add_done_callback(settle)
+
+
+async def send_each(faust_producer: Any, records: Iterable[tuple[str, bytes | None, bytes]]) -> None:
+    """Send (topic, key, value) records one ``send()`` each through Faust's producer and wait
+    until every one is acknowledged: the in-memory store's path, where no BatchSender runs."""
+    pending = [await faust_producer.send(topic, key, value, None, None, None) for topic, key, value in records]
+    if pending:
+        await asyncio.gather(*pending)
