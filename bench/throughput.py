@@ -18,7 +18,7 @@ Phases
    here; orjson.loads gives ~1.5x that). The same consumer with orjson.loads -- the decoder
    journey uses -- is reported beside it as a stricter ceiling. Each is the best of two runs.
 3. journey, one worker. A fresh `python -m journey.cli worker` (new app id = new consumer
-   group and changelog, own output topics, store rocksdb:// unless --store) reads the input
+   group and changelog, own output topics, RocksDB store) reads the input
    from the beginning. The worker needs tens of seconds to join its group on this broker, so
    the clock cannot start at process start, and the input must not be fed while it runs.
    The window is taken from the worker's own metrics and the output topics:
@@ -450,11 +450,11 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
         bootstrap = broker.bootstrap_servers
         hw = await topicread.Highwaters(bootstrap).start()
         input_topic = f"bench-{run}.touchpoints"
-        base = bench_settings(bootstrap, run, "one", input_topic=input_topic, partitions=args.partitions, store=args.store)
+        base = bench_settings(bootstrap, run, "one", input_topic=input_topic, partitions=args.partitions)
         definition = load_definition(base.journey_path)
         limits = Limits(dedupe_window=base.dedupe_window, order_window=base.order_window)
         print(f"journey throughput bench: {args.events:,} touchpoints, {args.customers:,} customers per crowd, "
-              f"{args.partitions} partitions, store {args.store}, broker {bootstrap} (tansu), {os.cpu_count()} cores", flush=True)
+              f"{args.partitions} partitions, store rocksdb, broker {bootstrap} (tansu), {os.cpu_count()} cores", flush=True)
 
         # 1. input
         t = time.perf_counter()
@@ -499,7 +499,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
         bytes_per_customer, keys = await state_bytes(base)
 
         # 5. two workers, one group
-        two_settings = bench_settings(bootstrap, run, "two", input_topic=input_topic, partitions=args.partitions, store=args.store)
+        two_settings = bench_settings(bootstrap, run, "two", input_topic=input_topic, partitions=args.partitions)
         await ensure_topics(bootstrap, all_topic_specs(two_settings))
         pair = [Worker(f"two-{i}", two_settings, workdir / f"two-{i}") for i in (1, 2)]
         two: Run | None = None
@@ -514,7 +514,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
 
         # 4. latency at half the measured throughput
         lat_settings = bench_settings(bootstrap, run, "latency", input_topic=f"bench-{run}.latency.touchpoints",
-                                      partitions=args.partitions, store=args.store)
+                                      partitions=args.partitions)
         await ensure_topics(bootstrap, all_topic_specs(lat_settings))
         wl = Worker("latency", lat_settings, workdir / "latency")
         workers.append(wl)
@@ -538,7 +538,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
             ("input", f"{args.events:,} touchpoints, {pred.profiles:,} journeys, {args.partitions} partitions; produced in {produce_s:.1f}s"),
             ("ceiling (aiokafka + json.loads)", f"{_fmt_rate(ceiling.events_per_s)}  ({ceiling.seconds:.1f}s; best of 2)"),
             ("stricter ceiling (+ orjson.loads)", f"{_fmt_rate(strict.events_per_s)}  ({strict.seconds:.1f}s; best of 2)"),
-            (f"journey, 1 worker ({args.store})", f"{_fmt_rate(one.events_per_s)}  ({one.seconds:.1f}s; first {one.excluded:,} records "
+            (f"journey, 1 worker", f"{_fmt_rate(one.events_per_s)}  ({one.seconds:.1f}s; first {one.excluded:,} records "
              f"before the window; changelog done {one.changelog_tail_s * 1000:.0f} ms after the last batch)"),
             ("CPU in the window (1 worker)", f"worker {one.worker_cpu:.2f} cores ({one.worker_cpu / one.events_per_s * 1e6:.1f} "
              f"CPU-us per event, {one.faults_per_event:.2f} page faults per event), broker {one.broker_cpu:.2f} cores; "
@@ -598,7 +598,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=1_000_000, help="touchpoints to produce (default 1,000,000)")
     p.add_argument("--customers", type=int, default=100_000, help="customers per generated crowd, ~10 touchpoints each (default 100,000)")
     p.add_argument("--partitions", type=int, default=8, help="input partitions (default 8)")
-    p.add_argument("--store", default="rocksdb://", help="worker table store: rocksdb:// (production default) or memory://")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--latency-seconds", type=float, default=25.0, help="length of the paced latency run (default 25)")
     p.add_argument("--skip-two", action="store_true", help="skip the two-worker run")

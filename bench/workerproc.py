@@ -24,7 +24,7 @@ SERVICE = Path(__file__).resolve().parents[1] / "service"
 #: The Settings fields a bench worker gets from the environment.
 _ENV_FIELDS = (
     "bootstrap_servers", "app_id", "topic_touchpoints", "topic_transitions", "topic_dead_letter",
-    "topic_churn_risk", "topic_pain_points", "topic_aggregates", "partitions", "store",
+    "topic_churn_risk", "topic_pain_points", "topic_aggregates", "partitions",
 )
 _METRIC = re.compile(rb"^(journey_[a-z_]+?)(\{[^}]*\})? ([0-9.eE+-]+|NaN)$", re.M)
 
@@ -59,7 +59,7 @@ class WorkerDied(RuntimeError):
         )
 
 
-def bench_settings(bootstrap: str, run: str, label: str, *, input_topic: str, partitions: int, store: str) -> Settings:
+def bench_settings(bootstrap: str, run: str, label: str, *, input_topic: str, partitions: int) -> Settings:
     """Settings with a consumer group and output topics of their own (the input may be shared)."""
     ns = f"bench-{run}.{label}"
     return Settings(
@@ -72,7 +72,6 @@ def bench_settings(bootstrap: str, run: str, label: str, *, input_topic: str, pa
         topic_pain_points=f"{ns}.pain-points",
         topic_aggregates=f"{ns}.aggregates",
         partitions=partitions,
-        store=store,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,13 +40,13 @@ def run_dev(settings: Settings, *, rate: float, bad_every: int, seconds: float |
     children: list[subprocess.Popen[bytes]] = []
     try:
         _run([sys.executable, "-m", "journey.cli", "topics"], env)
+        # The broker keeps everything in memory: the worker's RocksDB state starts empty too
+        # (state on disk would outlive the topics it came from).
         worker_dir = var / "worker"
-        worker_dir.mkdir(exist_ok=True)
+        shutil.rmtree(worker_dir, ignore_errors=True)
+        worker_dir.mkdir()
         children.append(_spawn("worker", [sys.executable, "-m", "journey.cli", "worker"],
-                               # The broker keeps everything in memory, so the worker does too:
-                               # on-disk state would outlive the topics it came from.
-                               {**env, "JOURNEY_DATA_DIR": str(worker_dir), "JOURNEY_STORE": "memory://"},
-                               var / "worker.log"))
+                               {**env, "JOURNEY_DATA_DIR": str(worker_dir)}, var / "worker.log"))
         if _has_sidecar():
             children.append(_spawn("sidecar", [sys.executable, "-m", "journey.cli", "sidecar"], env, var / "sidecar.log"))
         print()

@@ -112,7 +112,7 @@ OUTPUT_SCHEMAS = {"churn-risk": _schema("churn-risk.schema.json"), "pain-points"
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def stream(broker: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stream]:
     run = uuid.uuid4().hex[:8]
-    settings = namespaced_settings(broker, f"churn-{run}", api_token=TOKEN).replace(partitions=2, store="rocksdb://")  # the default store: it hands out copies
+    settings = namespaced_settings(broker, f"churn-{run}", api_token=TOKEN).replace(partitions=2)
     await create_topics(settings)
     worker = WorkerProcess(settings, tmp_path_factory.mktemp("churn-worker")).start()
     s = Stream(worker)

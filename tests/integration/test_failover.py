@@ -32,10 +32,8 @@ def customers() -> list[str]:
     return [f"fo-{i}" for i in range(N_CUSTOMERS)]
 
 
-# RocksDB (via rocksdict) is the production store; the other tests use memory.
-@pytest.mark.parametrize("store", ["rocksdb://"])
-async def test_a_killed_workers_customers_are_recovered_by_the_survivor(broker: str, tmp_path, store: str):
-    settings = namespaced_settings(broker, "failover", session_timeout_s=10.0, store=store)
+async def test_a_killed_workers_customers_are_recovered_by_the_survivor(broker: str, tmp_path):
+    settings = namespaced_settings(broker, "failover", session_timeout_s=10.0)
     await create_topics(settings)
     a = WorkerProcess(settings, tmp_path / "a")
     b = WorkerProcess(settings, tmp_path / "b")

@@ -34,7 +34,7 @@ def namespaced_settings(bootstrap: str, name: str, **overrides: object) -> Setti
         topic_pain_points=f"{name}.pain-points",
         topic_aggregates=f"{name}.aggregates",
         partitions=4,
-        **{"store": "memory://", **overrides},  # type: ignore[arg-type]
+        **overrides,  # type: ignore[arg-type]
     )
 
 
@@ -42,7 +42,7 @@ def namespaced_settings(bootstrap: str, name: str, **overrides: object) -> Setti
 ENV_FIELDS = (
     "bootstrap_servers", "app_id", "topic_touchpoints", "topic_transitions", "topic_dead_letter",
     "topic_churn_risk", "topic_pain_points", "topic_aggregates", "partitions", "session_timeout_s",
-    "api_token", "batch_size", "store",
+    "api_token", "batch_size",
 )
 
 
