@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser run test test-unit test-integration bench bench-churn clean
+.PHONY: install browser run lint test test-unit test-integration bench bench-churn clean
 
 install: $(STAMP)
 
@@ -24,6 +24,11 @@ browser:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
 	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; fi
+
+# Ruff (pyproject [tool.ruff]) and mypy (pyproject [tool.mypy]: strict for journey.core and journey.churn).
+lint: install
+	$(PY) -m ruff check service tests bench
+	$(PY) -m mypy
 
 test: install browser
 	$(PY) -m pytest -q

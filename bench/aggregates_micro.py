@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "service"))
 sys.path.insert(0, str(REPO / "bench"))
 
+import loadgen  # noqa: E402
+from journey.churn.config import ChurnSettings  # noqa: E402
 from journey.churn.risk import StageTimes, load_model  # noqa: E402
 from journey.churn.update import note_touchpoint, update  # noqa: E402
 from journey.core.aggregates import PartitionAggregate, summarize  # noqa: E402
@@ -34,10 +36,7 @@ from journey.core.machine import Limits  # noqa: E402
 from journey.core.state import CustomerState  # noqa: E402
 from journey.settings import Settings  # noqa: E402
 from journey.worker.aggregates import LiveAggregates  # noqa: E402
-from journey.worker.churn import ChurnSettings  # noqa: E402
 from journey.worker.pipeline import BatchResult, Pipeline, Record  # noqa: E402
-
-import loadgen  # noqa: E402
 
 #: One batch as the aggregates see it: its records, and per changed customer (key, record,
 #: stored state before the batch or None, state written).
@@ -56,7 +55,7 @@ def build_batches(n_events: int, n_customers: int, batch: int, partitions: int) 
 
     data = loadgen.build_input(n_events, n_customers, seed=7, partitions=partitions, definition=definition, limits=limits)
     now = time.time()  # a fetch hands out a run of records from each partition in turn
-    records = [Record(k, v, "touchpoints", p, off, None, now) for p, off, k, v in loadgen.fetch_order(data)]
+    records = [Record(k, v, "touchpoints", p, off, now) for p, off, k, v in loadgen.fetch_order(data)]
 
     pipe = Pipeline(definition, limits, summarize=None)
     states: dict[str, CustomerState] = {}
@@ -128,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     # Summaries of the states before each batch, as the pipeline makes them (for the parts).
     befores = [[summarize(before) for _k, _r, before, _a in changed] for _recs, changed in batches]
     results = []
-    for (recs, changed), sums in zip(batches, befores):
+    for (recs, changed), sums in zip(batches, befores, strict=True):
         result = BatchResult()
-        result.writes = {key: (rec, after, s) for (key, rec, _b, after), s in zip(changed, sums)}
+        result.writes = {key: (rec, after, s) for (key, rec, _b, after), s in zip(changed, sums, strict=True)}
         results.append((recs, result))
     live = _live(args.partitions)
 
@@ -147,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             befores = [summarize(before) for _key, _rec, before, _after in changed]
             spent += clock() - t
             result = BatchResult()  # the pipeline's part: not timed
-            result.writes = {key: (rec, after, s) for (key, rec, _before, after), s in zip(changed, befores)}
+            result.writes = {key: (rec, after, s) for (key, rec, _before, after), s in zip(changed, befores, strict=True)}
             t = clock()
             live.observe(recs, result)
             spent += clock() - t
@@ -156,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     def observe_only() -> float:
         fresh = _live(args.partitions)
         spent = 0.0
-        for (recs, result), (_recs, changed) in zip(results, batches):
+        for (recs, result), (_recs, changed) in zip(results, batches, strict=True):
             _warm(changed)
             t = clock()
             fresh.observe(recs, result)

@@ -23,15 +23,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "service"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from journey.kafka.admin import TopicSpec, ensure_topics  # noqa: E402
-from journey.kafka.broker import EmbeddedBroker  # noqa: E402
-
 import loadgen  # noqa: E402
 import topicread  # noqa: E402
+from journey.kafka.admin import TopicSpec, ensure_topics  # noqa: E402
+from journey.kafka.broker import EmbeddedBroker  # noqa: E402
 from workerproc import process_cpu_seconds  # noqa: E402
 
 
-def _follow(bootstrap: str, topic: str, partitions: int, n: int, wait_ms: int, seconds: float, out: "multiprocessing.Queue[dict[str, float]]") -> None:
+def _follow(bootstrap: str, topic: str, partitions: int, n: int, wait_ms: int, seconds: float, out: multiprocessing.Queue[dict[str, float]]) -> None:
     arrivals: dict[str, float] = {}
 
     async def run() -> None:
@@ -65,7 +64,7 @@ async def main(args: argparse.Namespace) -> None:
         await ensure_topics(bootstrap, [TopicSpec(topic, args.partitions, 1, 24 * 3600 * 1000)])
         n = int(args.rate * args.seconds)
         ctx = multiprocessing.get_context("spawn")
-        out: "multiprocessing.Queue[dict[str, float]]" = ctx.Queue()
+        out: multiprocessing.Queue[dict[str, float]] = ctx.Queue()
         follower = ctx.Process(target=_follow, args=(bootstrap, topic, args.partitions, n, args.fetch_wait_ms, args.seconds + 30, out))
         follower.start()
         await asyncio.sleep(3.0)  # the follower is assigned and polling

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
           f"LL={fit['log_likelihood']:.1f} converged={fit['converged']} degenerate={fit['degenerate']}")
     if model.calibration is not None:
         print(f"backtest calibration: cut {cal['cut_day']}, {cal['label_window_days']}-day label window, "
-              f"weights {dict(zip(('log_odds', 'recency', 'repeat_days', 'order_value'), (round(w, 3) for w in model.calibration.weights)))}")
+              f"weights {dict(zip(('log_odds', 'recency', 'repeat_days', 'order_value'), (round(w, 3) for w in model.calibration.weights), strict=True))}")
     else:
         print(f"backtest calibration skipped: {cal.get('skipped')}")
     print(f"worker-path scoring of {len(ids)} customers: {score_s:.1f}s; churned (no holdout purchase): {churned.mean():.1%}")

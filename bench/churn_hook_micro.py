@@ -11,7 +11,7 @@ copies of them; the scoring's memo (journey.churn.risk) starts cold on every pas
 costs what one pass through this stream costs a new worker. Timed, in CPU microseconds per
 customer the batches wrote:
 
-- note: the cart / purchase notes of the applied touchpoints (ChurnWorker._note_carts);
+- note: the cart / purchase notes of the applied touchpoints (ChurnWorker.note_carts);
 - update: journey.churn.update.update per customer (pain points + risk + record);
 - hook: the whole pure part (note, update, due index, outputs encoded, metrics).
 
@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "service"))
 sys.path.insert(0, str(REPO / "bench"))
 
+import loadgen  # noqa: E402
 from journey.churn.risk import clear_memo  # noqa: E402
 from journey.churn.update import update  # noqa: E402
 from journey.core.aggregates import summarize  # noqa: E402
@@ -40,8 +41,6 @@ from journey.settings import Settings  # noqa: E402
 from journey.worker.churn import ChurnWorker  # noqa: E402
 from journey.worker.metrics import WorkerMetrics  # noqa: E402
 from journey.worker.pipeline import BatchResult, Pipeline, Record  # noqa: E402
-
-import loadgen  # noqa: E402
 
 #: One batch as the hook sees it: its records, its result, and its states as wire bytes.
 Snapshot = tuple[list[Record], BatchResult, dict[str, bytes]]
@@ -81,7 +80,7 @@ def timed(
         if setup is not None:
             setup()
         t = time.process_time()
-        for i, (snap, result) in enumerate(zip(snaps, copies)):
+        for i, (snap, result) in enumerate(zip(snaps, copies, strict=True)):
             fn(i, snap[0], result)
         best = min(best, time.process_time() - t)
     us = best / n * 1e6
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         result = pipe.process(b, states)
         before_hook.append((b, result, {k: s.to_wire() for k, (_r, s, _b) in result.writes.items()}))
         probe = fresh(before_hook[-1])
-        worker._note_carts(probe.applied, probe.writes)
+        worker.note_carts(probe.applied, probe.writes)
         noted.append((b, result, {k: s.to_wire() for k, (_r, s, _b) in probe.writes.items()}))
         outputs += len(worker.score_batch(result) or ())
         clocks.append(worker.clock.now(time.time()))  # type: ignore[arg-type]
@@ -130,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     model, config, stage_times = worker.model, worker.config, worker.stage_times
 
     def note(_i: int, _recs: list[Record], result: BatchResult) -> None:
-        worker._note_carts(result.applied, result.writes)
+        worker.note_carts(result.applied, result.writes)
 
     def updates(i: int, _recs: list[Record], result: BatchResult) -> None:
         at = clocks[i]

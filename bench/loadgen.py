@@ -9,12 +9,13 @@ publish for exactly this input.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Iterator
+from datetime import UTC, datetime
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -27,7 +28,7 @@ from journey.core.state import CustomerState
 from journey.sources.generator import generate
 
 #: Event times start here: fixed, so a seed gives the same input on every run.
-START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+START = datetime(2024, 1, 1, tzinfo=UTC)
 #: Largest produce batch (bytes). Large batches keep producing well ahead of the consumers.
 BATCH_BYTES = 512 * 1024
 
@@ -210,11 +211,11 @@ async def produce_paced_elsewhere(
         return await asyncio.get_running_loop().run_in_executor(pool, _produce_paced_sync, bootstrap, topic, records, rate)
 
 
-def fetch_order(data: "Input", run: int = 250) -> Iterator[tuple[int, int, Key, Value]]:
+def fetch_order(data: Input, run: int = 250) -> Iterator[tuple[int, int, Key, Value]]:
     """(partition, offset, key, value) of every record, interleaved as a consumer's fetches hand
     them out: a run of records from each partition in turn (the micro-benchmarks' order)."""
     cursors = [0] * len(data.partitions)
-    while any(c < len(part) for c, part in zip(cursors, data.partitions)):
+    while any(c < len(part) for c, part in zip(cursors, data.partitions, strict=True)):
         for i, part in enumerate(data.partitions):
             end = min(cursors[i] + run, len(part))
             for off in range(cursors[i], end):
@@ -223,10 +224,8 @@ def fetch_order(data: "Input", run: int = 250) -> Iterator[tuple[int, int, Key, 
             cursors[i] = end
 
 
-def micro_args(description: str) -> "argparse.ArgumentParser":
+def micro_args(description: str) -> argparse.ArgumentParser:
     """The options the micro-benchmarks share (input size, batch size, repetitions)."""
-    import argparse
-
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--events", type=int, default=100_000)
     p.add_argument("--customers", type=int, default=10_000)

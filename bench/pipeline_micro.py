@@ -21,13 +21,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "service"))
 sys.path.insert(0, str(REPO / "bench"))
 
+import loadgen  # noqa: E402
 from journey.core.aggregates import summarize  # noqa: E402
 from journey.core.definition import load_definition  # noqa: E402
 from journey.core.events import decode  # noqa: E402
@@ -36,8 +37,6 @@ from journey.core.state import CustomerState  # noqa: E402
 from journey.settings import Settings  # noqa: E402
 from journey.worker.pipeline import Pipeline, Record  # noqa: E402
 from journey.worker.runner import tune_gc  # noqa: E402
-
-import loadgen  # noqa: E402
 
 
 def _timed(label: str, n: int, fn: Callable[[], object], repeat: int = 3) -> float:
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     data = loadgen.build_input(args.events, args.customers, seed=7, partitions=args.partitions, definition=definition, limits=limits)
     # Interleave the partitions the way a fetch does: a run of records from each in turn.
     now = time.time()
-    records = [Record(k, v, "touchpoints", p, off, None, now) for p, off, k, v in loadgen.fetch_order(data)]
+    records = [Record(k, v, "touchpoints", p, off, now) for p, off, k, v in loadgen.fetch_order(data)]
     tune_gc()  # the worker's collector settings
     n = len(records)
     batches = [records[i:i + args.batch] for i in range(0, n, args.batch)]

@@ -17,7 +17,7 @@ class Recording:
     path: Path
 
     @classmethod
-    def start(cls, pid: int, path: Path, rate: int = 100) -> "Recording":
+    def start(cls, pid: int, path: Path, rate: int = 100) -> Recording:
         exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         if not Path(exe).exists():
             raise RuntimeError("--profile needs py-spy: pip install py-spy (into the bench's virtualenv)")

@@ -73,7 +73,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,6 +83,9 @@ import orjson  # noqa: E402
 from aiokafka import AIOKafkaProducer  # noqa: E402
 from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
 
+import loadgen  # noqa: E402
+import pyspy  # noqa: E402
+import topicread  # noqa: E402
 from journey.core.definition import load_definition  # noqa: E402
 from journey.core.machine import Limits  # noqa: E402
 from journey.kafka.admin import TopicSpec, ensure_topics  # noqa: E402
@@ -90,10 +93,6 @@ from journey.kafka.broker import EmbeddedBroker  # noqa: E402
 from journey.settings import Settings  # noqa: E402
 from journey.worker.app import changelog_topic_name  # noqa: E402
 from journey.worker.topics import all_topic_specs  # noqa: E402
-
-import loadgen  # noqa: E402
-import pyspy  # noqa: E402
-import topicread  # noqa: E402
 from workerproc import Worker, WorkerDied, bench_settings, process_cpu_seconds  # noqa: E402
 
 POLL_S = 0.05
@@ -324,7 +323,7 @@ async def measure_latency(worker: Worker, settings: Settings, rate: float, secon
         producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
         await producer.start()
         try:
-            now = datetime.now(timezone.utc).isoformat()
+            now = datetime.now(UTC).isoformat()
             for p, key in probes:
                 event = {"event_id": key, "customer_id": key, "type": "page_view", "timestamp": now}
                 await producer.send_and_wait(settings.topic_touchpoints, orjson.dumps(event), key=key.encode(), partition=p)
@@ -538,7 +537,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
             ("input", f"{args.events:,} touchpoints, {pred.profiles:,} journeys, {args.partitions} partitions; produced in {produce_s:.1f}s"),
             ("ceiling (aiokafka + json.loads)", f"{_fmt_rate(ceiling.events_per_s)}  ({ceiling.seconds:.1f}s; best of 2)"),
             ("stricter ceiling (+ orjson.loads)", f"{_fmt_rate(strict.events_per_s)}  ({strict.seconds:.1f}s; best of 2)"),
-            (f"journey, 1 worker", f"{_fmt_rate(one.events_per_s)}  ({one.seconds:.1f}s; first {one.excluded:,} records "
+            ("journey, 1 worker", f"{_fmt_rate(one.events_per_s)}  ({one.seconds:.1f}s; first {one.excluded:,} records "
              f"before the window; changelog done {one.changelog_tail_s * 1000:.0f} ms after the last batch)"),
             ("CPU in the window (1 worker)", f"worker {one.worker_cpu:.2f} cores ({one.worker_cpu / one.events_per_s * 1e6:.1f} "
              f"CPU-us per event, {one.faults_per_event:.2f} page faults per event), broker {one.broker_cpu:.2f} cores; "

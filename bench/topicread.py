@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -25,7 +25,7 @@ class Highwaters:
         self.client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
         self._hints: dict[TopicPartition, int] = {}
 
-    async def start(self) -> "Highwaters":
+    async def start(self) -> Highwaters:
         await self.client.bootstrap()
         return self
 

@@ -51,7 +51,7 @@ def _proc_stat(pid: int | None) -> list[str]:
 
 
 class WorkerDied(RuntimeError):
-    def __init__(self, worker: "Worker") -> None:
+    def __init__(self, worker: Worker) -> None:
         code = worker.process.returncode if worker.process else None
         super().__init__(
             f"worker {worker.name} (pid {worker.pid}) exited with code {code}; its log "
@@ -104,7 +104,7 @@ class Worker:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def start(self) -> "Worker":
+    def start(self) -> Worker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,

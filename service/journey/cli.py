@@ -6,10 +6,11 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from journey.settings import Settings, SettingsError
+from journey.errors import JourneyError
+from journey.settings import Settings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -39,7 +40,8 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from journey.kafka.security import client_kwargs
-    from journey.sources.replay import publish, records_for_format
+    from journey.sources.records import records_for_format
+    from journey.sources.replay import publish
 
     settings = _settings(args)
     records, total = records_for_format(args.file, args.format)
@@ -123,15 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand. A JourneyError (a bad setting, input or file; an unreachable broker)
+    prints ``journey: <message>`` and returns 2; anything else propagates with its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except SettingsError as exc:
-        print(f"journey: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"journey {args.command}: {exc}", file=sys.stderr)
+    except JourneyError as exc:
+        print(f"journey: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -74,9 +74,8 @@ def run_dev(settings: Settings, *, rate: float, bad_every: int, seconds: float |
 
 
 async def _feed_and_watch(settings: Settings, *, rate: float, bad_every: int, seconds: float | None) -> None:
-    from journey.sources.generator import bad_events, live_feed
-
     from journey.kafka.security import client_kwargs
+    from journey.sources.generator import bad_events, live_feed
 
     security = client_kwargs(settings)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5, **security)
@@ -97,8 +96,8 @@ async def _feed_and_watch(settings: Settings, *, rate: float, bad_every: int, se
             if stop_at and time.time() > stop_at:
                 return
             await asyncio.sleep(max(0.0, due - time.time()))
-            key = (event.get("customer_id") or event.get("anonymous_id")).encode()
-            await producer.send(settings.topic_touchpoints, orjson.dumps(event), key=key)
+            profile = event.get("customer_id") or event.get("anonymous_id")
+            await producer.send(settings.topic_touchpoints, orjson.dumps(event), key=profile.encode() if profile else None)
             sent += 1
             if bad_every and sent % bad_every == 0:
                 await producer.send(settings.topic_touchpoints, next(bad), key=b"dev-bad")

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
+from journey.errors import SettingsError
 
-class SettingsError(ValueError):
-    """A JOURNEY_* variable holds a value that cannot be used."""
+__all__ = ["Settings", "SettingsError"]
 
 
 def _default_schemas_dir() -> Path:
@@ -50,15 +51,9 @@ class Settings:
     web_host: str = "127.0.0.1"
     #: The interface the worker's web server listens on (0.0.0.0 in a container).
     web_bind: str = "127.0.0.1"
-    #: Table store: RocksDB (via rocksdict) keeps state on local disk between restarts, so a
-    #: restarted worker only reads the changelog's tail; memory:// re-reads the whole changelog.
-    store: str = "rocksdb://"
-    #: How the worker takes its input: "batch" (records go from each fetch to the pipeline a batch
-    #: at a time; fast) or "stream" (a Faust agent over take_events; Faust's per-event path).
-    ingest: str = "batch"
+    #: Most records per batch (the state is always RocksDB under <data_dir>/<app_id>-data: a
+    #: restarted worker only reads its changelog's tail).
     batch_size: int = 1000
-    #: stream ingest only: how long to wait to fill a batch.
-    batch_window_s: float = 0.05
     #: The consumer's fetch wait: bounds the latency of a quiet stream on brokers that answer a
     #: waiting fetch only when the wait expires (Faust's own default is 1500 ms).
     fetch_max_wait_ms: int = 50
@@ -112,7 +107,7 @@ class Settings:
         return ",".join(f"kafka://{h.strip()}" for h in self.bootstrap_servers.split(",") if h.strip())
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``JOURNEY_<FIELD>`` variables, then apply explicit overrides."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
@@ -123,7 +118,7 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     def to_env(self, names: Iterable[str]) -> dict[str, str]:
@@ -140,7 +135,7 @@ class Settings:
         return env
 
 
-def _convert(name: str, raw: str, f: dataclasses.Field) -> Any:
+def _convert(name: str, raw: str, f: dataclasses.Field[Any]) -> Any:
     kind = str(f.type)
     try:
         if kind.startswith("int"):

@@ -4,30 +4,33 @@ Two worker processes of a tiny app (tests/support/failover_app.py) share the
 load; one is killed with SIGKILL; the survivor takes over its partitions and
 rebuilds their table entries from the changelog. On the embedded broker,
 stock Faust recovery stops one record batch short of each changelog's end
-(ListOffsets is wrong there); journey.worker.recovery fixes that.
+(ListOffsets is wrong there); journey.worker.faust_internals (install_transport) fixes that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from journey.kafka.admin import TopicSpec, ensure_topics
 from journey.kafka.broker import free_port
 from journey.kafka.offsets import true_highwaters
+from support.env import subprocess_env
+from support.kafka import listoffsets_is_wrong
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +42,7 @@ PARTITIONS = 4
 KEYS = 50
 UPDATES_PER_KEY = 60  # 3,000 updates
 ROUNDS = 6  # each round is flushed separately: several record batches per partition
+MAX_EXTRA_ROUNDS = 10  # more rounds, until the run crosses the broker's ListOffsets bug
 
 
 @dataclass
@@ -65,8 +69,13 @@ class Worker:
 class FailoverResult:
     updates: int
     survivor_sum: int
-    #: How many changelog records lie past what ListOffsets reports (the broker quirk).
+    #: How many changelog records of the victim's partitions lie past what ListOffsets reports
+    #: (the broker bug), when the victim was killed.
     changelog_unreported: int
+    #: Updates the survivor's agent took from the input before the kill and after the take-over:
+    #: equal when it re-read nothing, so that all it holds of the victim's keys came from the changelog.
+    survivor_processed_before: int
+    survivor_processed_after: int
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
@@ -75,8 +84,7 @@ def _start_worker(name: str, broker: str, app_id: str, topic: str, root: Path, f
     data_dir.mkdir(parents=True)
     port = free_port()
     env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO / "service"), os.environ.get("PYTHONPATH", "")]),
+        **subprocess_env(),
         "FAILOVER_BROKER": broker,
         "FAILOVER_APP_ID": app_id,
         "FAILOVER_TOPIC": topic,
@@ -124,13 +132,14 @@ def _settled(state: dict[str, Any] | None, partitions: list[int]) -> bool:
     )
 
 
-async def _produce_updates(broker: str, topic: str) -> int:
+async def _produce_updates(broker: str, topic: str, rounds: range = range(ROUNDS)) -> int:
+    """Each round: the next ``UPDATES_PER_KEY // ROUNDS`` seqs of every key, then a flush."""
     producer = AIOKafkaProducer(bootstrap_servers=broker, linger_ms=5)
     await producer.start()
     sent = 0
     try:
         per_round = UPDATES_PER_KEY // ROUNDS
-        for r in range(ROUNDS):
+        for r in rounds:
             for i in range(per_round):
                 seq = r * per_round + i + 1
                 for k in range(KEYS):
@@ -163,20 +172,22 @@ async def _wait_offsets_committed(broker: str, group: str, topic: str, timeout_s
         await consumer.stop()
 
 
-async def _changelog_unreported(broker: str, changelog: str) -> int:
+async def _changelog_unreported(broker: str, changelog: str) -> dict[int, int]:
+    """Per partition: how many changelog records lie past what ListOffsets reports."""
     consumer = AIOKafkaConsumer(bootstrap_servers=broker)
     await consumer.start()
     try:
         tps = [TopicPartition(changelog, p) for p in range(PARTITIONS)]
         hints = await consumer.end_offsets(tps)
         ends = await true_highwaters(consumer._client, hints)
-        return sum(ends[tp] - hints[tp] for tp in tps)
+        return {tp.partition: ends[tp] - hints[tp] for tp in tps}
     finally:
         await consumer.stop()
 
 
 async def run_failover(broker: str, root: Path, *, fix: bool) -> FailoverResult:
-    """Two workers, 3,000 keyed updates, SIGKILL one, read the survivor's table."""
+    """Two workers, 3,000 keyed updates (and more rounds until the run crosses the broker's bug),
+    SIGKILL one, read the survivor's table."""
     run_id = uuid.uuid4().hex[:8]
     app_id = f"failover-{run_id}"
     topic = f"failover-updates-{run_id}"
@@ -215,10 +226,24 @@ async def run_failover(broker: str, root: Path, *, fix: bool) -> FailoverResult:
             states = [w.state() for w in workers]
             return all(states) and sum(s["sum"] for s in states) == updates
 
-        await _wait_for("the workers to apply every update", all_processed, workers, 30)
-        await _wait_offsets_committed(broker, app_id, topic, 30)
-        timings["produce_and_process"] = time.monotonic() - t1
+        await _wait_for("the workers to apply every update", all_processed, workers, 60)
+        await _wait_offsets_committed(broker, app_id, topic, 60)
         unreported = await _changelog_unreported(broker, changelog)
+        # Whether the run crosses the broker's bug depends on how the workers' changelog writes
+        # were batched (a last batch of one record is reported right). On a broker with the bug,
+        # go on with more rounds until a changelog partition the survivor must recover has
+        # records past the reported end; on a correct broker there is nothing to cross.
+        victim_partitions = victim.state()["settled"]  # type: ignore[index]
+        extra_rounds = 0
+        if await listoffsets_is_wrong(broker):
+            while not any(unreported[p] for p in victim_partitions) and extra_rounds < MAX_EXTRA_ROUNDS:
+                updates += await _produce_updates(broker, topic, range(ROUNDS + extra_rounds, ROUNDS + extra_rounds + 1))
+                extra_rounds += 1
+                await _wait_for("the workers to apply every update", all_processed, workers, 60)
+                await _wait_offsets_committed(broker, app_id, topic, 60)
+                unreported = await _changelog_unreported(broker, changelog)
+        timings["produce_and_process"] = time.monotonic() - t1
+        processed_before = survivor.state()["processed"]  # type: ignore[index]
 
         t2 = time.monotonic()
         victim.process.send_signal(signal.SIGKILL)
@@ -231,10 +256,24 @@ async def run_failover(broker: str, root: Path, *, fix: bool) -> FailoverResult:
 
         await _wait_for("the survivor to take over and recover", survivor_settled, workers, 90)
         timings["failover_and_recovery"] = time.monotonic() - t2
-        # Read again after a moment: nothing may still be trickling in.
-        await asyncio.sleep(1.0)
-        final = await _wait_for("the survivor's state", survivor_settled, workers, 10)
-        return FailoverResult(updates, final["sum"], unreported, timings)
+        # Recovery is done once the settled survivor holds every update; a short one never gets
+        # there: give it a deadline, then report what it holds.
+        last: list[dict[str, Any]] = []
+
+        def survivor_complete() -> bool:
+            state = survivor_settled()
+            if state is not None:
+                last[:] = [state]
+            return state is not None and state["sum"] >= updates
+
+        try:
+            await _wait_for("the survivor's table to hold every update", survivor_complete, workers, 30)
+        except AssertionError:
+            if not last:
+                raise
+        final = last[0]
+        unreported_victim = sum(unreported[p] for p in victim_partitions)
+        return FailoverResult(updates, final["sum"], unreported_victim, processed_before, final["processed"], timings)
     finally:
         for w in (survivor, victim):
             if w.process.poll() is None:
@@ -242,10 +281,28 @@ async def run_failover(broker: str, root: Path, *, fix: bool) -> FailoverResult:
                 w.process.wait()
 
 
-async def test_survivor_recovers_every_update(broker: str, tmp_path: Path) -> None:
-    result = await run_failover(broker, tmp_path, fix=True)
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def failover(broker: str, tmp_path_factory: pytest.TempPathFactory) -> FailoverResult:
+    """One fail-over run for the module's tests (it takes a minute)."""
+    result = await run_failover(broker, tmp_path_factory.mktemp("table-failover"), fix=True)
     print(f"\nfailover: {result}")
-    assert result.updates == KEYS * UPDATES_PER_KEY
-    # Precondition: the run hit the broker quirk, so stock recovery would have been short.
-    assert result.changelog_unreported > 0, "scenario did not exercise the ListOffsets quirk"
-    assert result.survivor_sum == result.updates
+    return result
+
+
+async def test_survivor_recovers_every_update(failover: FailoverResult) -> None:
+    """On any broker: the survivor holds every update, and from the changelog (it re-read no input)."""
+    assert failover.updates >= KEYS * UPDATES_PER_KEY and failover.updates % KEYS == 0
+    assert failover.survivor_processed_after == failover.survivor_processed_before, (
+        "the survivor re-read input after the take-over: its table does not show what recovery restored"
+    )
+    assert failover.survivor_sum == failover.updates
+
+
+async def test_the_run_crossed_the_brokers_listoffsets_bug(broker: str, failover: FailoverResult) -> None:
+    """On the embedded broker, ListOffsets reports less than the changelog holds, so stock Faust
+    recovery would have stopped short and the test above shows the workaround works. A broker that
+    answers correctly has nothing to work around: then there is nothing to show here."""
+    if not await listoffsets_is_wrong(broker):
+        pytest.skip("this broker answers ListOffsets correctly: there is no short changelog end to "
+                    "work around (the fail-over above is still checked in full)")
+    assert failover.changelog_unreported > 0, "the broker has the bug, but the run did not cross it: the scenario tests less than it says"

@@ -25,7 +25,7 @@ from typing import Any
 
 import faust
 
-from journey.worker.recovery import use_true_highwaters
+from journey.worker.faust_internals import install_transport
 
 TABLE_NAME = "latest"
 
@@ -58,15 +58,18 @@ def create_app() -> faust.App:
         autodiscover=False,
     )
     if env.get("FAILOVER_TRUE_HIGHWATERS", "1") != "0":
-        use_true_highwaters(app)
+        install_transport(app)
 
     updates = app.topic(env["FAILOVER_TOPIC"], key_type=str, value_serializer="json")
     latest = app.Table(TABLE_NAME, default=int, partitions=partitions, key_type=str, value_type=int)
     settled: dict[str, Any] = {"actives": [], "generation": None}
+    #: Events this process's agent has taken from the updates topic (a re-read after a take-over shows here).
+    processed = {"events": 0}
 
     @app.agent(updates)
     async def apply(stream: faust.StreamT) -> None:
         async for key, value in stream.items():
+            processed["events"] += 1
             seq = int(value["seq"])
             if seq > latest[key]:
                 latest[key] = seq
@@ -84,6 +87,7 @@ def create_app() -> faust.App:
             {
                 "sum": sum(v for _, v in values),
                 "keys": len(values),
+                "processed": processed["events"],
                 "actives": sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == updates.get_topic_name()),
                 "settled": settled["actives"],
                 "settled_generation": settled["generation"],

@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from journey.core.definition import Kind, load_definition
 from journey.core.stages import STAGES
-from journey.worker.metrics import OTHER_TYPE, WorkerMetrics, observe_all
+from journey.worker.faust_internals import observe_all
+from journey.worker.metrics import OTHER_TYPE, WorkerMetrics
 from journey.worker.pipeline import BatchResult
 
 DEFINITION = load_definition(Path(__file__).resolve().parents[2] / "schemas" / "journey.yaml")
@@ -77,10 +78,10 @@ def test_observe_batch_counts_every_touchpoint_transition_and_latency() -> None:
 
 
 def test_the_state_cache_is_exported_at_scrape_time():
-    from prometheus_client.parser import text_string_to_metric_families
     from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
 
-    from journey.worker.statewrites import StateCache
+    from journey.worker.store import StateCache
 
     metrics = WorkerMetrics(DEFINITION)
     cache = StateCache(10)

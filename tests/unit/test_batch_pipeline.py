@@ -19,7 +19,7 @@ def rec(customer: str | None, event: dict | bytes | None, partition: int = 0, of
     value = event if isinstance(event, (bytes, type(None))) else orjson.dumps(event)
     if key == b"":
         key = customer.encode() if customer else None
-    return Record(key, value, "touchpoints", partition, offset, ref=(partition, offset), timestamp=1.0)
+    return Record(key, value, "touchpoints", partition, offset, timestamp=1.0)
 
 
 def tp(eid: str, customer: str, etype: str, minute: int = 0, **props) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -100,11 +100,11 @@ def test_scalar_and_batch_scores_agree(params):
     x, t_x, T = random_customers(np.random.default_rng(3), 400)
     for H in (0.0, 1.0, 39.0, 500.0):
         batch = bgnbd.p_no_purchase_within_batch(params, x, t_x, T, H)
-        scalar = [bgnbd.p_no_purchase_within(params, *c, H) for c in zip(x, t_x, T)]
+        scalar = [bgnbd.p_no_purchase_within(params, *c, H) for c in zip(x, t_x, T, strict=True)]
         np.testing.assert_allclose(scalar, batch, rtol=1e-10, atol=1e-13)
         assert np.all((batch >= 0) & (batch <= 1))
     alive = bgnbd.p_alive_batch(params, x, t_x, T)
-    np.testing.assert_allclose([bgnbd.p_alive(params, *c) for c in zip(x, t_x, T)], alive, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose([bgnbd.p_alive(params, *c) for c in zip(x, t_x, T, strict=True)], alive, rtol=1e-10, atol=1e-13)
     assert np.all(alive[x == 0] == 1.0)
 
 
@@ -224,7 +224,7 @@ def test_fit_rejects_inconsistent_summaries():
 
 
 def test_summaries_count_distinct_utc_days():
-    utc = timezone.utc
+    utc = UTC
     purchases = [
         ("a", datetime(1997, 1, 1, 9, tzinfo=utc)),
         ("a", datetime(1997, 1, 1, 23, 30, tzinfo=utc)),  # same day: not a repeat

@@ -7,15 +7,24 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from journey.churn import bgnbd
 from journey.churn.calibration import Calibration
 from journey.churn.risk import (
-    HIGH, LEVELS, MEDIUM, SIGNAL_NAMES, ChurnModel, RiskConfig, StageTimes, clear_memo, load_model,
+    HIGH,
+    LEVELS,
+    MEDIUM,
+    SIGNAL_NAMES,
+    ChurnModel,
+    RiskConfig,
+    StageTimes,
+    clear_memo,
+    load_model,
 )
 from journey.churn.update import ChurnConfig, note_touchpoint, update
 from journey.core import painpoints
@@ -251,7 +260,7 @@ TYPES = (
 def random_events(rng: random.Random, start: float) -> list[tuple[str, float, dict[str, Any]]]:
     events = []
     t = start
-    for i in range(rng.randint(1, 14)):
+    for _ in range(rng.randint(1, 14)):
         t += rng.choice([60.0, 3600.0, 6 * 3600.0, DAY_S, 3 * DAY_S, 11 * DAY_S, 40 * DAY_S]) * rng.random()
         type_ = rng.choice(TYPES)
         props: dict[str, Any] = {}
@@ -348,4 +357,4 @@ def test_search_hints_never_change_the_answer() -> None:
         limit = grid(limit_step) - rng.choice([0.0, 30.0])
         expected = grid(crossing) if grid(crossing) < limit else limit
         for hint in (None, 1, crossing - 1, crossing, crossing + 1, rng.randint(1, 10_000)):
-            assert _first_rise(lambda k: k >= crossing, grid, limit, hint) == expected, (crossing, limit_step, hint)
+            assert _first_rise(lambda k, c=crossing: k >= c, grid, limit, hint) == expected, (crossing, limit_step, hint)

@@ -6,13 +6,23 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from journey.churn import bgnbd
-from journey.churn.calibration import FEATURES, Calibration, CalibrationError, Order, features, features_batch, fit_calibration, roc_auc
+from journey.churn.calibration import (
+    FEATURES,
+    Calibration,
+    CalibrationError,
+    Order,
+    features,
+    features_batch,
+    fit_calibration,
+    roc_auc,
+)
 from journey.churn.risk import HIGH, LOW, MEDIUM, ChurnModel, RiskConfig, StageTimes, assess, load_model, save_model
 from journey.churn.update import ChurnConfig, update
 from journey.core.clock import DAY_S, iso, utc_day
@@ -58,7 +68,7 @@ def test_purchaser_score_is_the_bgnbd_formula_in_days():
 def test_one_time_buyer_is_riskier_the_longer_the_silence():
     config = RiskConfig()
     scores = [assess(buyer([0]), T0 + d * DAY_S, PLAIN, config).score for d in range(0, 400, 20)]
-    assert all(b > a for a, b in zip(scores, scores[1:]))
+    assert all(b > a for a, b in pairwise(scores))
     assert scores[0] > 0  # not the zero risk of 1 - P(alive)
 
 
@@ -177,7 +187,7 @@ def test_score_only_rises_with_silence_even_calibrated():
     for days in ([0], [0, 5, 9], [0, 50, 51, 52, 140]):
         state = buyer(days)
         scores = [assess(state, state.last_seen + d * DAY_S, ChurnModel(PARAMS, cal), RiskConfig()).score for d in range(0, 720, 3)]
-        assert all(b >= a for a, b in zip(scores, scores[1:]))
+        assert all(b >= a for a, b in pairwise(scores))
 
 
 # --- update: levels in the state, events only on change
@@ -207,11 +217,11 @@ def test_calibration_features_scalar_and_batch_agree_and_apply_is_logistic():
     rng = np.random.default_rng(2)
     p, x, rec, m = rng.uniform(0, 1, 50), rng.integers(0, 9, 50), rng.uniform(0, 40, 50), rng.uniform(0, 300, 50)
     batch = features_batch(p, x, rec, m)
-    np.testing.assert_allclose([features(*row) for row in zip(p, x, rec, m)], batch, rtol=1e-12)
+    np.testing.assert_allclose([features(*row) for row in zip(p, x, rec, m, strict=True)], batch, rtol=1e-12)
     cal = Calibration(intercept=0.3, weights=(0.5, 0.2, -0.7, -0.1), horizon_days=90)
     z = 0.3 + batch @ np.array(cal.weights)
     np.testing.assert_allclose(cal.apply_batch(p, x, rec, m), 1 / (1 + np.exp(-z)), rtol=1e-12)
-    np.testing.assert_allclose([cal.apply(*row) for row in zip(p, x, rec, m)], 1 / (1 + np.exp(-z)), rtol=1e-12)
+    np.testing.assert_allclose([cal.apply(*row) for row in zip(p, x, rec, m, strict=True)], 1 / (1 + np.exp(-z)), rtol=1e-12)
     with pytest.raises(CalibrationError, match="fall with silence"):
         Calibration(intercept=0, weights=(-0.1, 0, 0, 0), horizon_days=90)
 
@@ -241,7 +251,7 @@ def test_backtest_calibration_uses_only_the_history_and_helps_when_the_model_is_
     until = utc_day(T0) + 300
     cal, report = fit_calibration(orders, until_day=until, time_unit_days=7.0, horizon_days=60)
     assert report["cut_day"] < iso(until * DAY_S)[:10] and report["label_window_days"] == 60
-    assert all(w >= 0 for w, nonneg in zip(cal.weights, (True, True)) if nonneg)
+    assert all(w >= 0 for w, nonneg in zip(cal.weights, (True, True), strict=False) if nonneg)
     # Orders after `until` change nothing: the fit never sees them.
     future = [Order(o.customer_id, o.ts + 1000 * DAY_S, o.amount) for o in orders[:500]]
     again, _ = fit_calibration(orders + future, until_day=until, time_unit_days=7.0, horizon_days=60)

@@ -1,5 +1,6 @@
-"""The worker's churn adapter without Kafka: the timer acknowledges outputs before it writes
-states, never overwrites a newer state, and the index is rebuilt from the table."""
+"""The worker's churn adapter on a real RocksDB store and the batch protocol, without Kafka: the
+timer's changes go through the protocol like a batch's, never overwrite a newer state, reach the
+live aggregates, and the index is rebuilt from the table."""
 
 from __future__ import annotations
 
@@ -11,71 +12,49 @@ from typing import Any
 
 import orjson
 import pytest
+from faust.types import TP
 
+from journey.churn.config import ChurnSettings
 from journey.core.clock import DAY_S, iso
 from journey.core.definition import load_definition
 from journey.core.events import validate
 from journey.core.machine import Limits, apply
 from journey.core.state import CustomerState
 from journey.settings import Settings
-from journey.worker.churn import ChurnSettings, ChurnWorker
-from journey.worker.metrics import WorkerMetrics
+from journey.worker.batch import BatchProtocol
+from journey.worker.churn import ChurnWorker
 from journey.worker.pipeline import BatchResult, Pipeline, Record
+from support.protocol import Producer, attach_protocol, worker_app
 
 REPO = Path(__file__).resolve().parents[2]
 DEFINITION = load_definition(REPO / "schemas/journey.yaml")
 T0 = 978_350_400.0  # 2001-01-01T12:00Z
 
 
-class Producer:
-    def __init__(self, log: list[str]) -> None:
-        self.log = log
-        self.sent: list[tuple[str, bytes, dict[str, Any]]] = []
-
-    async def send(self, topic: str, key: bytes, value: bytes, *_: Any) -> "asyncio.Future[None]":
-        self.sent.append((topic, key, orjson.loads(value)))
-        future = asyncio.get_running_loop().create_future()
-
-        def ack() -> None:
-            self.log.append(f"ack {topic}")
-            future.set_result(None)
-
-        asyncio.get_running_loop().call_soon(ack)
-        return future
+RISK, PAIN = "risk", "pain"
 
 
-class Table(dict):
-    """A table that hands out copies, as the RocksDB store does."""
-
-    def __init__(self, log: list[str]) -> None:
-        super().__init__()
-        self.log = log
-
-    def get(self, key: str, default: Any = None) -> Any:
-        raw = super().get(key)
-        return CustomerState.from_wire(raw) if raw is not None else default
-
-    def __setitem__(self, key: str, state: CustomerState) -> None:
-        self.log.append(f"write {key}")
-        super().__setitem__(key, state.to_wire())
-
-    def items(self):  # type: ignore[override]
-        return [(k, CustomerState.from_wire(v)) for k, v in super().items()]
+def make_worker(tmp_path: Path) -> tuple[ChurnWorker, Producer, BatchProtocol]:
+    """A worker app on a real RocksDB store; its churn adapter with the default settings; a
+    producer that acknowledges every produce batch as soon as it has it."""
+    japp = worker_app(tmp_path, topic_touchpoints="tp", topic_churn_risk=RISK, topic_pain_points=PAIN)
+    producer = Producer(auto_ack=True)
+    protocol, _acked, failures = attach_protocol(japp, producer)
+    japp.aggregates = None
+    japp.app.assignor.assigned_actives = lambda: {TP("tp", 0)}  # type: ignore[method-assign]
+    worker = ChurnWorker(japp, ChurnSettings.from_settings(Settings()))
+    japp.churn = worker
+    return worker, producer, protocol
 
 
-def make_worker() -> tuple[ChurnWorker, Producer, Table, list[str]]:
-    log: list[str] = []
-    producer, table = Producer(log), Table(log)
-    settings = Settings(topic_touchpoints="tp", topic_churn_risk="risk", topic_pain_points="pain", partitions=2)
-    app = SimpleNamespace(
-        rebalancing=False, producer=producer,
-        assignor=SimpleNamespace(assigned_actives=lambda: [SimpleNamespace(topic="tp", partition=0)]),
-    )
-    japp = SimpleNamespace(
-        app=app, settings=settings, definition=DEFINITION, customers=table, metrics=WorkerMetrics(DEFINITION),
-        state_lock=asyncio.Lock(), state_writes=None,
-    )
-    return ChurnWorker(japp, ChurnSettings.from_settings(Settings())), producer, table, log  # type: ignore[arg-type]
+def sent(producer: Producer, topic: str) -> list[tuple[bytes | None, dict[str, Any]]]:
+    return [(k, orjson.loads(v)) for k, v in producer.records(topic) if v is not None]
+
+
+def stored(protocol: BatchProtocol, key: str, partition: int = 0) -> CustomerState:
+    raw = protocol.store.store._db_for_partition(partition).get(key.encode())
+    assert raw is not None, f"{key} is not in the store"
+    return CustomerState.from_wire(raw)
 
 
 def buyer(customer: str, days: list[int], partition: int = 0) -> CustomerState:
@@ -89,77 +68,90 @@ def buyer(customer: str, days: list[int], partition: int = 0) -> CustomerState:
     return state
 
 
-async def score_batch(worker: ChurnWorker, customer: str, state: CustomerState, table: Table) -> None:
+async def score_batch(worker: ChurnWorker, protocol: BatchProtocol, customer: str, state: CustomerState) -> None:
+    """What a batch does for this customer: the churn hook (step 1), then the stage."""
     record = Record(customer.encode(), b"{}", "tp", state.partition or 0, 0)
     result = BatchResult(writes={customer: (record, state, None)}, max_event_time=state.last_seen)
-    await worker.after_batch([record], result)
-    table[customer] = state  # what handle_batch's write_states does next
+    async with worker.japp.state_lock:
+        outputs = worker.score_batch(result) or []
+        stage = await protocol.stage([(customer, state.partition or 0, state)], outputs)
+    await asyncio.wait_for(stage.done, timeout=5)
 
 
-async def test_timer_acknowledges_the_churn_event_before_writing_the_state():
-    worker, producer, table, log = make_worker()
+async def tick(worker: ChurnWorker) -> int:
+    n = await worker.tick()
+    await worker.japp.batches.idle()  # type: ignore[union-attr]
+    return n
+
+
+async def test_timer_raises_the_level_through_the_protocol_outputs_first(tmp_path: Path) -> None:
+    worker, producer, protocol = make_worker(tmp_path)
     state = buyer("c1", [0, 7, 14, 21, 28])
-    await score_batch(worker, "c1", state, table)
-    assert table.get("c1").extra["churn"]["l"] == "low"
+    await score_batch(worker, protocol, "c1", state)
+    assert stored(protocol, "c1").extra["churn"]["l"] == "low"
     due = worker.index.due_time("c1")
     assert due is not None
     worker.clock.observe(due + 3600, time.time())  # another customer's later event (a replay)
-    log.clear()
-    assert await worker.tick() == 1
-    assert log == ["ack risk", "write c1"]
-    (topic, key, event), = producer.sent
-    assert (topic, key, event["level"], event["previous_level"]) == ("risk", b"c1", "medium", "low")
-    stored = table.get("c1").extra["churn"]
-    assert stored["l"] == "medium" and stored["due"] == worker.index.due_time("c1") > due
+    before = len(producer.sent)
+    assert await tick(worker) == 1
+    assert producer.topics()[before:] == [RISK, protocol.store.changelog_topic]  # outputs, then the changelog
+    (key, event), = sent(producer, RISK)
+    assert (key, event["level"], event["previous_level"]) == (b"c1", "medium", "low")
+    churn = stored(protocol, "c1").extra["churn"]
+    assert churn["l"] == "medium" and churn["due"] == worker.index.due_time("c1") > due
 
 
-async def test_timer_changes_reach_the_live_aggregates_with_the_state_before():
-    worker, _producer, table, _log = make_worker()
+async def test_timer_changes_reach_the_live_aggregates_with_the_state_before(tmp_path: Path) -> None:
+    worker, _producer, protocol = make_worker(tmp_path)
     seen: list[tuple[str | None, str | None]] = []
-    worker.japp.pipeline = SimpleNamespace(summarize=lambda st: st.extra["churn"]["l"] if st and "churn" in st.extra else None)
-    worker.japp.aggregates = SimpleNamespace(
+    worker.japp.pipeline.summarize = lambda st: st.extra["churn"]["l"] if st and "churn" in st.extra else None
+    worker.japp.aggregates = SimpleNamespace(  # type: ignore[assignment]
         observe=lambda records, result: seen.extend((before, st.extra["churn"]["l"]) for _r, st, before in result.writes.values())
     )
-    state = buyer("c1", [0, 7, 14, 21, 28])
-    await score_batch(worker, "c1", state, table)
-    worker.clock.observe(worker.index.due_time("c1") + 3600, time.time())
-    await worker.tick()
+    await score_batch(worker, protocol, "c1", buyer("c1", [0, 7, 14, 21, 28]))
+    worker.clock.observe(worker.index.due_time("c1") + 3600, time.time())  # type: ignore[operator]
+    await tick(worker)
     assert seen == [("low", "medium")]
 
 
-async def test_timer_never_overwrites_a_state_a_batch_wrote_meanwhile():
-    worker, producer, table, log = make_worker()
-    state = buyer("c1", [0, 7, 14, 21, 28])
-    await score_batch(worker, "c1", state, table)
-    due = worker.index.due_time("c1")
-    worker.clock.observe(due + 3600, time.time())
-
-    original_send = producer.send
-    batches: list[asyncio.Future[None]] = []
+async def test_timer_never_overwrites_a_state_a_batch_changed_meanwhile(tmp_path: Path) -> None:
+    worker, _producer, protocol = make_worker(tmp_path)
+    await score_batch(worker, protocol, "c1", buyer("c1", [0, 7, 14, 21, 28]))
+    worker.clock.observe(worker.index.due_time("c1") + 3600, time.time())  # type: ignore[operator]
+    newer = buyer("c1", [0, 7, 14, 21, 28, 29])  # a batch applies a new purchase
 
     async def a_batch_lands() -> None:
-        async with worker.japp.state_lock:  # as agents.handle_records does
-            newer = buyer("c1", [0, 7, 14, 21, 28, 29])  # the batch applied a new purchase
-            dict.__setitem__(table, "c1", newer.to_wire())
+        async with worker.japp.state_lock:  # as BatchProtocol.run_batch does
+            state = protocol.store.read("c1", 0)
+            assert state is not None
+            state.purchase_days = newer.purchase_days
+            await protocol.stage([("c1", 0, state)], [])
 
-    async def send_while_a_batch_arrives(*args: Any) -> Any:
-        batches.append(asyncio.ensure_future(a_batch_lands()))
-        await asyncio.sleep(0.01)  # the batch gets every chance to run now
-        return await original_send(*args)
+    original = protocol.sender.send
+    batches: list[asyncio.Future[None]] = []
 
-    producer.send = send_while_a_batch_arrives  # type: ignore[method-assign]
-    await worker.tick()
+    async def send_while_a_batch_arrives(records: Any) -> Any:
+        if not batches:
+            batches.append(asyncio.ensure_future(a_batch_lands()))
+            await asyncio.sleep(0.01)  # the batch gets every chance to run now
+        return await original(records)
+
+    protocol.sender.send = send_while_a_batch_arrives  # type: ignore[method-assign]
+    await tick(worker)
     await batches[0]
-    assert table.get("c1").purchase_days == 6, "the timer wrote its older copy over the batch's state"
+    await protocol.idle()
+    assert stored(protocol, "c1").purchase_days == 6, "the timer wrote its older copy over the batch's state"
+    assert stored(protocol, "c1").extra["churn"]["l"] == "medium"  # and the batch kept the timer's change
 
 
-async def test_rebuild_indexes_this_workers_partitions_from_the_table():
-    worker, _producer, table, _log = make_worker()
+async def test_rebuild_indexes_this_workers_partitions_from_the_table(tmp_path: Path) -> None:
+    worker, _producer, protocol = make_worker(tmp_path)
+    states = {}
     for customer, partition in (("a", 0), ("b", 1)):
-        state = buyer(customer, [0, 3], partition)
-        await score_batch(worker, customer, state, table)
-    never_scored = buyer("old", [0], partition=0)
-    table["old"] = never_scored
+        states[customer] = buyer(customer, [0, 3], partition)
+        await score_batch(worker, protocol, customer, states[customer])
+    states["old"] = buyer("old", [0], partition=0)  # written before churn risk existed
+    worker.japp.customers = SimpleNamespace(items=lambda: list(states.items()))  # type: ignore[assignment]
     expected_a = worker.index.due_time("a")
     worker.index.clear()
     assert worker.rebuild() == 2  # "b" lives in a partition this worker no longer owns
@@ -168,23 +160,24 @@ async def test_rebuild_indexes_this_workers_partitions_from_the_table():
     assert worker.index.due_time("old") == float("-inf")  # assessed on the next tick
 
 
-async def test_after_batch_notes_carts_and_emits_the_pain_point_when_due():
-    worker, producer, table, _log = make_worker()
+async def test_a_batch_notes_carts_and_the_timer_emits_the_pain_point_when_due(tmp_path: Path) -> None:
+    worker, producer, protocol = make_worker(tmp_path)
     tp = {"event_id": "e1", "customer_id": "k", "type": "add_to_cart", "timestamp": iso(T0), "channel": "ads"}
     record = Record(b"k", orjson.dumps(tp), "tp", 0, 0)
     result = Pipeline(DEFINITION, Limits()).process([record], {})
-    await worker.after_batch([record], result)
-    table["k"] = result.writes["k"][1]
+    async with worker.japp.state_lock:
+        outputs = worker.score_batch(result) or []
+        await protocol.stage([("k", 0, result.writes["k"][1])], outputs)
+    await protocol.idle()
     assert worker.index.due_time("k") == pytest.approx(T0 + 86400)
     worker.clock.observe(T0 + 86400 + 120, time.time())
-    await worker.tick()
-    pains = [e for t, _k, e in producer.sent if t == "pain"]
+    await tick(worker)
+    pains = [e for _k, e in sent(producer, PAIN)]
     assert [(p["kind"], p["channel"], p["at"]) for p in pains] == [("cart_abandoned", "ads", iso(T0 + 86400))]
 
 
-async def test_after_batch_notes_only_the_applied_touchpoints_of_each_customer():
-    worker, _producer, _table, _log = make_worker()
-
+async def test_score_batch_notes_only_the_applied_touchpoints_of_each_customer(tmp_path: Path) -> None:
+    worker, _producer, _protocol = make_worker(tmp_path)
     def rec(event_id: str, customer: str, type_: str, at: float, key: bytes, offset: int) -> Record:
         tp = {"event_id": event_id, "customer_id": customer, "type": type_, "timestamp": iso(at), "channel": "ads",
               "properties": {"order_id": event_id, "amount": 5} if type_ == "purchase" else {}}
@@ -200,7 +193,7 @@ async def test_after_batch_notes_only_the_applied_touchpoints_of_each_customer()
     ]
     result = Pipeline(DEFINITION, Limits()).process(records, {})
     assert result.duplicates == 1 and len(result.rekeyed) == 1
-    await worker.after_batch(records, result)
+    worker.score_batch(result)
     pain = {key: state.extra.get("pain") for key, (_r, state, _b) in result.writes.items()}
     assert pain["a"] == {"c": [[T0, "ads"]]}
     assert pain["b"] is None

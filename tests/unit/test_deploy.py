@@ -11,10 +11,10 @@ import yaml
 
 from journey.core.definition import load_definition
 from journey.settings import Settings
-from journey.sidecar.app import SidecarState
 from journey.sidecar.metrics import sidecar_registry
+from journey.sidecar.state import SidecarState
 from journey.worker.metrics import WorkerMetrics
-from journey.worker.statewrites import StateCache
+from journey.worker.store import StateCache
 
 ROOT = Path(__file__).resolve().parents[2]
 _SERIES = re.compile(r"\bjourney_[a-z0-9_]+")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import calendar
 import copy
 import random
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 import pytest

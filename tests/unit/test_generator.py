@@ -7,7 +7,7 @@ import json
 import time
 import tracemalloc
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ from journey.sources.generator import (
 )
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
-START = datetime(2024, 3, 1, tzinfo=timezone.utc)
+START = datetime(2024, 3, 1, tzinfo=UTC)
 CHANNELS = {"social", "email", "search", "ads", "direct", "referral", "store", "support", "other"}
 STAGES = ["awareness", "consideration", "decision", "purchase", "retention", "advocacy"]
 
@@ -135,7 +135,7 @@ def test_event_time_order_except_late_events(sample) -> None:
     late = [e for e in sample if e.late and not e.duplicate]
     assert late, "no late events in the sample"
     # A late event really is behind: its event time is before something already sent.
-    newest = datetime.min.replace(tzinfo=timezone.utc)
+    newest = datetime.min.replace(tzinfo=UTC)
     behind = 0
     for e in sample:
         t = ts(e.event)

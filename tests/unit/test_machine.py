@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from journey.core.state import CustomerState
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITION = load_definition(ROOT / "schemas" / "journey.yaml")
-T0 = datetime(2024, 3, 1, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
 
 _ids = itertools.count()
 
@@ -187,7 +187,7 @@ def _journey(rng: random.Random) -> list:
              "purchase", "purchase", "subscription_renewed", "review_submitted", "referral_sent",
              "complaint", "wishlist_add", "social_share"]
     events = []
-    for i in range(rng.randint(1, 9)):
+    for _ in range(rng.randint(1, 9)):
         etype = rng.choice(types)
         props: dict[str, Any] = {}
         if etype == "purchase":

@@ -4,7 +4,6 @@ import asyncio
 import random
 
 import pytest
-
 from aiokafka.partitioner import DefaultPartitioner
 
 from journey.worker import produce

@@ -12,8 +12,8 @@ from journey.settings import Settings, SettingsError
 
 def test_to_env_round_trips_through_from_env() -> None:
     s = Settings(
-        bootstrap_servers="k1:9092,k2:9092", app_id="x", partitions=12, batch_window_s=0.2,
-        api_token="t0k", data_dir=Path("/tmp/journey-x"), store="memory://",
+        bootstrap_servers="k1:9092,k2:9092", app_id="x", partitions=12, batch_size=500,
+        api_token="t0k", data_dir=Path("/tmp/journey-x"),
     )
     names = [f.name for f in fields(Settings)]
     again = Settings.from_env(s.to_env(names))
@@ -31,8 +31,8 @@ def test_to_env_refuses_a_name_that_is_no_setting() -> None:
 
 
 def test_settings_read_from_the_environment_with_actionable_errors():
-    s = Settings.from_env({"JOURNEY_PARTITIONS": "12", "JOURNEY_BATCH_WINDOW_S": "0.2", "JOURNEY_API_TOKEN": "t"})
-    assert s.partitions == 12 and s.batch_window_s == 0.2 and s.api_token == "t"
+    s = Settings.from_env({"JOURNEY_PARTITIONS": "12", "JOURNEY_BATCH_SIZE": "500", "JOURNEY_API_TOKEN": "t"})
+    assert s.partitions == 12 and s.batch_size == 500 and s.api_token == "t"
     assert Settings.from_env({}, bootstrap_servers="k:9092").bootstrap_servers == "k:9092"
     try:
         Settings.from_env({"JOURNEY_PARTITIONS": "many"})

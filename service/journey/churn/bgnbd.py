@@ -9,7 +9,8 @@ p ~ Beta(a, b). Per customer, in one time unit (``time_unit_days`` days):
 - ``t_x`` = time of the last purchase, measured from the first purchase,
 - ``T``   = time from the first purchase to the end of observation.
 
-Two halves: the fit (numpy/scipy, offline, ``journey churn fit``) and the per-customer scoring
+Two halves: the fit (numpy/scipy, offline, ``journey churn fit``; scipy is imported there only,
+so scoring never loads it) and the per-customer scoring
 (``p_alive``, ``p_no_purchase_within``; ``math`` only, for the worker's hot path). The batch
 variants (``*_batch``) are the numpy twins of the scalar ones and are tested to agree.
 """
@@ -19,15 +20,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Hashable
+from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
-from scipy.special import betaln, gammaln
+
+from journey.errors import ChurnError
 
 MODEL_NAME = "bgnbd"
 SECONDS_PER_DAY = 86_400
@@ -48,7 +49,7 @@ DEFAULT_BOUNDS: Mapping[str, tuple[float, float]] = {
 DEGENERATE_DROPOUT = 1e-3
 
 
-class ChurnParamsError(ValueError):
+class ChurnParamsError(ChurnError):
     """A churn params file (or dict) cannot be used."""
 
 
@@ -64,6 +65,8 @@ class BGNBDParams:
     alpha: float
     a: float
     b: float
+    #: log(a), a hot-path constant computed once per params object (no effect on == or repr).
+    log_a: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in PARAM_NAMES:
@@ -73,14 +76,13 @@ class BGNBDParams:
                     f"BG/NBD parameter {name}={value!r} must be a finite number > 0; "
                     f"re-fit the model (`journey churn fit`) or fix the params file"
                 )
-        # Hot-path constant, computed once per params object (not a field: no effect on ==).
-        object.__setattr__(self, "_log_a", math.log(self.a))
+        object.__setattr__(self, "log_a", math.log(self.a))
 
     def to_dict(self) -> dict[str, float]:
         return {name: float(getattr(self, name)) for name in PARAM_NAMES}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "BGNBDParams":
+    def from_dict(cls, data: Mapping[str, Any]) -> BGNBDParams:
         missing = [name for name in PARAM_NAMES if name not in data]
         if missing:
             raise ChurnParamsError(
@@ -125,7 +127,7 @@ class ChurnParams:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ChurnParams":
+    def from_dict(cls, data: Mapping[str, Any]) -> ChurnParams:
         if not isinstance(data, Mapping):
             raise ChurnParamsError(f"churn params must be a JSON object, got {type(data).__name__}")
         model = data.get("model")
@@ -214,6 +216,8 @@ def log_likelihood(
         + [x > 0] B(a+1, b+x-1)/B(a, b) * G(r+x) alpha^r / (G(r) (alpha+t_x)^(r+x));
     the two terms are combined with log-sum-exp so that neither under- nor overflows.
     """
+    from scipy.special import betaln, gammaln
+
     if isinstance(params, BGNBDParams):
         r, alpha, a, b = params.r, params.alpha, params.a, params.b
     else:
@@ -230,7 +234,8 @@ def log_likelihood(
         betaln(a + 1.0, np.where(has_repeat, b + x - 1.0, 1.0)) - (r + x) * np.log(alpha + t_x),
         -np.inf,
     )
-    return common + np.logaddexp(still_alive, dropped)
+    out: np.ndarray = common + np.logaddexp(still_alive, dropped)
+    return out
 
 
 @dataclass(frozen=True)
@@ -269,6 +274,8 @@ def fit(
     a bound or the mean dropout probability a/(a+b) has collapsed towards zero: that happens
     when the data show no customer dropping out, so the likelihood keeps rising as p -> 0.
     """
+    from scipy.optimize import minimize
+
     x, t_x, T = _check_summaries(x, t_x, T)
     box = {**DEFAULT_BOUNDS, **(bounds or {})}
     for name, (lo, hi) in box.items():
@@ -295,7 +302,7 @@ def fit(
     assert best is not None
     r, alpha, a, b = (float(v) for v in np.exp(best.x))
     # exp(log(bound)) can land a hair outside the box; clamp so the params are exactly usable.
-    values = {n: min(max(v, box[n][0]), box[n][1]) for n, v in zip(PARAM_NAMES, (r, alpha, a, b))}
+    values = {n: min(max(v, box[n][0]), box[n][1]) for n, v in zip(PARAM_NAMES, (r, alpha, a, b), strict=True)}
     params = BGNBDParams(**values)
     degenerate, why = _degeneracy(params, box)
     converged = bool(best.success)
@@ -382,7 +389,7 @@ def p_alive(params: BGNBDParams, x: float, t_x: float, T: float) -> float:
         raise ValueError(f"need 0 <= t_x <= T, got t_x={t_x}, T={T} (same time unit as the params)")
     alpha = params.alpha
     # Log-odds of "dropped out" vs "alive"; evaluated in logs so large x or T cannot overflow.
-    z = params._log_a - math.log(params.b + x - 1.0) + (params.r + x) * math.log((alpha + T) / (alpha + t_x))
+    z = params.log_a - math.log(params.b + x - 1.0) + (params.r + x) * math.log((alpha + T) / (alpha + t_x))
     if z > 0.0:
         e = math.exp(-z)
         return e / (1.0 + e)
@@ -424,7 +431,8 @@ def p_no_purchase_within_batch(
     x, t_x, T = (np.asarray(v, dtype=float) for v in (x, t_x, T))
     alive = p_alive_batch(params, x, t_x, T)
     quiet = np.exp(-(params.r + x) * np.log1p(np.asarray(H, dtype=float) / (params.alpha + T)))
-    return (1.0 - alive) + alive * quiet
+    out: np.ndarray = (1.0 - alive) + alive * quiet
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,7 +459,10 @@ def summaries(
     Returns ``(ids, x, t_x, T)`` with ids in order of first appearance in ``purchases``.
     """
     if not (time_unit_days > 0):
-        raise ValueError(f"time_unit_days={time_unit_days!r} must be > 0 (7 for weeks, 1 for days)")
+        raise ChurnParamsError(
+            f"time_unit_days={time_unit_days!r} must be > 0 (7 for weeks, 1 for days); "
+            f"give `journey churn fit --time-unit-days` a positive number of days"
+        )
     end = utc_day(until)
     days: dict[Hashable, set[int]] = {}
     for customer_id, when in purchases:
@@ -511,7 +522,7 @@ def fit_churn_params(
             "customers": len(ids),
             "repeat_purchase_days": int(x.sum()),
             "counting": "distinct UTC purchase days; x = repeat days, t_x and T from the first day",
-            "fitted_at": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+            "fitted_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
         },
         diagnostics=result.diagnostics(),
     )

@@ -25,14 +25,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Hashable
+from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
 
 from journey.churn import bgnbd
+from journey.errors import ChurnError
 
 FEATURES = ("log_odds_bgnbd", "log1p_recency", "log1p_repeat_days", "log1p_mean_order_value")
 #: Features whose weight must be >= 0 (they grow while the customer is silent).
@@ -46,7 +46,7 @@ L2 = 1e-3
 _EPS = 1e-9
 
 
-class CalibrationError(ValueError):
+class CalibrationError(ChurnError):
     """The backtest cannot be run on this history, or a stored calibration is unusable."""
 
 
@@ -64,7 +64,7 @@ class Calibration:
                 f"({', '.join(FEATURES)}); got {self.intercept!r}, {self.weights!r}. "
                 f"Re-create the params file with `journey churn fit`"
             )
-        for name, w, nonneg in zip(FEATURES, self.weights, NON_NEGATIVE):
+        for name, w, nonneg in zip(FEATURES, self.weights, NON_NEGATIVE, strict=True):
             if nonneg and w < 0:
                 raise CalibrationError(f"calibration weight of {name} is {w} < 0: the score would fall with silence")
 
@@ -75,13 +75,14 @@ class Calibration:
 
     def apply(self, p_no_purchase: float, x: float, recency: float, mean_value: float) -> float:
         z = self.intercept
-        for w, f in zip(self.weights, features(p_no_purchase, x, recency, mean_value)):
+        for w, f in zip(self.weights, features(p_no_purchase, x, recency, mean_value), strict=True):
             z += w * f
         return _sigmoid(z)
 
     def apply_batch(self, p: np.ndarray, x: np.ndarray, recency: np.ndarray, mean_value: np.ndarray) -> np.ndarray:
         z = self.intercept + features_batch(p, x, recency, mean_value) @ np.asarray(self.weights)
-        return np.exp(-np.logaddexp(0.0, -z))
+        out: np.ndarray = np.exp(-np.logaddexp(0.0, -z))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,7 +95,7 @@ class Calibration:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Calibration":
+    def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
         if not isinstance(data, Mapping) or list(data.get("features") or []) != list(FEATURES):
             raise CalibrationError(
                 f"calibration must list features {list(FEATURES)}; got "
@@ -232,6 +233,8 @@ def fit_calibration(
 
 
 def _logistic(X: np.ndarray, y: np.ndarray) -> tuple[float, list[float]]:
+    from scipy.optimize import minimize  # the fit only: scoring never loads scipy
+
     mean = X.mean(axis=0)
     sd = X.std(axis=0)
     sd[sd < 1e-12] = 1.0  # a constant feature: its weight stays 0 under the ridge
@@ -265,7 +268,7 @@ def roc_auc(scores: Iterable[float], labels: Iterable[bool]) -> float:
     ranks = np.empty(len(s))
     starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
     ends = np.r_[starts[1:], len(s)]
-    for a, b in zip(starts, ends):
+    for a, b in zip(starts, ends, strict=True):
         ranks[order[a:b]] = (a + 1 + b) / 2.0
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 

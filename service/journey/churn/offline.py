@@ -18,13 +18,16 @@ from typing import Any, TextIO
 
 from journey.churn import bgnbd
 from journey.churn.calibration import CalibrationError, Order, fit_calibration
+from journey.churn.config import ChurnSettings
 from journey.churn.risk import ChurnModel, StageTimes, load_model, save_model
 from journey.churn.update import ChurnConfig, note_touchpoint, update
 from journey.core.clock import DAY_S, utc_day
-from journey.core.definition import JourneyDefinition, Kind
+from journey.core.definition import JourneyDefinition, Kind, load_definition
 from journey.core.events import InvalidTouchpoint, Touchpoint, decode
 from journey.core.machine import Limits, apply
 from journey.core.state import CustomerState
+from journey.errors import InputError, UsageError
+from journey.settings import Settings
 
 
 def parse_as_of(value: str) -> float:
@@ -35,16 +38,16 @@ def parse_as_of(value: str) -> float:
             return (day.toordinal() - date(1970, 1, 1).toordinal() + 1) * DAY_S - 1e-3
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise ValueError(f"date {value!r} is neither YYYY-MM-DD nor an RFC 3339 time like 1997-09-30T12:00:00+00:00") from None
+        raise UsageError(f"date {value!r} is neither YYYY-MM-DD nor an RFC 3339 time like 1997-09-30T12:00:00+00:00") from None
     if parsed.tzinfo is None:
-        raise ValueError(f"time {value!r} has no UTC offset; write it like {value}+00:00")
+        raise UsageError(f"time {value!r} has no UTC offset; write it like {value}+00:00")
     return parsed.timestamp()
 
 
 def read_touchpoints(path: str | Path, fmt: str, *, quiet: bool = False) -> list[Touchpoint]:
     """Every valid touchpoint of the file, in event-time order (invalid ones are counted, skipped)."""
     errors = None if quiet else sys.stderr
-    from journey.sources.replay import records_for_format
+    from journey.sources.records import records_for_format
 
     records, _total = records_for_format(path, fmt)
     out: list[Touchpoint] = []
@@ -148,7 +151,10 @@ def fit_model(
     """BG/NBD fit on the purchases up to ``until`` (per UTC day), plus the backtest calibration."""
     orders = orders_from(touchpoints, definition, until=until)
     if not orders:
-        raise ValueError(f"no purchases ({', '.join(sorted(definition.purchase_types))}) on or before the --until date in {source or 'the input'}")
+        raise InputError(
+            f"no purchases ({', '.join(sorted(definition.purchase_types))}) on or before the --until date in "
+            f"{source or 'the input'}; give a later --until, or a file with purchases"
+        )
     churn, result = bgnbd.fit_churn_params(
         [(o.customer_id, o.ts) for o in orders], until=until, time_unit_days=time_unit_days, source=source
     )
@@ -202,11 +208,8 @@ def _id_order(customer_id: str) -> tuple[int, int | str]:
     return (0, int(customer_id)) if customer_id.isdigit() else (1, customer_id)
 
 
-def run(args: Any, settings: Any) -> int:
+def run(args: Any, settings: Settings) -> int:
     """`journey churn fit|score` (argparse in journey.cli); settings give the defaults."""
-    from journey.core.definition import load_definition
-    from journey.worker.churn import ChurnSettings
-
     definition = load_definition(settings.journey_path)
     churn_settings = ChurnSettings.from_settings(settings)
     if args.horizon_days is not None:

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from journey.churn import bgnbd
 from journey.churn.calibration import Calibration, CalibrationError
@@ -33,6 +34,7 @@ from journey.core import painpoints
 from journey.core.clock import DAY_S
 from journey.core.stages import AWARENESS, DECISION, STAGES
 from journey.core.state import CustomerState
+from journey.errors import SettingsError
 
 LEVELS = ("low", "medium", "high")
 LOW, MEDIUM, HIGH = range(3)
@@ -73,9 +75,16 @@ class RiskConfig:
 
     def __post_init__(self) -> None:
         if not (0.0 < self.medium < self.high <= 1.0):
-            raise ValueError(f"churn thresholds need 0 < medium < high <= 1; got medium={self.medium}, high={self.high}")
+            raise SettingsError(
+                f"churn thresholds need 0 < medium < high <= 1; got medium={self.medium}, high={self.high}; "
+                f"set JOURNEY_CHURN_MEDIUM_THRESHOLD and JOURNEY_CHURN_HIGH_THRESHOLD accordingly"
+            )
         if not (self.horizon_days > 0 and self.signal_window_days > 0 and self.lookahead_days > 0):
-            raise ValueError("churn horizon, signal window and lookahead must be > 0 days")
+            raise SettingsError(
+                f"churn horizon ({self.horizon_days}), signal window ({self.signal_window_days}) and lookahead "
+                f"({self.lookahead_days}) must be > 0 days; set JOURNEY_CHURN_HORIZON_DAYS (or --horizon-days) "
+                f"to a positive number"
+            )
         if not (0.0 < self.silence_cap <= 1.0) or not all(d > 0 for d in self.move_on_days):
             raise ValueError(f"silence_cap must be in (0, 1] and move_on_days > 0; got {self.silence_cap}, {self.move_on_days}")
         for name, w in self.signal_weights.items():
@@ -355,7 +364,8 @@ def _non_purchaser(
 
         def reaches(k: int) -> bool:
             t = at + 60.0 * k
-            return 1.0 - (1.0 - cap * (1.0 - 2.0 ** (-max(t - last_seen, 0.0) / typical))) * keep >= threshold
+            score_then: float = 1.0 - (1.0 - cap * (1.0 - 2.0 ** (-max(t - last_seen, 0.0) / typical))) * keep
+            return score_then >= threshold
 
         # The first minute the base score reaches what the threshold needs, solved for; the
         # search below checks it (and its neighbours) with the formula itself.

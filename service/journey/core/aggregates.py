@@ -21,11 +21,13 @@ What is counted, per partition:
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from journey.core import painpoints
 from journey.core.stages import STAGES
 from journey.core.state import CustomerState
+from journey.errors import EncodingError
 
 WIRE_VERSION = 1
 #: Slot 0 holds customers with no stage yet, slot i + 1 those in stage i.
@@ -61,7 +63,8 @@ def bucket_value(bucket: int) -> float:
     """A representative duration of a bucket (its geometric middle; 0.5 s for the first)."""
     if bucket <= 0:
         return 0.5
-    return BUCKET_RATIO ** (bucket - 0.5)
+    value: float = BUCKET_RATIO ** (bucket - 0.5)
+    return value
 
 
 def summarize(state: CustomerState | None) -> Summary | None:
@@ -124,7 +127,7 @@ class PartitionAggregate:
         self.pain: dict[str, int] = {}
 
     @classmethod
-    def of(cls, states: Iterable[CustomerState]) -> "PartitionAggregate":
+    def of(cls, states: Iterable[CustomerState]) -> PartitionAggregate:
         agg = cls()
         for st in states:
             agg.add(summarize(st))
@@ -280,7 +283,7 @@ class PartitionAggregate:
         if removed and not any(per_step):  # type: ignore[arg-type]
             del self.durations[first]
 
-    def merge_in(self, other: "PartitionAggregate") -> None:
+    def merge_in(self, other: PartitionAggregate) -> None:
         for ch, slots in other.by_first.items():
             _add_slots(self.by_first, ch, slots)
         for ch, slots in other.by_channel.items():
@@ -342,10 +345,10 @@ class PartitionAggregate:
         }
 
     @classmethod
-    def from_wire(cls, data: Mapping[str, Any]) -> "PartitionAggregate":
+    def from_wire(cls, data: Mapping[str, Any]) -> PartitionAggregate:
         version = data.get("v")
         if version != WIRE_VERSION:
-            raise ValueError(
+            raise EncodingError(
                 f"aggregate snapshot has wire version {version!r}, this build reads {WIRE_VERSION}; "
                 f"run the same journey version in workers and sidecar"
             )
@@ -356,7 +359,7 @@ class PartitionAggregate:
         agg.first_touch = dict(data["first_touch_purchases"])
         agg.last_touch = dict(data["last_touch_purchases"])
         agg.durations = {
-            ch: [dict(zip(flat[0::2], flat[1::2])) for flat in per_step]
+            ch: [dict(zip(flat[0::2], flat[1::2], strict=False)) for flat in per_step]
             for ch, per_step in data["durations"].items()
         }
         agg.churn = dict(data.get("churn_risk") or {})

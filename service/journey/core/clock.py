@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 DAY_S = 86400.0
 
@@ -11,7 +11,7 @@ def iso(ts: float | None) -> str | None:
     """Epoch seconds -> RFC 3339 in UTC, or None."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat()
 
 
 def parse_iso(value: str) -> float:

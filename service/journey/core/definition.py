@@ -5,18 +5,18 @@ Loaded from a YAML (or JSON) file a user can edit without touching code (schemas
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
 from journey.core.stages import STAGE_INDEX, STAGES
+from journey.errors import DefinitionError
 
-
-class DefinitionError(ValueError):
-    """The journey definition file cannot be used."""
+__all__ = ["DefinitionError", "JourneyDefinition", "Kind", "load_definition", "parse_definition"]
 
 
 class Kind(IntEnum):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from journey.errors import SettingsError
+
 
 @dataclass
 class EventClock:
@@ -26,9 +28,10 @@ class EventClock:
 
     def __post_init__(self) -> None:
         if self.allowed_lateness_s < 0 or self.live_window_s < 0 or self.max_future_s < 0:
-            raise ValueError(
+            raise SettingsError(
                 f"event clock: allowed_lateness_s={self.allowed_lateness_s}, live_window_s="
-                f"{self.live_window_s} and max_future_s={self.max_future_s} must all be >= 0"
+                f"{self.live_window_s} and max_future_s={self.max_future_s} must all be >= 0; "
+                f"check JOURNEY_CHURN_ALLOWED_LATENESS_S and JOURNEY_CHURN_LIVE_WINDOW_S"
             )
 
     def observe(self, event_time: float | None, wall: float) -> None:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import orjson
+
+from journey.errors import InputError
 
 CHANNELS: Final[frozenset[str]] = frozenset(
     {"social", "email", "search", "ads", "direct", "referral", "store", "support", "other"}
@@ -32,7 +34,7 @@ _TS_RE = re.compile(r"(?:19|2[01])\d{2}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+
 _CURRENCY_RE = re.compile(r"[A-Z]{3}")
 
 
-class InvalidTouchpoint(ValueError):
+class InvalidTouchpoint(InputError):
     """A touchpoint that cannot be processed. ``reason`` is machine-readable, the message is for people."""
 
     def __init__(self, reason: str, error: str) -> None:
@@ -144,9 +146,10 @@ def validate(data: Any) -> Touchpoint:
     try:
         us = _HOURS[timestamp[:13]] + _MINUTE_SECONDS[timestamp[13:19]] + _TAILS[timestamp[19:]]
     except KeyError:
-        us = _epoch_us(timestamp)
-        if us is None:
+        parsed = _epoch_us(timestamp)
+        if parsed is None:
             return _validate_strict(data)
+        us = parsed
     tp = _new(Touchpoint)  # skips __init__: these slot stores cost less than the call
     tp.event_id = event_id
     tp.customer_id = customer_id
@@ -156,7 +159,7 @@ def validate(data: Any) -> Touchpoint:
     tp.ts = us / 1_000_000
     tp.channel = channel
     tp.properties = properties
-    tp.profile_id = customer_id if customer_id is not None else anonymous_id
+    tp.profile_id = customer_id if customer_id is not None else anonymous_id  # type: ignore[assignment]  # one of them is a str (checked above)
     return tp
 
 
@@ -345,7 +348,7 @@ def _check_properties(p: dict[str, Any], event_id: str) -> None:
         raise _violation("properties.cart_id", None, "a string or an integer", event_id)
 
 
-def _is_integer(v: Any) -> bool:
+def _is_integer(v: Any) -> TypeGuard[int | float]:
     # JSON Schema's "integer" admits 4.0; a bool is not a number there.
     return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
 

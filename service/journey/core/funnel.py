@@ -7,7 +7,8 @@ the funnel and conversions are at most 1.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from journey.core.aggregates import PartitionAggregate, bucket_value
 from journey.core.events import CHANNELS
@@ -88,7 +89,7 @@ def channel_report(agg: PartitionAggregate) -> dict[str, dict[str, Any]]:
         out[ch] = {
             "touchpoints": agg.touchpoints.get(ch, 0),
             "customers": sum(slots),
-            "reached": dict(zip(STAGES, reached)),
+            "reached": dict(zip(STAGES, reached, strict=True)),
             "first_touch_purchases": agg.first_touch.get(ch, 0),
             "last_touch_purchases": agg.last_touch.get(ch, 0),
         }

@@ -20,6 +20,7 @@ from typing import Any
 from journey.core.clock import iso
 from journey.core.stages import CONSIDERATION, DECISION, stage_name
 from journey.core.state import CustomerState
+from journey.errors import SettingsError
 
 KEY = "pain"
 CART_ABANDONED = "cart_abandoned"
@@ -38,9 +39,10 @@ class PainConfig:
 
     def __post_init__(self) -> None:
         if not (self.abandonment_window_s > 0 and self.stall_limit_s > 0):
-            raise ValueError(
+            raise SettingsError(
                 f"pain points: abandonment window ({self.abandonment_window_s} s) and stall limit "
-                f"({self.stall_limit_s} s) must be > 0"
+                f"({self.stall_limit_s} s) must be > 0; set JOURNEY_CHURN_ABANDONMENT_WINDOW_HOURS "
+                f"and JOURNEY_CHURN_STALL_DAYS to positive numbers (or unset them for the defaults)"
             )
 
 

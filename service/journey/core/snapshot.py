@@ -14,11 +14,12 @@ from typing import Any
 import orjson
 
 from journey.core.aggregates import PartitionAggregate
+from journey.errors import EncodingError
 
 SNAPSHOT_VERSION = 1
 
 
-class SnapshotError(ValueError):
+class SnapshotError(EncodingError):
     """A record on the aggregates topic cannot be read."""
 
 
@@ -33,7 +34,7 @@ class Snapshot:
     at: float
     aggregate: PartitionAggregate
 
-    def supersedes(self, other: "Snapshot | None") -> bool:
+    def supersedes(self, other: Snapshot | None) -> bool:
         """True when this snapshot should replace ``other`` as its partition's current view."""
         if other is None:
             return True
@@ -54,7 +55,7 @@ class Snapshot:
         )
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> "Snapshot":
+    def from_bytes(cls, raw: bytes) -> Snapshot:
         try:
             d: Any = orjson.loads(raw)
             if d.get("v") != SNAPSHOT_VERSION:

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from journey.core.stages import NO_STAGE, STAGES
+from journey.errors import EncodingError
 
 _MASK63 = (1 << 63) - 1
 #: Recent transitions kept for the customer view.
@@ -86,7 +87,7 @@ class CustomerState:
         )
 
     @classmethod
-    def from_wire(cls, raw: bytes) -> "CustomerState":
+    def from_wire(cls, raw: bytes) -> CustomerState:
         d = orjson.loads(raw)
         st = cls.__new__(cls)
         if type(d) is list and len(d) == len(_WIRE_FIELDS) + 1 and d[0] == ENCODING_VERSION:
@@ -101,13 +102,13 @@ class CustomerState:
         if type(d) is dict and d.get("v") == 1:
             return cls._from_v1(d)
         version = d[0] if type(d) is list and d else d.get("v") if type(d) is dict else None
-        raise ValueError(
+        raise EncodingError(
             f"customer state encoding {version!r} is not one this journey reads (it reads 1 and "
             f"{ENCODING_VERSION}); was the changelog written by a newer journey? Run that version"
         )
 
     @classmethod
-    def _from_v1(cls, d: dict[str, Any]) -> "CustomerState":
+    def _from_v1(cls, d: dict[str, Any]) -> CustomerState:
         st = cls()
         st.stage = d["s"]
         st.reached = d["r"]
@@ -135,7 +136,7 @@ class CustomerState:
         st.extra = d.get("x") or {}
         return st
 
-    def copy(self) -> "CustomerState":
+    def copy(self) -> CustomerState:
         """An independent copy (containers copied; nested values in ``extra`` copied one level)."""
         new = CustomerState.__new__(CustomerState)
         for name in self.__slots__:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+
+from journey.errors import BrokerError
 
 if TYPE_CHECKING:
     from journey.settings import Settings
@@ -15,7 +18,7 @@ if TYPE_CHECKING:
 AGGREGATES_RETENTION_MS = 3600 * 1000
 
 
-class TopicError(RuntimeError):
+class TopicError(BrokerError):
     """The broker refused to create a topic."""
 
 
@@ -39,7 +42,7 @@ class TopicSpec:
         return configs
 
 
-def journey_topic_specs(settings: "Settings") -> list[TopicSpec]:
+def journey_topic_specs(settings: Settings) -> list[TopicSpec]:
     """The topics the journey service reads and writes (not Faust's internal ones)."""
     data_topics = [
         settings.topic_touchpoints,
@@ -78,7 +81,14 @@ async def ensure_topics(
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap_servers, request_timeout_ms=timeout_ms, **(client_options or {})
     )
-    await admin.start()
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        await admin.close()
+        raise BrokerError(
+            f"cannot reach Kafka at {bootstrap_servers} ({exc!r}); start the broker or set "
+            f"JOURNEY_BOOTSTRAP_SERVERS to where it runs"
+        ) from exc
     try:
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]

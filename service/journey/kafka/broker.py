@@ -23,17 +23,18 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Coroutine
+from typing import IO, Any
 
 from aiokafka.client import AIOKafkaClient
 
+from journey.errors import BrokerError
+
+__all__ = ["DEFAULT_HOST", "BrokerError", "EmbeddedBroker", "find_tansu_binary", "free_port", "probe"]
+
 DEFAULT_HOST = "127.0.0.1"
-
-
-class BrokerError(RuntimeError):
-    """The embedded broker could not be found, started or reached."""
 
 
 def find_tansu_binary() -> str:
@@ -71,7 +72,7 @@ async def probe(bootstrap_servers: str, timeout_s: float = 2.0) -> bool:
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout_s)
         writer.close()
-    except (OSError, asyncio.TimeoutError, ValueError):
+    except (TimeoutError, OSError, ValueError):
         return False
     client = AIOKafkaClient(
         bootstrap_servers=bootstrap_servers,
@@ -144,7 +145,7 @@ class EmbeddedBroker:
 
     # --- lifecycle
 
-    def start(self) -> "EmbeddedBroker":
+    def start(self) -> EmbeddedBroker:
         """Start the broker and block until it answers Kafka requests."""
         self._launch()
         deadline = time.monotonic() + self.start_timeout_s
@@ -155,7 +156,7 @@ class EmbeddedBroker:
             self._check_alive_or_raise(deadline)
             time.sleep(0.1)
 
-    async def start_async(self) -> "EmbeddedBroker":
+    async def start_async(self) -> EmbeddedBroker:
         """Start the broker and wait (without blocking the loop) until it answers."""
         self._launch()
         deadline = time.monotonic() + self.start_timeout_s
@@ -182,13 +183,13 @@ class EmbeddedBroker:
     async def stop_async(self, timeout_s: float = 5.0) -> None:
         await asyncio.to_thread(self.stop, timeout_s)
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    async def __aenter__(self) -> "EmbeddedBroker":
+    async def __aenter__(self) -> EmbeddedBroker:
         return await self.start_async()
 
     async def __aexit__(

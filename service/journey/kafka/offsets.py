@@ -10,8 +10,8 @@ gives, so reading it is correct on both.
 How: take ``end_offsets()`` as a hint (it is never past the true end), send
 one Fetch per leader at ``max(hint - 1, 0)`` -- a position that always
 exists unless the log is empty -- and read each partition's highwater. The
-requests go through an existing :class:`aiokafka.client.AIOKafkaClient`, so a
-production consumer's connections, SSL and SASL settings are reused.
+requests go through a started :class:`aiokafka.client.AIOKafkaClient` (the
+caller's, with its SSL and SASL settings).
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from typing import Mapping
+from collections.abc import Mapping
 
 from aiokafka import TopicPartition
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError, for_code
 from aiokafka.protocol.fetch import FetchRequest
+
+from journey.errors import BrokerError
 
 #: Per-partition byte limit of the probe fetch: we need the highwater, not the data.
 #: (Brokers still return at least one whole batch when the first one is bigger.)
@@ -33,7 +35,7 @@ _READ_UNCOMMITTED = 0
 _PROBE_MAX_WAIT_MS = 10
 
 
-class HighwaterError(RuntimeError):
+class HighwaterError(BrokerError):
     """The highwater of some partitions could not be read in time."""
 
 
@@ -48,7 +50,7 @@ async def true_highwaters(
 
     ``hints`` maps each partition to a lower bound of its end offset -- what
     ``consumer.end_offsets()`` returned. ``client`` must be started
-    (``await client.bootstrap()``); a consumer's ``_client`` will do.
+    (``await client.bootstrap()``).
     """
     # Keys go back out as the caller gave them (Faust passes its own TP tuples).
     keys = {TopicPartition(tp.topic, tp.partition): tp for tp in hints}

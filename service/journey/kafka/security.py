@@ -5,7 +5,8 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from journey.settings import Settings, SettingsError
+from journey.errors import SettingsError
+from journey.settings import Settings
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")

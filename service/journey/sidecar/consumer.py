@@ -2,6 +2,8 @@
 
 A plain consumer with no group: every sidecar reads every partition from the beginning (the
 topic keeps an hour), then follows. Nothing is committed, so any number of sidecars can run.
+Where "the end" is at start-up is read with a client of its own (journey.kafka.offsets), so
+nothing here touches aiokafka's private names.
 """
 
 from __future__ import annotations
@@ -9,12 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.client import AIOKafkaClient
 
 from journey.core.snapshot import Snapshot, SnapshotError
 from journey.kafka.broker import probe
 from journey.kafka.offsets import true_highwaters
+from journey.kafka.security import client_kwargs
 from journey.settings import Settings
 from journey.sidecar.book import SnapshotBook
 
@@ -35,6 +41,9 @@ class SnapshotConsumer:
         self.last_fetch: float | None = None
         self.invalid = 0
         self._start_ends: dict[TopicPartition, int] = {}
+        #: TLS/SASL options for the consumer and the highwater client (checked here, once: a
+        #: bad security setting fails the sidecar's start instead of every retry).
+        self._security: dict[str, Any] = client_kwargs(settings)
 
     async def run(self) -> None:
         """Consume until cancelled; reconnects (with a log line) when Kafka goes away."""
@@ -55,14 +64,14 @@ class SnapshotConsumer:
         s = self.settings
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap_servers, enable_auto_commit=False, group_id=None,
-            auto_offset_reset="earliest", fetch_max_wait_ms=200,
+            auto_offset_reset="earliest", fetch_max_wait_ms=200, **self._security,
         )
         await consumer.start()
         try:
             tps = await self._assign(consumer)
             await consumer.seek_to_beginning(*tps)
             hints = await consumer.end_offsets(tps)
-            self._start_ends = await true_highwaters(consumer._client, hints)
+            self._start_ends = await self._true_ends(hints)
             self.kafka_ok = True
             await self._check_caught_up(consumer, tps)
             next_probe = time.monotonic() + PROBE_EVERY_S
@@ -79,6 +88,16 @@ class SnapshotConsumer:
                     await self._probe(consumer)
         finally:
             await consumer.stop()
+
+    async def _true_ends(self, hints: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """The partitions' true log-end offsets (end_offsets() is only a lower bound on tansu),
+        read through a short-lived client of our own."""
+        client = AIOKafkaClient(bootstrap_servers=self.settings.bootstrap_servers, **self._security)
+        try:
+            await client.bootstrap()
+            return await true_highwaters(client, hints)
+        finally:
+            await client.close()
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         topic = self.settings.topic_aggregates

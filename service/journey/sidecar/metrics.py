@@ -7,7 +7,8 @@ never double-counts.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -17,11 +18,11 @@ from journey.core.funnel import reached_counts
 from journey.core.stages import STAGES
 
 if TYPE_CHECKING:
-    from journey.sidecar.app import SidecarState
+    from journey.sidecar.state import SidecarState
 
 
 class SidecarCollector(Collector):
-    def __init__(self, state: "SidecarState") -> None:
+    def __init__(self, state: SidecarState) -> None:
         self.state = state
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -36,7 +37,7 @@ class SidecarCollector(Collector):
             customers.add_metric([name], slots[i + 1])
         yield customers
         reached = GaugeMetricFamily("journey_sidecar_customers_reached", "Customers at or past each stage, all partitions", labels=["stage"])
-        for name, n in zip(STAGES, reached_counts(slots)):
+        for name, n in zip(STAGES, reached_counts(slots), strict=True):
             reached.add_metric([name], n)
         yield reached
         churn = GaugeMetricFamily("journey_sidecar_churn_risk_customers", "Customers per current churn-risk level", labels=["level"])
@@ -71,7 +72,7 @@ class SidecarCollector(Collector):
         yield snaps
 
 
-def sidecar_registry(state: "SidecarState") -> CollectorRegistry:
+def sidecar_registry(state: SidecarState) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(SidecarCollector(state))
     return registry

@@ -7,14 +7,15 @@ holds customer states; any live worker URL will do, and the next one is tried wh
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
+from journey.errors import SidecarError
 
-class WorkersUnreachable(RuntimeError):
+
+class WorkersUnreachable(SidecarError):
     """No configured worker answered."""
 
 
@@ -30,7 +31,7 @@ async def fetch_customer(worker_urls: list[str], customer_id: str, authorization
                         return response.status, await response.json(content_type=None)
                     except ValueError:
                         errors.append(f"{base}: answered {response.status} without JSON")
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 errors.append(f"{base}: {type(exc).__name__}")
     raise WorkersUnreachable(
         f"no journey worker answered ({'; '.join(errors)}); check that workers run and that "

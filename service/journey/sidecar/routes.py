@@ -11,18 +11,18 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from journey.auth import bearer_ok
 from journey.core.clock import iso
 from journey.core.events import CHANNELS
 from journey.core.funnel import attribution, channel_report, funnel, no_stage_count, stage_counts
-from journey.sidecar.app import SidecarState
 from journey.sidecar.proxy import WorkersUnreachable, fetch_customer
-from journey.worker.views import bearer_ok
+from journey.sidecar.state import SidecarState
 
 router = APIRouter()
 
 
 def _state(request: Request) -> SidecarState:
-    return request.app.state.journey  # type: ignore[no-any-return]
+    return request.app.state.journey
 
 
 def _complete(state: SidecarState) -> None:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterator
 from datetime import date, datetime
 from os import PathLike
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from journey.errors import InputError
 
 #: Column count -> (name, index of date, index of number_of_cds, index of dollar_value).
 _LAYOUTS = {
@@ -24,7 +27,7 @@ _LAYOUTS = {
 }
 
 
-class CdnowFormatError(ValueError):
+class CdnowFormatError(InputError):
     """A CDNOW file line that cannot be read as a purchase."""
 
 

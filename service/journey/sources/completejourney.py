@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import csv
 import math
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from os import PathLike
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from journey.errors import InputError
 
 DESCRIPTIONS = "campaign_descriptions.csv"
 CAMPAIGNS = "campaigns.csv"
@@ -31,7 +34,7 @@ COUPONS = "coupon_redemptions.csv"
 TRANSACTIONS = "transactions_sample.csv"
 
 
-class CompleteJourneyFormatError(ValueError):
+class CompleteJourneyFormatError(InputError):
     """A Complete Journey file or row that cannot be read."""
 
 
@@ -169,7 +172,7 @@ def _utc_timestamp(path: Path, line: int, raw: str) -> str:
     except ValueError:
         raise _error(path, line, f"transaction_timestamp {raw!r} is not 'YYYY-MM-DD HH:MM:SS'") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)  # the files carry no zone: UTC by convention
+        moment = moment.replace(tzinfo=UTC)  # the files carry no zone: UTC by convention
     return moment.isoformat()
 
 

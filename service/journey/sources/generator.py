@@ -23,10 +23,13 @@ import itertools
 import json
 import random
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, NamedTuple
+
+from journey.errors import UsageError
 
 __all__ = ["GeneratorMix", "Emission", "emissions", "generate", "live_feed", "bad_events"]
 
@@ -120,7 +123,10 @@ _LIVE = _Pace(
 # --- what people do, per stage (types match schemas/journey.yaml; the unit test cross-checks)
 
 # First touches, weighted by repetition: mostly paid/social/search/email/referral.
-_FIRST_TOUCH: tuple[tuple[str, str], ...] = (
+#: (event type, channel; None: the event leaves the channel out).
+_Touch = tuple[str, str | None]
+
+_FIRST_TOUCH: tuple[_Touch, ...] = (
     *[("ad_impression", "ads")] * 3,
     *[("ad_click", "ads")] * 3,
     *[("social_engagement", "social")] * 4,
@@ -130,15 +136,15 @@ _FIRST_TOUCH: tuple[tuple[str, str], ...] = (
     *[("referral_visit", "referral")] * 2,
     *[("page_view", "direct")] * 1,
 )
-_MORE_AWARENESS = (
+_MORE_AWARENESS: tuple[_Touch, ...] = (
     ("page_view", "direct"),
     ("page_view", "search"),
     ("ad_click", "ads"),
     ("email_open", "email"),
     ("social_engagement", "social"),
 )
-_RETURN_VISIT = (("page_view", "direct"),) * 3 + (("email_open", "email"), ("page_view", "search"))
-_CONSIDERATION = (
+_RETURN_VISIT: tuple[_Touch, ...] = (("page_view", "direct"),) * 3 + (("email_open", "email"), ("page_view", "search"))
+_CONSIDERATION: tuple[_Touch, ...] = (
     *[("product_view", "direct")] * 5,
     *[("search", "direct")] * 3,
     ("pricing_view", "direct"),
@@ -148,7 +154,7 @@ _CONSIDERATION = (
     ("newsletter_signup", "email"),
     ("contact_form", "direct"),
 )
-_UNKNOWN = (
+_UNKNOWN: tuple[_Touch, ...] = (
     ("wishlist_add", "direct"),
     ("app_open", "other"),
     ("app_open", None),  # channel omitted: the schema default ("other") applies
@@ -161,7 +167,7 @@ _CAMPAIGNS = ("spring-sale", "new-arrivals", "loyalty", "retargeting", "brand")
 
 def _gap(rng: random.Random, lo_hi: tuple[float, float]) -> float:
     lo, hi = lo_hi
-    return lo * (hi / lo) ** rng.random()
+    return float(lo * (hi / lo) ** rng.random())
 
 
 class _Ids:
@@ -467,7 +473,7 @@ def generate(
 
 def _mean_events_per_customer(seed: int, mix: GeneratorMix) -> float:
     sample = 400
-    count = sum(1 for _ in emissions(sample, seed=seed, start=datetime(2000, 1, 1, tzinfo=timezone.utc), mix=mix))
+    count = sum(1 for _ in emissions(sample, seed=seed, start=datetime(2000, 1, 1, tzinfo=UTC), mix=mix))
     return max(count / sample, 1.0)
 
 
@@ -490,7 +496,7 @@ def live_feed(
     Ids carry the start time, so a restarted feed does not replay ids the service has seen.
     """
     if not rate_per_s > 0:
-        raise ValueError(f"rate_per_s={rate_per_s!r}: give a positive number of events per second")
+        raise UsageError(f"rate_per_s={rate_per_s!r}: give a positive number of events per second (journey dev --rate)")
     mix = mix or GeneratorMix()
     customers_per_s = rate_per_s / _mean_events_per_customer(seed, mix)
 

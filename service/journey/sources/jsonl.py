@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from collections.abc import Iterator
 from os import PathLike
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 
+from journey.errors import InputError
 from journey.sources.ordering import event_time
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-class JsonlReadError(ValueError):
+class JsonlReadError(InputError):
     """A JSONL file that cannot be read to its end."""
 
 
@@ -35,7 +37,8 @@ def read_jsonl_lines(path: str | PathLike[str]) -> Iterator[bytes]:
         number = 0
         try:
             with stream:
-                for number, line in enumerate(stream, start=1):
+                for line in stream:
+                    number += 1
                     if line.endswith(b"\n"):
                         line = line[:-1]
                         if line.endswith(b"\r"):

@@ -7,28 +7,31 @@ before they are sent. The data sets here fit in memory; no external sort.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any, Iterable, Mapping
+from typing import Any
+
+from journey.errors import InputError
 
 
 def event_time(event: Mapping[str, Any]) -> float:
     """Seconds since the epoch of a touchpoint's ``timestamp`` (RFC 3339 with an offset)."""
     raw = event.get("timestamp")
     if not isinstance(raw, str):
-        raise ValueError(
+        raise InputError(
             f"event {event.get('event_id')!r} has no string timestamp ({raw!r}); "
             f"every touchpoint needs an RFC 3339 timestamp such as 1997-01-01T12:00:00+00:00"
         )
     try:
         parsed = datetime.fromisoformat(raw)
     except ValueError:
-        raise ValueError(
+        raise InputError(
             f"event {event.get('event_id')!r} has timestamp {raw!r}, which is not RFC 3339; "
             f"write it like 1997-01-01T12:00:00+00:00"
         ) from None
     if parsed.tzinfo is None:
         # A naive time would silently take the machine's zone: refuse rather than guess.
-        raise ValueError(
+        raise InputError(
             f"event {event.get('event_id')!r} has timestamp {raw!r} without an offset; "
             f"add one, e.g. {raw}+00:00"
         )

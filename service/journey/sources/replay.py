@@ -1,7 +1,7 @@
 """Replay a file of touchpoints into Kafka, optionally at a multiple of real time.
 
-``records_for_format`` turns a file into ``(key, value, event_time)`` records;
-``publish`` sends them. ``journey replay FILE --format ... --speed ...`` calls both.
+``records_for_format`` (journey.sources.records, re-exported here) turns a file into
+``(key, value, event_time)`` records; ``publish`` sends them. ``journey replay FILE --format ... --speed ...`` calls both.
 """
 
 from __future__ import annotations
@@ -10,23 +10,16 @@ import asyncio
 import sys
 import time
 from collections import deque
-from os import PathLike
-from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, TextIO
+from collections.abc import Iterable, Mapping
+from typing import Any, TextIO
 
-import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from journey.sources.cdnow import read_cdnow
-from journey.sources.completejourney import read_completejourney
-from journey.sources.jsonl import key_and_event_time, read_jsonl_lines
-from journey.sources.ordering import event_time, in_event_time_order
+from journey.errors import BrokerError, UsageError
+from journey.sources.records import FORMATS, Record, records_for_format
 
-#: (Kafka key, Kafka value, event time in epoch seconds or None).
-Record = tuple[bytes | None, bytes, float | None]
-
-FORMATS = ("jsonl", "cdnow", "completejourney")
+__all__ = ["FORMATS", "Record", "ReplayError", "pacing_delay", "publish", "records_for_format"]
 
 #: Sends not yet acknowledged before the loop waits for the oldest one; bounds memory on
 #: large files (aiokafka also blocks when a partition's batch is full).
@@ -35,45 +28,8 @@ _MAX_IN_FLIGHT = 10_000
 _PACING_SLICE_S = 0.1
 
 
-class ReplayError(RuntimeError):
+class ReplayError(BrokerError):
     """The records could not be delivered to Kafka."""
-
-
-def records_for_format(path: str | PathLike[str], fmt: str) -> tuple[Iterator[Record], int | None]:
-    """The records to send for ``path`` read as ``fmt``, and their count when known up front.
-
-    - jsonl: every non-blank line byte for byte, in file order (streamed: count unknown);
-    - cdnow, completejourney: the converted touchpoints in event-time order, serialized with
-      orjson, keyed by customer_id. These are read and sorted now, so a bad file fails here,
-      before anything is sent.
-    """
-    path = Path(path)
-    if fmt == "jsonl":
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is not a file; give a .jsonl or .jsonl.gz file of touchpoints")
-        return _jsonl_records(path), None
-    if fmt == "cdnow":
-        events = in_event_time_order(read_cdnow(path))
-    elif fmt == "completejourney":
-        if not path.is_dir():
-            raise FileNotFoundError(
-                f"{path} is not a directory; --format completejourney reads a directory of "
-                f"Complete Journey CSV files, e.g. data/completejourney"
-            )
-        events = in_event_time_order(read_completejourney(path))
-    else:
-        raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    return (_converted_record(event) for event in events), len(events)
-
-
-def _jsonl_records(path: Path) -> Iterator[Record]:
-    for raw in read_jsonl_lines(path):
-        key, when = key_and_event_time(raw)
-        yield key, raw, when
-
-
-def _converted_record(event: dict[str, Any]) -> Record:
-    return event["customer_id"].encode("utf-8"), orjson.dumps(event), event_time(event)
 
 
 def pacing_delay(event_s: float, first_event_s: float, started_s: float, now_s: float, speed: float) -> float:
@@ -100,7 +56,7 @@ async def publish(
     is awaited (acks=all) before returning. ``progress`` draws a bar on stderr.
     """
     if speed is not None and not speed > 0:
-        raise ValueError(f"speed must be a positive number (86400 = one day per second), not {speed!r}")
+        raise UsageError(f"speed must be a positive number (86400 = one day per second), not {speed!r}; fix --speed")
     producer = AIOKafkaProducer(
         **(client_options or {}),
         bootstrap_servers=bootstrap_servers,

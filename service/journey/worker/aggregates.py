@@ -1,16 +1,10 @@
 """The worker's live aggregates: one PartitionAggregate per owned input partition, published
-about every second to the aggregates topic for the sidecar.
+about every second to the aggregates topic for the sidecar, which merges them.
 
-Invariant: for every partition p in ``parts``, ``parts[p]`` equals the aggregate of the states
-of partition p as the worker last changed them (the table, plus the batch or two whose writes
-are staged behind their outputs' acks: worker/statewrites.py). It holds because
-- a batch's states are staged (or written, on the table's own path) and the matching
-  ``replace(before, after)`` happen while the batch holds JourneyApp.state_lock, and nothing
-  else changes a state without it;
-- a partition's aggregate is built from the table only once Faust has finished recovering the
-  table for it (the table's on_recover callback), before the partition's stream is resumed;
-- a partition we no longer own is dropped at the next assignment, and updates for partitions
-  without an aggregate are ignored.
+They equal the aggregate of the states as the worker last changed them because a batch's
+``replace(before, after)`` runs in the same synchronous stretch as its in-place changes (under
+JourneyApp.state_lock), a partition's aggregate is built from the table only once Faust has
+recovered it, and partitions no longer owned are dropped at the next assignment.
 """
 
 from __future__ import annotations
@@ -20,13 +14,15 @@ import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
 
 from journey.core.aggregates import PartitionAggregate, summarize
 from journey.core.snapshot import Snapshot
 from journey.core.stages import STAGES
+from journey.worker.faust_internals import JourneyConsumer
 from journey.worker.pipeline import BatchResult, Record
 
 if TYPE_CHECKING:
@@ -38,7 +34,7 @@ PUBLISH_INTERVAL_S = 1.0
 
 
 class LiveAggregates:
-    def __init__(self, japp: "JourneyApp") -> None:
+    def __init__(self, japp: JourneyApp) -> None:
         self.japp = japp
         self.topic = japp.settings.topic_touchpoints
         self.parts: dict[int, PartitionAggregate] = {}
@@ -150,14 +146,13 @@ class LiveAggregates:
         self._lag_labels &= self.assigned
 
     def _committed(self, p: int) -> int | None:
-        try:
-            value = self.japp.app.consumer._committed_offset.get(TP(self.topic, p))
-        except Exception:  # noqa: BLE001 - faust internals; absent before the consumer starts
+        consumer = self.japp.app.consumer
+        if not isinstance(consumer, JourneyConsumer):
             return None
-        return int(value) if value is not None else None
+        return consumer.committed_offset(TP(self.topic, p))
 
 
-def register(japp: "JourneyApp") -> LiveAggregates:
+def register(japp: JourneyApp) -> LiveAggregates:
     """Create the adapter and hook it to the app's rebalance, recovery and a 1 s timer."""
     live = LiveAggregates(japp)
     app = japp.app
@@ -174,7 +169,7 @@ def register(japp: "JourneyApp") -> LiveAggregates:
         except Exception:  # a failed tick must not stop the timer; the next one resends everything
             log.exception("publishing the live aggregates failed; retrying in %.0f s", PUBLISH_INTERVAL_S)
 
-    app.on_partitions_assigned.connect(on_partitions_assigned, weak=False)
+    app.on_partitions_assigned.connect(on_partitions_assigned, weak=False)  # type: ignore[arg-type]  # as churn.register
     japp.customers.on_recover(on_recover)
     app.timer(PUBLISH_INTERVAL_S, name="journey.publish-aggregates")(publish_aggregates)
     return live

@@ -1,6 +1,5 @@
-"""The Faust app factory: topics, the customer table, the agent and the worker's web views.
-
-Everything journey-specific is decided by the pure core; this module only wires it to Faust.
+"""The worker's Faust app factory: Faust owns group membership, the customer table's changelog
+and recovery, commits, timers and the web views; everything journey decides is the pure core's.
 """
 
 from __future__ import annotations
@@ -20,13 +19,17 @@ from journey.core.machine import Limits
 from journey.core.state import CustomerState
 from journey.kafka.security import faust_credentials
 from journey.settings import Settings
+from journey.worker import aggregates as live_aggregates
+from journey.worker import churn as churn_risk
+from journey.worker import ingest, views
+from journey.worker.faust_internals import install_transport
 from journey.worker.metrics import WorkerMetrics
 from journey.worker.pipeline import Pipeline
 
 if TYPE_CHECKING:
     from journey.worker.aggregates import LiveAggregates
+    from journey.worker.batch import BatchProtocol
     from journey.worker.churn import ChurnWorker
-    from journey.worker.statewrites import StateWrites
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +89,11 @@ class JourneyApp:
     pipeline: Pipeline
     metrics: WorkerMetrics
     #: Live per-partition aggregates for the sidecar (set by worker/aggregates.register).
-    aggregates: "LiveAggregates | None" = None
+    aggregates: LiveAggregates | None = None
     #: Churn risk and pain points (set by worker/churn.register).
-    churn: "ChurnWorker | None" = None
-    #: Direct store + changelog writes of the batch ingest (RocksDB store; set when it starts).
-    state_writes: "StateWrites | None" = None
+    churn: ChurnWorker | None = None
+    #: The batch protocol: every state change goes through it (set when the batch ingest starts).
+    batches: BatchProtocol | None = None
     #: Held by a batch from its first read of a state to its writes, and by the churn timer's
     #: tick: the pipeline changes the states it reads in place (no copies), so nothing else may
     #: read or write a customer in between.
@@ -99,17 +102,13 @@ class JourneyApp:
 
 def create_app(settings: Settings, definition: JourneyDefinition | None = None) -> JourneyApp:
     """Build the worker's Faust app from settings (the CLI, `journey dev` and the tests all use this)."""
-    from journey.worker import agents, ingest, recovery, views
-    from journey.worker import aggregates as live_aggregates
-    from journey.worker import churn as churn_risk
-
     definition = definition or load_definition(settings.journey_path)
     data_dir = settings.data_dir / f"{settings.app_id}-data"
     app = faust.App(
         settings.app_id,
         broker=settings.kafka_broker_url,
         broker_credentials=faust_credentials(settings),
-        store=settings.store,
+        store="rocksdb://",  # the only store: worker/batch.py writes the states into it
         datadir=str(data_dir),
         autodiscover=False,
         web_enabled=True,
@@ -131,7 +130,7 @@ def create_app(settings: Settings, definition: JourneyDefinition | None = None) 
         stream_buffer_maxsize=max(4096, settings.batch_size * 4),
         canonical_url=f"http://{settings.web_host}:{settings.web_port}",
     )
-    recovery.use_true_highwaters(app, fetch_max_wait_ms=ingest.fetch_max_wait_ms(settings))
+    install_transport(app, fetch_max_wait_ms=settings.fetch_max_wait_ms)
     touchpoints = app.topic(
         settings.topic_touchpoints,
         key_type=bytes,
@@ -141,7 +140,7 @@ def create_app(settings: Settings, definition: JourneyDefinition | None = None) 
         partitions=settings.partitions,
         retention=timedelta(milliseconds=settings.retention_ms),
     )
-    customers = app.tables.add(
+    customers: faust.Table = app.tables.add(  # type: ignore[assignment]  # add() returns the table it is given
         CustomerTable(
             app,
             name=TABLE_NAME,
@@ -158,10 +157,7 @@ def create_app(settings: Settings, definition: JourneyDefinition | None = None) 
     japp = JourneyApp(app, settings, definition, touchpoints, customers, pipeline, metrics)
     japp.aggregates = live_aggregates.register(japp)
     japp.churn = churn_risk.register(japp)
-    if ingest.ingest_mode(settings) == "batch":
-        ingest.register(japp)
-    else:
-        agents.register(japp)
+    ingest.register(japp)
     views.register(japp)
     return japp
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -27,7 +27,7 @@ def dead_letter(
         "partition": partition,
         "offset": offset,
         "key": _text(key)[0] if key is not None else None,
-        "at": datetime.now(timezone.utc).isoformat(),
+        "at": datetime.now(UTC).isoformat(),
     }
     if value is None:
         record["value"] = None

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import time
-from bisect import bisect_left, bisect_right
 from collections import Counter as Tally
 from operator import attrgetter, itemgetter
-from typing import Any, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -14,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from journey.core.definition import JourneyDefinition
 from journey.core.events import CHANNELS
 from journey.core.stages import STAGES
+from journey.worker.faust_internals import observe_all
 from journey.worker.pipeline import BatchResult
 
 #: Types outside the journey definition share one label value, so a producer sending random
@@ -63,6 +63,7 @@ class WorkerMetrics:
             self.customers.labels(stage=name)
         for ch in CHANNELS:
             self.touchpoints.labels(type=OTHER_TYPE, channel=ch)
+        self._event_time = float("-inf")
         self._touchpoint_children: dict[tuple[str, str], Any] = {}
         self._transition_children: dict[tuple[str, str], Any] = {}
 
@@ -102,35 +103,10 @@ class WorkerMetrics:
         if result.trigger_timestamps:
             observe_all(self.latency, [now - ts for ts in result.trigger_timestamps])
         if result.max_event_time is not None:
-            self.event_time.set(max(self.event_time._value.get(), result.max_event_time))
+            if result.max_event_time > self._event_time:
+                self._event_time = result.max_event_time
+                self.event_time.set(result.max_event_time)
         self.last_batch.set(now)
-
-
-def observe_all(histogram: Histogram, values: Sequence[float]) -> None:
-    """``histogram.observe(max(0, v))`` for every value, folded into one increment per bucket.
-
-    prometheus_client has no bulk observe, and one observe per transition (a lock and a bucket
-    scan each) showed in the worker's profile. The counts come out exactly as with observe (a
-    value goes to the first bucket whose bound is >= it); the sum is added once per batch.
-    This reaches into the histogram's own counters (``_upper_bounds``, ``_buckets``, ``_sum``
-    of an unlabelled Histogram); should a prometheus_client release rename them, it falls back
-    to observe.
-    """
-    try:
-        bounds, buckets, total = histogram._upper_bounds, histogram._buckets, histogram._sum
-    except AttributeError:
-        for v in values:
-            histogram.observe(max(0.0, v))
-        return
-    ordered = sorted(values)
-    first = bisect_left(ordered, 0.0)  # the values below 0 count as 0 (clock skew)
-    done = 0
-    for bound, bucket in zip(bounds, buckets):
-        upto = bisect_right(ordered, bound)
-        if upto > done:
-            bucket.inc(upto - done)
-            done = upto
-    total.inc(sum(ordered[first:]))
 
 
 class _StateCacheCollector:

@@ -1,14 +1,15 @@
 """The worker's hot path over one batch of records: decode, validate, dedupe, apply, emit.
 
-Plain Python over plain data: the Faust agent (worker/agents.py) feeds it records and a
+Plain Python over plain data: the batch protocol (worker/batch.py) feeds it records and a
 mapping of customer states (the Faust table) and sends what it returns.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import orjson
 
@@ -23,14 +24,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Record:
-    """One consumed Kafka record; ``ref`` is the transport's own handle (a Faust event)."""
+    """One consumed Kafka record."""
 
     key: bytes | None
     value: bytes | None
     topic: str
     partition: int
     offset: int
-    ref: Any = None
     #: When the record reached Kafka (epoch seconds), for latency.
     timestamp: float | None = None
 
@@ -117,7 +117,7 @@ class Pipeline:
                 continue
             key = tp.profile_id
             if rec.key is None or rec.key != key.encode():
-                out.rekeyed.append(Output(key.encode(), rec.value))  # type: ignore[arg-type]
+                out.rekeyed.append(Output(key.encode(), rec.value))
                 continue
             # dedupe + apply
             pending = writes.get(key)

@@ -1,26 +1,23 @@
-"""Sending a batch's records: one produce batch per topic-partition, not a send() per record.
+"""Sending records as produce batches, one per topic-partition, never waiting a round trip.
 
-aiokafka's ``send()`` costs a coroutine, a future and an accumulator lookup per record; its batch
-API (``create_batch`` / ``send_batch``) appends records to a builder (C code) and hands the
-builder over once. Partitions are chosen as ``send()`` would (Kafka's default murmur2 on the
-key), so a customer's records land where any other producer would put them.
-
-aiokafka takes a produce batch for a partition only once the partition's previous batch has
-been sent, and it keeps one request per partition in flight: ``send_batch`` can wait a whole
-round trip. :meth:`BatchSender.send` therefore never waits for it: each batch is handed over by
-a task of its own, after the previous batch of the same partition (so the order per partition
-is the order of the calls), and its ``Sent.future`` resolves when the broker acknowledges it.
-The caller can prepare its next batch meanwhile.
+aiokafka's ``send()`` costs a coroutine, a future and an accumulator lookup per record, and its
+batch API (``create_batch``/``send_batch``) waits until the partition's previous batch is sent.
+:class:`BatchSender` appends records to a builder (C code), hands each batch over in a task of
+its own, chained per partition (the order per partition is the order of the calls), and
+partitions by murmur2 of the key as every Kafka client does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from aiokafka.partitioner import murmur2
+
+from journey.worker.faust_internals import aiokafka_producer
 
 
 @dataclass(slots=True)
@@ -64,7 +61,7 @@ class BatchSender:
     async def send(self, records: Iterable[tuple[str, int | None, bytes | None, bytes | None]]) -> list[Sent]:
         """Send (topic, partition or None for by-key, key, value) records; per topic-partition
         in the order given. Returns the produce batches (await their futures for the acks)."""
-        producer = self._faust_producer._ensure_producer()
+        producer = aiokafka_producer(self._faust_producer)
         groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
         partition_of = self.partition_of
         for topic, partition, key, value in records:
@@ -101,7 +98,7 @@ class BatchSender:
 
 
 async def _hand_over(
-    previous: "asyncio.Future[None] | None", producer: Any, batch: Any, topic: str, partition: int, acked: "asyncio.Future[Any]"
+    previous: asyncio.Future[None] | None, producer: Any, batch: Any, topic: str, partition: int, acked: asyncio.Future[Any]
 ) -> None:
     """Give ``batch`` to the producer after ``previous`` (never raises: errors go to ``acked``)."""
     if previous is not None:
@@ -113,7 +110,7 @@ async def _hand_over(
             acked.set_exception(exc)
         return
 
-    def settle(fut: "asyncio.Future[Any]") -> None:
+    def settle(fut: asyncio.Future[Any]) -> None:
         if acked.done():
             return
         if fut.cancelled():
@@ -124,11 +121,3 @@ async def _hand_over(
             acked.set_result(fut.result())
 
     delivery.add_done_callback(settle)
-
-
-async def send_each(faust_producer: Any, records: Iterable[tuple[str, bytes | None, bytes]]) -> None:
-    """Send (topic, key, value) records one ``send()`` each through Faust's producer and wait
-    until every one is acknowledged: the in-memory store's path, where no BatchSender runs."""
-    pending = [await faust_producer.send(topic, key, value, None, None, None) for topic, key, value in records]
-    if pending:
-        await asyncio.gather(*pending)

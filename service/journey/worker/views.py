@@ -6,24 +6,18 @@ process needs every customer.
 
 from __future__ import annotations
 
-import hmac
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from journey.auth import bearer_ok
+
 if TYPE_CHECKING:
     from journey.worker.app import JourneyApp
 
 
-def bearer_ok(header: str | None, token: str | None) -> bool:
-    """True when the Authorization header carries the configured token (constant-time compare)."""
-    if not token or not header or not header.startswith("Bearer "):
-        return False
-    return hmac.compare_digest(header[len("Bearer "):].encode(), token.encode())
-
-
-def register(japp: "JourneyApp") -> None:
+def register(japp: JourneyApp) -> None:
     app, customers, settings = japp.app, japp.customers, japp.settings
 
     @app.page("/metrics")

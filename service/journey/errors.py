@@ -1,0 +1,68 @@
+"""journey's errors: one root, :class:`JourneyError`, and a subclass per concern.
+
+An error journey raises on purpose -- one a user can cause (a bad setting, a missing or broken
+input file, an unreachable broker) or one that says what to fix -- is a JourneyError whose
+message says what went wrong, with which input, and what to do. The ``journey`` command prints
+such a message as ``journey: <message>`` without a traceback and exits 2. Anything else is a bug
+or an unexpected failure and keeps its traceback.
+
+Each concern also derives from the builtin exception its errors were before (ValueError,
+RuntimeError, FileNotFoundError), so ``except ValueError`` around journey code keeps working.
+
+This module imports nothing, so every layer (journey.core and journey.churn included) may use it.
+Modules define their own, narrower errors on top of these (e.g. journey.churn.bgnbd's
+ChurnParamsError, journey.sources.cdnow's CdnowFormatError).
+"""
+
+from __future__ import annotations
+
+
+class JourneyError(Exception):
+    """An error with a message for people: the CLI prints the message without a traceback.
+
+    Anything that is not a JourneyError keeps its traceback.
+    """
+
+
+class SettingsError(JourneyError, ValueError):
+    """A setting (a ``JOURNEY_*`` variable, or an option standing in for one) holds a value that
+    cannot be used. Also importable from journey.settings."""
+
+
+class UsageError(JourneyError, ValueError):
+    """A command-line argument cannot be used (a date that is not a date, a speed <= 0, ...)."""
+
+
+class DefinitionError(JourneyError, ValueError):
+    """The journey definition file (journey.yaml) cannot be used. Also importable from
+    journey.core.definition."""
+
+
+class InputError(JourneyError, ValueError):
+    """An input (a file to replay, fit or score; a touchpoint) is malformed or unusable."""
+
+
+class InputNotFound(InputError, FileNotFoundError):
+    """An input file or directory does not exist."""
+
+
+class EncodingError(JourneyError, ValueError):
+    """Stored or exchanged data (a customer state, an aggregate snapshot) is in a form this
+    build cannot read: usually a different journey version wrote it."""
+
+
+class ChurnError(JourneyError, ValueError):
+    """The churn model cannot be used: its params file, its calibration, or their fit."""
+
+
+class BrokerError(JourneyError, RuntimeError):
+    """Kafka could not be reached, started (the embedded broker) or refused a request (topic
+    creation, a highwater read, a replay's records). Also importable from journey.kafka.broker."""
+
+
+class WorkerError(JourneyError, RuntimeError):
+    """The worker could not be set up (e.g. its store or its recovery hook)."""
+
+
+class SidecarError(JourneyError, RuntimeError):
+    """The sidecar could not answer (e.g. no worker answered a customer lookup)."""

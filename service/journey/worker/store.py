@@ -1,0 +1,112 @@
+"""The customer states in the table's RocksDB databases, read through a cache of decoded states.
+
+Decoding a state costs more than applying an event to it, so the states this worker last read
+or staged stay decoded in memory (bounded, least recently staged out first). The cache holds
+what the store holds for the partitions we own, or will hold once the pending stages are
+written (worker/batch.py); it is emptied whenever partitions may change hands, so a recovery
+that rewrites the store from the changelog is never hidden by an old entry.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+
+import rocksdict
+from faust.types import TP
+
+from journey.core.state import CustomerState
+from journey.errors import WorkerError
+from journey.worker.faust_internals import partition_db, uses_rocksdict
+
+
+class StateCache:
+    """Decoded states by customer key, at most ``size`` of them (0: no cache)."""
+
+    __slots__ = ("_states", "hits", "misses", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._states: OrderedDict[str, CustomerState] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> CustomerState | None:
+        return self._states.get(key)
+
+    def put(self, key: str, state: CustomerState) -> None:
+        states = self._states
+        if key in states:
+            states.move_to_end(key)
+        states[key] = state
+        if len(states) > self.size:
+            states.popitem(last=False)
+
+    def clear(self) -> None:
+        self._states.clear()
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
+class StateStore:
+    """Reads and writes of one worker's customer states (Faust's RocksDB store on rocksdict)."""
+
+    def __init__(self, table: object, cache_size: int) -> None:
+        if not uses_rocksdict(table):
+            raise WorkerError(
+                "the customer table must use Faust's RocksDB store on rocksdict (store='rocksdb://', "
+                "rocksdict installed); journey writes the states of a batch directly into it"
+            )
+        self.table = table
+        self.store = table.data  # type: ignore[attr-defined]
+        self.changelog_topic: str = table.changelog_topic.get_topic_name()  # type: ignore[attr-defined]
+        self.cache = StateCache(cache_size)
+
+    @staticmethod
+    def min_cache_size(batch_size: int, timer_batch: int) -> int:
+        """The smallest cache that holds every state of the stages that can be pending at once:
+        the batch being written, the next one (staged, waiting for its outputs) and a churn tick."""
+        return 3 * batch_size + timer_batch
+
+    def read(self, key: str, partition: int) -> CustomerState | None:
+        """A customer's state: the cached object, or decoded from their partition's database.
+
+        The caller may change it in place only while it holds JourneyApp.state_lock and must
+        then stage it (or exit): the cache hands the same object to the next reader."""
+        cache = self.cache
+        state = cache.get(key)
+        if state is not None:
+            cache.hits += 1
+            return state
+        cache.misses += 1
+        raw = partition_db(self.table, partition).get(key.encode())
+        if raw is None:
+            return None
+        state = CustomerState.from_wire(raw)
+        if cache.size:
+            cache.put(key, state)
+        return state
+
+    def keep(self, key: str, state: CustomerState) -> None:
+        """A staged state: reads see it from now on, before it reaches the store."""
+        self.cache.put(key, state)
+
+    def write(self, items: Iterable[tuple[int, bytes, bytes]]) -> None:
+        """(partition, key, encoded state) into each partition's database, one WriteBatch each."""
+        batches: dict[int, rocksdict.WriteBatch] = {}
+        for partition, kb, vb in items:
+            wb = batches.get(partition)
+            if wb is None:
+                wb = batches[partition] = rocksdict.WriteBatch(raw_mode=True)
+            wb.put(kb, vb)
+        for partition, wb in batches.items():
+            partition_db(self.table, partition).write(wb)
+
+    def record_changelog_offset(self, partition: int, offset: int) -> None:
+        """The store holds the changelog up to ``offset``: a restart replays only what follows."""
+        self.store.set_persisted_offset(TP(self.changelog_topic, partition), offset)
+
+    def forget(self) -> None:
+        """Empty the cache (partitions may be about to change hands)."""
+        self.cache.clear()

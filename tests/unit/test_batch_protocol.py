@@ -1,0 +1,112 @@
+"""The batch protocol (worker/batch.py) on a real RocksDB store, with a producer whose
+acknowledgements the test controls: outputs before the changelog, the changelog before the
+store, stages in order, input offsets last; a failure at any step writes nothing after it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from faust.types import TP
+
+from journey.core.state import CustomerState
+from journey.worker.app import JourneyApp
+from journey.worker.batch import BatchProtocol
+from journey.worker.pipeline import Record
+from support.protocol import Producer, attach_protocol, settle, worker_app
+
+INPUT = "touchpoints"
+
+
+@pytest.fixture
+def japp(tmp_path: Path) -> JourneyApp:
+    return worker_app(tmp_path, topic_touchpoints=INPUT)
+
+
+def _protocol(japp: JourneyApp) -> tuple[BatchProtocol, Producer, list[Any], list[str]]:
+    producer = Producer()
+    protocol, acked, failures = attach_protocol(japp, producer)
+    return protocol, producer, acked, failures
+
+
+def _state(events: int, partition: int = 0) -> CustomerState:
+    st = CustomerState()
+    st.events, st.partition = events, partition
+    return st
+
+
+def _stored(protocol: BatchProtocol, key: str, partition: int = 0) -> CustomerState | None:
+    raw = protocol.store.store._db_for_partition(partition).get(key.encode())
+    return CustomerState.from_wire(raw) if raw is not None else None
+
+
+async def test_outputs_then_changelog_then_store_then_offsets_in_stage_order(japp: JourneyApp) -> None:
+    protocol, producer, acked, failures = _protocol(japp)
+    changelog = protocol.store.changelog_topic
+    state = _state(1)
+    spans_a, spans_b = {TP(INPUT, 0): (0, 9)}, {TP(INPUT, 0): (10, 19)}
+    a = await protocol.stage([("c1", 0, state)], [("out", b"c1", b"a")], spans=spans_a)
+    state.events = 2  # the next batch changes the same object in place
+    b = await protocol.stage([("c1", 0, state)], [("out", b"c1", b"b")], spans=spans_b)
+    state.events = 3  # ... and the one after, not yet staged
+    assert protocol.store.read("c1", 0) is state  # reads see the staged object before the store does
+
+    await settle()
+    assert producer.topics() == ["out", "out"], "the changelog went out before the outputs were acknowledged"
+    producer.ack("out")
+    await settle()
+    assert producer.topics() == ["out", "out", changelog, changelog]
+    assert [CustomerState.from_wire(items[0][1]).events for t, _, items, _ in producer.sent if t == changelog] == [1, 2]
+    assert _stored(protocol, "c1") is None, "the store was written before the changelog was acknowledged"
+    assert not acked
+
+    producer.ack(changelog)
+    await asyncio.wait_for(asyncio.gather(a.done, b.done), timeout=2)
+    assert _stored(protocol, "c1").events == 2  # type: ignore[union-attr]
+    assert acked == [spans_a, spans_b] and not failures
+    assert protocol.store.store.persisted_offset(TP(changelog, 0)) == 1  # a restart replays only what follows
+
+
+async def test_a_stage_whose_outputs_failed_writes_nothing_and_nor_do_later_ones(japp: JourneyApp) -> None:
+    protocol, producer, acked, failures = _protocol(japp)
+    a = await protocol.stage([("c1", 0, _state(1))], [("out", b"c1", b"a")], spans={TP(INPUT, 0): (0, 0)})
+    b = await protocol.stage([("c2", 0, _state(1))], [], spans={TP(INPUT, 0): (1, 1)})
+    await settle()
+    producer.ack("out", RuntimeError("outputs not acknowledged"))
+    for stage in (a, b):
+        with pytest.raises(RuntimeError, match="not acknowledged"):
+            await asyncio.wait_for(stage.done, timeout=2)
+    assert _stored(protocol, "c1") is None and _stored(protocol, "c2") is None
+    assert producer.topics() == ["out"]  # no changelog record either
+    assert not acked and len(failures) == 2
+
+
+async def test_a_changelog_not_acknowledged_leaves_the_store_and_the_offsets_alone(japp: JourneyApp) -> None:
+    protocol, producer, acked, failures = _protocol(japp)
+    a = await protocol.stage([("c1", 0, _state(1))], [], spans={TP(INPUT, 0): (0, 0)})
+    await settle()
+    producer.ack(protocol.store.changelog_topic, RuntimeError("changelog not acknowledged"))
+    with pytest.raises(RuntimeError):
+        await asyncio.wait_for(a.done, timeout=2)
+    assert _stored(protocol, "c1") is None and not acked and failures
+
+
+async def test_run_batch_applies_emits_and_makes_the_batch_durable(japp: JourneyApp) -> None:
+    protocol, producer, acked, failures = _protocol(japp)
+    event = {"event_id": "e1", "customer_id": "c1", "type": "page_view", "timestamp": "2026-01-01T00:00:00Z"}
+    bad = Record(b"c2", b"{not json", INPUT, 1, 7)
+    records = [Record(b"c1", orjson.dumps(event), INPUT, 0, 3), bad]
+    stage = await protocol.run_batch(records, {TP(INPUT, 0): (3, 3), TP(INPUT, 1): (7, 7)})
+    await settle()
+    settings = japp.settings
+    assert sorted(producer.topics()) == sorted([settings.topic_transitions, settings.topic_dead_letter])
+    producer.ack(settings.topic_transitions)
+    producer.ack(settings.topic_dead_letter)
+    await settle()
+    producer.ack(protocol.store.changelog_topic)
+    await asyncio.wait_for(stage.done, timeout=2)
+    assert _stored(protocol, "c1").events == 1  # type: ignore[union-attr]
+    assert acked == [{TP(INPUT, 0): (3, 3), TP(INPUT, 1): (7, 7)}] and not failures
