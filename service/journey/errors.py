@@ -1,17 +1,8 @@
 """journey's errors: one root, :class:`JourneyError`, and a subclass per concern.
 
-An error journey raises on purpose -- one a user can cause (a bad setting, a missing or broken
-input file, an unreachable broker) or one that says what to fix -- is a JourneyError whose
-message says what went wrong, with which input, and what to do. The ``journey`` command prints
-such a message as ``journey: <message>`` without a traceback and exits 2. Anything else is a bug
-or an unexpected failure and keeps its traceback.
-
-Each concern also derives from the builtin exception its errors were before (ValueError,
-RuntimeError, FileNotFoundError), so ``except ValueError`` around journey code keeps working.
-
-This module imports nothing, so every layer (journey.core and journey.churn included) may use it.
-Modules define their own, narrower errors on top of these (e.g. journey.churn.bgnbd's
-ChurnParamsError, journey.sources.cdnow's CdnowFormatError).
+An error a user can cause or fix is a JourneyError whose message says what went wrong, with which
+input, and what to do, so the ``journey`` command prints it without a traceback; anything else
+keeps its traceback. This module imports nothing, so every layer may use it. Details: docs/errors.md.
 """
 
 from __future__ import annotations

@@ -1,18 +1,8 @@
 """The BG/NBD churn model: likelihood, fit, scoring, RFM summaries and the params file.
 
-Fader, Hardie & Lee (2005), "Counting Your Customers the Easy Way: An Alternative to the
-Pareto/NBD Model", Marketing Science 24(2). While alive a customer buys at a Poisson rate
-lambda ~ Gamma(r, alpha); right after each repeat purchase they drop out with probability
-p ~ Beta(a, b). Per customer, in one time unit (``time_unit_days`` days):
-
-- ``x``   = number of repeat purchases (distinct purchase days after the first one),
-- ``t_x`` = time of the last purchase, measured from the first purchase,
-- ``T``   = time from the first purchase to the end of observation.
-
-Two halves: the fit (numpy/scipy, offline, ``journey churn fit``; scipy is imported there only,
-so scoring never loads it) and the per-customer scoring
-(``p_alive``, ``p_no_purchase_within``; ``math`` only, for the worker's hot path). The batch
-variants (``*_batch``) are the numpy twins of the scalar ones and are tested to agree.
+The churn risk of customers who have purchased rests on this model (Fader, Hardie & Lee 2005).
+The offline fit (``journey churn fit``) is kept apart from the per-customer scoring so the
+worker's hot path needs only ``math`` and never loads scipy. Details: docs/churn-model.md.
 """
 
 from __future__ import annotations

@@ -1,23 +1,8 @@
 """Backtest calibration of the BG/NBD churn score: a small logistic layer learned in the past.
 
 BG/NBD ranks customers of different purchase frequencies against each other worse than it ranks
-them within one frequency: its one-time buyers cannot drop out, and the data usually say that
-frequency predicts coming back more strongly than the model's Poisson-gamma story allows. We
-correct this the way a forecaster would check it: replay the model on the history we have.
-
-The backtest, all inside the training history (nothing after ``until`` is used):
-
-1. cut the history ``W`` days before ``until`` (``W`` = the horizon, or half the history when it
-   is shorter than twice the horizon);
-2. fit BG/NBD on the purchases up to the cut;
-3. label each customer known at the cut: no purchase in the ``W`` days after it;
-4. fit a logistic regression of that label on four features of the model's view of the customer:
-   the log-odds of the BG/NBD probability of no purchase within the horizon, log(1 + weeks since
-   the last purchase), log(1 + repeat purchase days), log(1 + mean order value).
-
-The weights of the two features that grow with silence are kept >= 0, so the calibrated score
-can only rise while a customer stays silent (the timer index relies on that). The live score is
-then sigmoid(intercept + weights . features), computed from the full-history BG/NBD fit.
+them within one frequency. This layer corrects that the way a forecaster would check it: replay
+the model on the history we have, inside the training history only. Details: docs/churn-model.md.
 """
 
 from __future__ import annotations

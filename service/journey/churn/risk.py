@@ -1,20 +1,7 @@
 """Churn risk of one customer as of an event time: score, level, reasons, and when it next changes.
 
-Pure (no Kafka): the worker, ``journey churn score`` and the benchmark all call :func:`assess`.
-
-- Customers who have purchased: the BG/NBD probability of no purchase within the horizon H,
-  P = (1 - P(alive)) + P(alive) ((alpha+T)/(alpha+T+H))^(r+x), counted per UTC purchase DAY
-  (x = distinct purchase days - 1, t_x and T from the first purchase day, in the params' time
-  unit), then passed through the backtest calibration of the params file when it has one
-  (journey.churn.calibration). Everything is per day, so the score changes at midnight UTC.
-- Customers who have not purchased: silence (time since their last touchpoint) against how long
-  customers typically take to move on from their stage (learned from the stream's transitions,
-  or configured): score = cap * (1 - 2^(-silence/typical)); half the cap after one typical time.
-- Negative signals (complaint, support ticket, low rating, refund, return, unsubscribe, abandoned
-  cart) each take a share w of what is left of the chance to stay: score = 1 - (1 - base) *
-  prod (1 - w)^n (n capped), while the latest such signal is younger than the signal window.
-  Every one present is listed in the reasons.
-- Levels: low < medium threshold <= medium < high threshold <= high.
+Pure (no Kafka), so the worker, ``journey churn score`` and the benchmark all call one function,
+:func:`assess`. Details: docs/churn-model.md.
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
 """An index of customers by when their churn level or pain-point state would next change.
 
-A timer over millions of customers must not scan them all on every tick: the index is a binary
-heap of (due time, customer) with lazy invalidation. Re-scheduling a customer only pushes a new
-entry and records the current due time in a dict; an entry that no longer matches the dict is
-skipped when it surfaces. Popping what is due costs O(k log n) for k due customers. The heap is
-compacted when stale entries outnumber live ones, so memory stays O(customers).
-
-Each entry remembers the customer's partition, so a rebalance can drop what this worker no
-longer owns; the due times also live in the customers' state, so the index of newly assigned
-partitions is rebuilt from the table (:meth:`DueIndex.rebuild`).
+A timer over millions of customers must not scan them all on every tick: this index hands it only
+the customers that are due, and lets a rebalance drop or rebuild the partitions that changed owner.
+Details: docs/churn-model.md.
 """
 
 from __future__ import annotations

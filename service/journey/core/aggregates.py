@@ -1,21 +1,8 @@
 """Live aggregates of one input partition: a pure function of that partition's customer states.
 
-The worker keeps one :class:`PartitionAggregate` per partition it owns and updates it by
-difference (``replace(summary before, summary after)``, which is ``remove(before) +
-add(after)``, for every customer a batch changed); after a rebalance it rebuilds it from the
-table. The sidecar merges the partitions' latest snapshots. Because an aggregate only ever
-reflects states (never a stream of events), replays, duplicates and ownership changes cannot
-make the counts drift: whoever holds the states can recompute the same numbers.
-
-What is counted, per partition:
-- customers per current stage, broken down by first-touch channel (the funnel's filter); a
-  customer "reached" a stage when their current stage is at or past it;
-- per channel, touchpoints and the current stage of the customers with at least one touchpoint
-  in that channel ("customers reaching each stage per channel");
-- first- and last-touch attribution of purchases (CustomerState.attribution);
-- log-spaced histograms of the time between consecutive stages, by first-touch channel;
-- customers per churn-risk level and pain points (abandoned carts, stalls), from what the churn
-  and pain-point concerns keep in ``state.extra``.
+Because an aggregate only ever reflects states (never a stream of events), replays, duplicates
+and ownership changes cannot make the counts drift: whoever holds the states can recompute the
+same numbers. Details: docs/journey-rules.md.
 """
 
 from __future__ import annotations

@@ -2,12 +2,7 @@
 
 The checks here implement the JSON Schema by hand because a generic validator costs more than
 the rest of the hot path together; tests/unit/test_events.py holds the two to the same verdicts.
-
-Two paths, one verdict. ``_validate_strict`` reads the schema rule by rule and words every
-error. ``validate`` first tries a fast path that accepts only what is certainly valid (exact
-types, type strings and currencies already found valid, timestamps assembled from remembered
-pieces) and hands anything else to the strict path, so errors, and which field is blamed first,
-are always the strict path's. tests/unit/test_events_fast.py holds the two paths together.
+Details: docs/journey-rules.md.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
 """The stage machine: one touchpoint applied to one customer's state.
 
-Rules (schemas/journey.yaml holds the type lists):
-- a staged type moves the customer to its stage; a customer's first staged event creates them there;
-- the first distinct purchase -> purchase; a further distinct purchase -> retention; a renewal
-  after a purchase -> retention; an advocacy signal after a purchase -> advocacy;
-- stages only move forward (the higher of the current and the event's), skipping is allowed;
-- a late event is applied by the same rules, so the final stage never depends on arrival order:
-  signals that came before any purchase are remembered by event time and count as soon as a
-  purchase at or before them is known.
+It holds the rules that move a customer through the stages (schemas/journey.yaml holds the type
+lists), applied so that the final stage never depends on arrival order. Details: docs/journey-rules.md.
 """
 
 from __future__ import annotations

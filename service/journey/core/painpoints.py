@@ -1,15 +1,8 @@
 """Pain points: where a customer gets stuck, decided on event time.
 
-- ``cart_abandoned``: an add_to_cart / checkout_started (the cart types) with no purchase within a
-  window (default 24 h of event time). A purchase inside the window cancels it, whichever of the
-  two arrives first. Cart events inside an open cart's window belong to that cart.
-- ``stalled``: a customer standing in consideration or decision longer than a limit (once per
-  stage).
-
-The per-customer memory is kept compact in ``CustomerState.extra["pain"]``:
-``{"c": [[cart_ts, channel], ...] open carts, "r": cart events up to this time are decided,
-"a": [abandoned count, last abandonment time], "s": stage whose stall was reported}``;
-absent keys mean "nothing".
+Two are detected, an abandoned cart (``cart_abandoned``) and a customer standing too long in
+consideration or decision (``stalled``), with a compact per-customer memory in
+``CustomerState.extra["pain"]``. Details: docs/journey-rules.md.
 """
 
 from __future__ import annotations

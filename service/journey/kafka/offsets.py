@@ -1,17 +1,8 @@
 """True log-end offsets (highwaters), read from fetch responses.
 
-Why: the embedded tansu broker answers ListOffsets(latest) -- what
-``AIOKafkaConsumer.end_offsets()`` asks -- with "base offset of the last
-record batch + 1" rather than the log end offset (10 then 7 records in two
-batches -> 11, not 17). A Fetch response's ``high_watermark`` is right on
-tansu, and on Apache Kafka it is by definition the same number ListOffsets
-gives, so reading it is correct on both.
-
-How: take ``end_offsets()`` as a hint (it is never past the true end), send
-one Fetch per leader at ``max(hint - 1, 0)`` -- a position that always
-exists unless the log is empty -- and read each partition's highwater. The
-requests go through a started :class:`aiokafka.client.AIOKafkaClient` (the
-caller's, with its SSL and SASL settings).
+The embedded tansu broker answers ListOffsets(latest) -- what ``AIOKafkaConsumer.end_offsets()``
+asks -- with "base offset of the last record batch + 1" rather than the log end offset. A Fetch
+response's ``high_watermark`` is right on tansu and on Apache Kafka alike. Details: docs/kafka.md.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
 """CDNOW purchase files as ``purchase`` touchpoints.
 
-Two layouts exist (see data/README.md), whitespace separated:
-
-- master: ``customer_id date number_of_cds dollar_value``, with a header line;
-- sample: ``customer_id customer_index date number_of_cds dollar_value``, no header.
-
-The layout is detected from the first data line. Every line is one purchase.
+Reads both layouts of the CDNOW files (master and sample, see data/README.md), telling them apart
+by the first data line; every line is one purchase. Details: docs/data-sources.md.
 """
 
 from __future__ import annotations

@@ -1,19 +1,8 @@
 """The 84.51° "Complete Journey" CSV files as touchpoints.
 
-One directory holds ``campaign_descriptions.csv``, ``campaigns.csv``,
-``coupon_redemptions.csv`` and ``transactions_sample.csv`` (see data/README.md). They
-become three touchpoint types, customer_id = household_id:
-
-- ``campaign_received`` (channel ads) per campaigns.csv row, at the campaign's start_date;
-- ``coupon_redeemed`` (channel store) per coupon_redemptions.csv row, at its redemption_date;
-- ``purchase`` (channel store) per transactions_sample.csv line.
-
-Dates become 00:00:00 UTC. Transaction timestamps carry no zone in the files; they are
-**interpreted as UTC** (the study's stores are in one US zone, but the files do not say which,
-and a fixed interpretation keeps replays reproducible).
-
-Event ids are ``cj-campaign-<line>``, ``cj-coupon-<line>``, ``cj-txn-<line>``, with line the
-CSV line number (the header is line 1), so they are stable across replays.
+The campaigns, coupon redemptions and transactions of the grocery study (see data/README.md)
+become ``campaign_received``, ``coupon_redeemed`` and ``purchase`` touchpoints per household, with
+timestamps (read as UTC) and event ids fixed so that replays are reproducible. Details: docs/data-sources.md.
 """
 
 from __future__ import annotations

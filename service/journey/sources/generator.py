@@ -1,19 +1,8 @@
 """Synthetic touchpoints: realistic customer journeys for the dev feed and the benchmark.
 
-Every customer (or anonymous visitor) is a small generator that walks the funnel step by step
-and yields ``(gap_seconds, type, channel, properties)``. A heap merges all live timelines, so
-only customers whose journey is still unfolding are held in memory, never the event list.
-
-Two time scales share the same journeys:
-
-- ``generate`` spreads customer arrivals over ``span`` with realistic gaps (seconds inside a
-  session, hours to days between sessions, weeks between orders);
-- ``live_feed`` lets customers arrive in wall-clock time and squeezes every gap to seconds, so
-  someone watching ``journey dev`` sees people reach every stage within a minute.
-
-Deliberate imperfections (duplicate deliveries, late events, unknown types, anonymous visitors,
-malformed payloads via ``bad_events``) exist because a real feed has them and the service must
-cope. Everything is deterministic for a seed: one ``random.Random`` drives it all.
+The journeys carry the imperfections a real feed has (duplicates, late events, unknown types,
+anonymous visitors, malformed payloads) because the service must cope with them, and everything
+is deterministic for a seed. Details: docs/data-sources.md.
 """
 
 from __future__ import annotations
