@@ -25,7 +25,7 @@ from journey.core.definition import JourneyDefinition
 from journey.core.events import validate
 from journey.core.machine import Limits, apply
 from journey.core.state import CustomerState
-from journey.sources.generator import generate
+from journey.sources.generator import GeneratorMix, generate
 
 #: Event times start here: fixed, so a seed gives the same input on every run.
 START = datetime(2024, 1, 1, tzinfo=UTC)
@@ -60,7 +60,7 @@ class Input:
         return sum(len(p) for p in self.partitions)
 
 
-def touchpoints(n_events: int, n_customers: int, seed: int) -> Iterator[dict]:
+def touchpoints(n_events: int, n_customers: int, seed: int, mix: GeneratorMix | None = None) -> Iterator[dict]:
     """The first ``n_events`` of the generator's feed for ``n_customers`` (about ten events each).
 
     When that crowd runs out of events before ``n_events``, a new crowd (next seed: other ids)
@@ -68,7 +68,7 @@ def touchpoints(n_events: int, n_customers: int, seed: int) -> Iterator[dict]:
     """
     def crowds() -> Iterator[dict]:
         for s in itertools.count(seed):
-            yield from generate(n_customers, seed=s, start=START)
+            yield from generate(n_customers, seed=s, start=START, mix=mix)
 
     return itertools.islice(crowds(), n_events)
 
@@ -82,6 +82,7 @@ def build_input(
     definition: JourneyDefinition,
     limits: Limits,
     keep_order: bool = False,
+    mix: GeneratorMix | None = None,
 ) -> Input:
     """Generate, encode, partition (Kafka's default murmur2 on the key) and predict."""
     partitioner = DefaultPartitioner()
@@ -91,7 +92,7 @@ def build_input(
     ordered: list[tuple[int, Key, Value, str]] | None = [] if keep_order else None
     states: dict[str, CustomerState] = {}
     pred = Prediction()
-    for event in touchpoints(n_events, n_customers, seed):
+    for event in touchpoints(n_events, n_customers, seed, mix):
         value = orjson.dumps(event)
         tp = validate(event)
         profile = tp.profile_id

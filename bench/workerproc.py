@@ -24,7 +24,7 @@ SERVICE = Path(__file__).resolve().parents[1] / "service"
 #: The Settings fields a bench worker gets from the environment.
 _ENV_FIELDS = (
     "bootstrap_servers", "app_id", "topic_touchpoints", "topic_transitions", "topic_dead_letter",
-    "topic_churn_risk", "topic_pain_points", "topic_aggregates", "partitions",
+    "topic_churn_risk", "topic_pain_points", "topic_aggregates", "topic_identities", "partitions",
 )
 _METRIC = re.compile(rb"^(journey_[a-z_]+?)(\{[^}]*\})? ([0-9.eE+-]+|NaN)$", re.M)
 
@@ -71,6 +71,7 @@ def bench_settings(bootstrap: str, run: str, label: str, *, input_topic: str, pa
         topic_churn_risk=f"{ns}.churn-risk",
         topic_pain_points=f"{ns}.pain-points",
         topic_aggregates=f"{ns}.aggregates",
+        topic_identities=f"{ns}.identities",
         partitions=partitions,
     )
 

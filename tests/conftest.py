@@ -7,6 +7,18 @@ from collections.abc import Iterator
 import pytest
 
 from journey.kafka.broker import EmbeddedBroker
+from support.env import strip_journey_from_this_process
+
+#: JOURNEY_* variables of the calling shell, removed before any test runs (see support/env.py).
+_DROPPED: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _DROPPED.extend(strip_journey_from_this_process())
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    return f"journey: ignoring {', '.join(sorted(_DROPPED))} from the environment" if _DROPPED else None
 
 
 @pytest.fixture(scope="session")

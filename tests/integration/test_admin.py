@@ -60,6 +60,7 @@ def test_journey_topic_specs_follow_settings() -> None:
         settings.topic_churn_risk,
         settings.topic_pain_points,
         settings.topic_aggregates,
+        settings.topic_identities,
     }
     for name in ("tp-x", settings.topic_transitions, settings.topic_pain_points):
         assert specs[name].partitions == 5

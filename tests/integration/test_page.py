@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +36,14 @@ from selenium import webdriver  # noqa: E402
 
 
 def _events(prefix: str, n: int, types: list[str]) -> list[dict[str, Any]]:
-    t0 = datetime(2024, 5, 1, tzinfo=timezone.utc).timestamp()
+    t0 = datetime(2024, 5, 1, tzinfo=UTC).timestamp()
     out = []
     for i in range(n):
         for j, etype in enumerate(types):
             out.append(
                 {
                     "event_id": f"{prefix}-{i}-{j}", "customer_id": f"{prefix}-{i}", "type": etype,
-                    "timestamp": datetime.fromtimestamp(t0 + i * 60 + j * 600, tz=timezone.utc).isoformat(),
+                    "timestamp": datetime.fromtimestamp(t0 + i * 60 + j * 600, tz=UTC).isoformat(),
                     "channel": ["email", "search", "ads"][i % 3],
                     "properties": {"order_id": f"{prefix}-{i}", "amount": 5.0} if etype == "purchase" else {},
                 }

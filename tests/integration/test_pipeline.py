@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import subprocess
 import sys
 from collections import defaultdict
@@ -20,10 +19,18 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 
+from support.env import subprocess_env
 from support.expected_stages import expected_stages
-from support.kafka import produce, read_all, touchpoint_record
+from support.kafka import produce, read_all, read_to_end, touchpoint_record, wait_committed
 from support.workers import (
-    ROOT, WorkerProcess, create_topics, is_probe, namespaced_settings, settings_env, wait_until_processing,
+    ROOT,
+    WorkerProcess,
+    create_topics,
+    is_probe,
+    namespaced_settings,
+    settings_env,
+    stop_all,
+    wait_until_processing,
 )
 
 pytestmark = pytest.mark.integration
@@ -40,15 +47,14 @@ DEAD_LETTER_SCHEMA = Draft202012Validator(
 @pytest.fixture(scope="module")
 async def workers(broker: str, tmp_path_factory: pytest.TempPathFactory):
     names = ["scripted", "cdnow", "cj"]
-    settings = {n: namespaced_settings(broker, f"pipe-{n}") for n in names}
+    settings = {n: namespaced_settings(broker, f"pipe-{n}") for n in names}  # unique per run
     await asyncio.gather(*(create_topics(s) for s in settings.values()))
     procs = {n: WorkerProcess(settings[n], tmp_path_factory.mktemp(f"worker-{n}")).start() for n in names}
     try:
         await asyncio.gather(*(wait_until_processing(settings[n], [procs[n]]) for n in names))
         yield {n: (settings[n], procs[n]) for n in names}
     finally:
-        for p in procs.values():
-            p.stop()
+        stop_all(list(procs.values()))
 
 
 def ev(event_id: str, customer: str | None, etype: str, ts: str, **extra: Any) -> dict[str, Any]:
@@ -106,13 +112,15 @@ async def test_scripted_customers_get_exactly_their_transitions(workers):
         "erin": [(None, "decision", "e1")],
     }
     n_expected = sum(len(v) for v in expected.values())
-    msgs = await read_all(
+    await read_all(
         settings.bootstrap_servers, settings.topic_transitions,
         until=lambda m: len([x for x in m if not is_probe(x["customer_id"])]) >= n_expected, timeout_s=60,
     )
-    # a little longer, so a wrong extra transition would show up
-    await asyncio.sleep(2)
-    msgs = await read_all(settings.bootstrap_servers, settings.topic_transitions, until=lambda m: False, timeout_s=2)
+    # Settled: the worker has committed all of the input (the re-keyed copy of dan's event
+    # included), so all it will ever write for it is on the output topics; read them to the end.
+    await wait_committed(settings.bootstrap_servers, settings.app_id, settings.topic_touchpoints, timeout_s=90,
+                         check=worker.check_alive)
+    msgs = await read_to_end(settings.bootstrap_servers, settings.topic_transitions)
     got: dict[str, list] = defaultdict(list)
     for m in msgs:
         if is_probe(m["customer_id"]):
@@ -120,15 +128,17 @@ async def test_scripted_customers_get_exactly_their_transitions(workers):
         assert TRANSITION_SCHEMA.is_valid({k: v for k, v in m.items() if k != "_key"}), m
         assert m["_key"] == m["customer_id"]
         got[m["customer_id"]].append((m["from_stage"], m["to_stage"], m["trigger_event_id"]))
+    # The complete set, each once, and nothing else.
     assert dict(got) == expected, worker.log_tail()
+    assert len({m["transition_id"] for m in msgs if not is_probe(m["customer_id"])}) == n_expected
 
     alice = {m["trigger_event_id"]: m for m in msgs if m["customer_id"] == "alice"}
     assert alice["a3"]["seconds_in_previous_stage"] == 60
     assert alice["a7"]["skipped_stages"] == []
     assert alice["a1"]["channel"] == "ads"
 
-    dead = await read_all(settings.bootstrap_servers, settings.topic_dead_letter, until=lambda m: len(m) >= 3, timeout_s=30)
-    assert sorted(d["reason"] for d in dead) == ["not_json", "not_utf8", "schema_violation"]
+    dead = await read_to_end(settings.bootstrap_servers, settings.topic_dead_letter)
+    assert sorted(d["reason"] for d in dead) == ["not_json", "not_utf8", "schema_violation"]  # these, and only these
     for d in dead:
         assert DEAD_LETTER_SCHEMA.is_valid({k: v for k, v in d.items() if k != "_key"}), d
         assert d["topic"] == settings.topic_touchpoints and d["offset"] >= 0
@@ -155,8 +165,7 @@ def _final_stages(msgs: list[dict[str, Any]]) -> dict[str, str]:
 
 async def _replay_and_compare(workers, name: str, path: Path, fmt: str) -> None:
     settings, worker = workers[name]
-    env = {**os.environ, **settings_env(settings),
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "service"), os.environ.get("PYTHONPATH", "")])}
+    env = subprocess_env(settings_env(settings))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "journey.cli", "replay", str(path), "--format", fmt, "--quiet", env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -169,7 +178,12 @@ async def _replay_and_compare(workers, name: str, path: Path, fmt: str) -> None:
     def complete(msgs: list) -> bool:
         return len(msgs) >= n_transitions_min and _final_stages(msgs) == expected
 
-    msgs = await read_all(settings.bootstrap_servers, settings.topic_transitions, until=complete, timeout_s=240)
+    await read_all(settings.bootstrap_servers, settings.topic_transitions, until=complete, timeout_s=240)
+    # Settled: every record replayed has been processed and committed; read every transition
+    # there is, so a wrong extra one (or a stage entered twice) would show.
+    await wait_committed(settings.bootstrap_servers, settings.app_id, settings.topic_touchpoints, timeout_s=120,
+                         check=worker.check_alive)
+    msgs = await read_to_end(settings.bootstrap_servers, settings.topic_transitions, timeout_s=120)
     final = _final_stages(msgs)
     missing = {c: s for c, s in expected.items() if final.get(c) != s}
     extra = set(final) - set(expected)

@@ -83,7 +83,7 @@ async def test_replay_sends_jsonl_lines_byte_for_byte(broker: str, tmp_path: Pat
 
     assert sent == len(lines)
     received = await _consume(broker, topic, sent)
-    assert sorted(received, key=lambda kv: kv[1]) == sorted(((key_for(l), l) for l in lines), key=lambda kv: kv[1])
+    assert sorted(received, key=lambda kv: kv[1]) == sorted(((key_for(line), line) for line in lines), key=lambda kv: kv[1])
 
 
 async def test_replay_paces_event_time_by_speed(broker: str) -> None:

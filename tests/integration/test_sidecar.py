@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ STAGES = ["awareness", "consideration", "decision", "purchase", "retention", "ad
 CHANNELS = ["ads", "direct", "email", "other", "referral", "search", "social", "store", "support"]
 TOKEN = "test-token"
 PARTITIONS = 4
-T0 = datetime(2024, 3, 1, tzinfo=timezone.utc).timestamp()
+T0 = datetime(2024, 3, 1, tzinfo=UTC).timestamp()
 
 
 # --- the script: each customer walks to a target stage; expectations come from the plan ----------
@@ -57,7 +57,7 @@ class Customer:
                     "event_id": f"{self.cid}-e{len(self.events)}",
                     "customer_id": self.cid,
                     "type": etype,
-                    "timestamp": datetime.fromtimestamp(t, tz=timezone.utc).isoformat(),
+                    "timestamp": datetime.fromtimestamp(t, tz=UTC).isoformat(),
                     "channel": self.channels[i % len(self.channels)],
                     "properties": props,
                 }

@@ -15,6 +15,12 @@ from journey.worker.produce import BatchSender
 from journey.worker.store import StateStore
 
 
+def _append(items: list[Any], key: bytes | None, value: bytes | None, headers: Any) -> bool:
+    assert isinstance(headers, list), "aiokafka's record builder takes headers as a list"
+    items.append((key, value))
+    return True
+
+
 class Producer:
     """aiokafka's batch API; each produce batch is acknowledged (or failed) when the test says,
     or at once with ``auto_ack``."""
@@ -32,7 +38,7 @@ class Producer:
 
     def create_batch(self) -> Any:
         items: list[tuple[bytes | None, bytes | None]] = []
-        return SimpleNamespace(append=lambda key, value, timestamp: items.append((key, value)) or True,
+        return SimpleNamespace(append=lambda key, value, timestamp, headers: _append(items, key, value, headers),
                                record_count=lambda: len(items), items=items)
 
     async def send_batch(self, batch: Any, topic: str, partition: int) -> asyncio.Future[Any]:

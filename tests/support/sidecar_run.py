@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,9 +11,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -23,6 +23,8 @@ from journey.kafka.admin import ensure_topics
 from journey.kafka.broker import free_port
 from journey.settings import Settings
 from journey.worker.topics import all_topic_specs
+from support.env import subprocess_env
+from support.workers import STOP_TIMEOUT_S, StopFailed, unclean_exit
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,11 +35,26 @@ class Proc:
     port: int
     process: subprocess.Popen[bytes]
     log: Path
+    #: "worker" or "sidecar"
+    kind: str = "worker"
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def unclean_exit(self) -> str | None:
+        """None if the process exited cleanly after a SIGTERM (see support.workers.unclean_exit)."""
+        assert self.process.returncode is not None, f"{self.name} is still running"
+        return unclean_exit(self.kind, self.process.returncode, self.log_text())
 
     def alive_or_fail(self) -> None:
         if self.process.poll() is not None:
-            tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
-            raise AssertionError(f"{self.name} exited ({self.process.returncode}):\n{tail}")
+            raise AssertionError(f"{self.name} exited ({self.process.returncode}):\n{self.log_tail()}")
 
 
 @dataclass
@@ -51,7 +68,7 @@ class Deployment:
     procs: list[Proc]
 
     @classmethod
-    async def create(cls, broker: str, root: Path, *, partitions: int, token: str | None = None) -> "Deployment":
+    async def create(cls, broker: str, root: Path, *, partitions: int, token: str | None = None) -> Deployment:
         run = uuid.uuid4().hex[:8]
         env = {
             "JOURNEY_BOOTSTRAP_SERVERS": broker,
@@ -62,6 +79,7 @@ class Deployment:
             "JOURNEY_TOPIC_CHURN_RISK": f"sc-{run}-churn-risk",
             "JOURNEY_TOPIC_PAIN_POINTS": f"sc-{run}-pain-points",
             "JOURNEY_TOPIC_AGGREGATES": f"sc-{run}-aggregates",
+            "JOURNEY_TOPIC_IDENTITIES": f"sc-{run}-identities",
             "JOURNEY_PARTITIONS": str(partitions),
             # A killed worker's partitions move after this long.
             "JOURNEY_SESSION_TIMEOUT_S": "10",
@@ -71,10 +89,7 @@ class Deployment:
             env["JOURNEY_API_TOKEN"] = token
         settings = Settings.from_env(env)
         await ensure_topics(broker, all_topic_specs(settings))
-        env = {
-            **os.environ, **env,
-            "PYTHONPATH": os.pathsep.join([str(REPO / "service"), os.environ.get("PYTHONPATH", "")]),
-        }
+        env = subprocess_env(env)  # nothing from the caller's JOURNEY_* environment
         return cls(broker, root, env, settings, [])
 
     def worker(self, name: str) -> Proc:
@@ -95,23 +110,41 @@ class Deployment:
                 [sys.executable, "-m", "journey.cli", *args], env={**self.env, **extra}, cwd=cwd,
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             )
-        proc = Proc(name, port, process, log)
+        proc = Proc(name, port, process, log, kind=args[0])
         self.procs.append(proc)
         return proc
 
     def live(self) -> list[Proc]:
         return [p for p in self.procs if p.process.poll() is None]
 
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.process.poll() is None:
-                p.process.send_signal(signal.SIGTERM)
-        for p in self.procs:
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> dict[str, int]:
+        """SIGTERM every process still running, and wait for each to exit cleanly.
+
+        Any that is still running ``timeout_s`` later (it is SIGKILLed then, so nothing outlives
+        the test) or that exits with an error is reported: StopFailed, with its log tail.
+        Processes that had already exited (killed by the test) are left as they are. Returns the
+        exit codes of the processes stopped here.
+        """
+        running = [p for p in self.procs if p.process.poll() is None]
+        for p in running:
+            p.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        codes: dict[str, int] = {}
+        failures: list[str] = []
+        for p in running:
             try:
-                p.process.wait(10)
+                codes[p.name] = p.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.process.kill()
                 p.process.wait()
+                failures.append(f"{p.name} still running {timeout_s:.0f}s after SIGTERM (SIGKILLed):\n{p.log_tail()}")
+                continue
+            problem = p.unclean_exit()
+            if problem:
+                failures.append(f"{p.name}: {problem}:\n{p.log_tail()}")
+        if failures:
+            raise StopFailed("\n---\n".join(failures))
+        return codes
 
 
 def get(url: str, token: str | None = None) -> tuple[int, Any]:
@@ -148,7 +181,7 @@ async def produce(broker: str, topic: str, events: list[dict[str, Any]], extra: 
     await producer.start()
     try:
         for e in events:
-            await producer.send(topic, orjson.dumps(e), key=e["customer_id"].encode())
+            await producer.send(topic, orjson.dumps(e), key=(e.get("customer_id") or e["anonymous_id"]).encode())
         for key, value in extra:
             await producer.send(topic, value, key=key)
         await producer.flush()

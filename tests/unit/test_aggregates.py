@@ -22,6 +22,7 @@ from journey.core.funnel import attribution, channel_report, funnel, median_of_b
 from journey.core.machine import apply
 from journey.core.stages import STAGES
 from journey.core.state import CustomerState
+from support.journey_reference import observable, reference
 
 DEFINITION = load_definition(Path(__file__).resolve().parents[2] / "schemas" / "journey.yaml")
 TYPES = [
@@ -199,10 +200,20 @@ def test_channels_and_attribution_match_a_direct_count() -> None:
         assert report[ch]["touchpoints"] == applied[ch]
         assert report[ch]["customers"] == len(touched)
         assert report[ch]["reached"] == {name: sum(1 for st in touched if st.stage >= i) for i, name in enumerate(STAGES)}
-    buyers = [st for st in states.values() if st.attribution]
-    assert buyers
-    assert attribution(agg)["first_touch"] == dict(sorted(Counter(st.attribution[0] for st in buyers).items()))
-    assert attribution(agg)["last_touch"] == dict(sorted(Counter(st.attribution[1] for st in buyers).items()))
+    # Attribution from the events (tests/support/journey_reference.py), not from the states: first
+    # touch the earliest touchpoint, last touch the latest non-purchase one at or before the first
+    # purchase, whatever order the events arrived in (they arrive shuffled here).
+    by_customer: dict[str, list] = {}
+    for e in events:
+        by_customer.setdefault(e["customer_id"], []).append(validate(e))
+    expected = {c: reference(evs) for c, evs in by_customer.items()}
+    buyers = [x["attribution"] for x in expected.values() if x["attribution"]]
+    assert len(buyers) > 20
+    assert attribution(agg)["first_touch"] == dict(sorted(Counter(a[0] for a in buyers).items()))
+    assert attribution(agg)["last_touch"] == dict(sorted(Counter(a[1] for a in buyers).items()))
+    # ... and every customer's whole state is the reference's.
+    wrong = {c: (observable(states[c]), x) for c, x in expected.items() if observable(states[c]) != x}
+    assert not wrong, list(wrong.items())[:2]
 
 
 def test_churn_levels_and_pain_points_from_state_extra() -> None:

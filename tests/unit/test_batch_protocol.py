@@ -48,9 +48,9 @@ async def test_outputs_then_changelog_then_store_then_offsets_in_stage_order(jap
     changelog = protocol.store.changelog_topic
     state = _state(1)
     spans_a, spans_b = {TP(INPUT, 0): (0, 9)}, {TP(INPUT, 0): (10, 19)}
-    a = await protocol.stage([("c1", 0, state)], [("out", b"c1", b"a")], spans=spans_a)
+    a = await protocol.stage([("c1", 0, state)], [("out", b"c1", b"a", None)], spans=spans_a)
     state.events = 2  # the next batch changes the same object in place
-    b = await protocol.stage([("c1", 0, state)], [("out", b"c1", b"b")], spans=spans_b)
+    b = await protocol.stage([("c1", 0, state)], [("out", b"c1", b"b", None)], spans=spans_b)
     state.events = 3  # ... and the one after, not yet staged
     assert protocol.store.read("c1", 0) is state  # reads see the staged object before the store does
 
@@ -72,7 +72,7 @@ async def test_outputs_then_changelog_then_store_then_offsets_in_stage_order(jap
 
 async def test_a_stage_whose_outputs_failed_writes_nothing_and_nor_do_later_ones(japp: JourneyApp) -> None:
     protocol, producer, acked, failures = _protocol(japp)
-    a = await protocol.stage([("c1", 0, _state(1))], [("out", b"c1", b"a")], spans={TP(INPUT, 0): (0, 0)})
+    a = await protocol.stage([("c1", 0, _state(1))], [("out", b"c1", b"a", None)], spans={TP(INPUT, 0): (0, 0)})
     b = await protocol.stage([("c2", 0, _state(1))], [], spans={TP(INPUT, 0): (1, 1)})
     await settle()
     producer.ack("out", RuntimeError("outputs not acknowledged"))

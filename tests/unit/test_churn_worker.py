@@ -97,6 +97,9 @@ async def test_timer_raises_the_level_through_the_protocol_outputs_first(tmp_pat
     assert producer.topics()[before:] == [RISK, protocol.store.changelog_topic]  # outputs, then the changelog
     (key, event), = sent(producer, RISK)
     assert (key, event["level"], event["previous_level"]) == (b"c1", "medium", "low")
+    codes = {c["code"]: c for c in event["reason_codes"]}  # machine-readable reasons beside the text
+    assert codes["no_purchase_days"]["effect"] > 0 and codes["repeat_purchase_days"]["value"] == 4
+    assert event["reasons"] and all(set(c) == {"code", "value", "effect"} for c in event["reason_codes"])
     churn = stored(protocol, "c1").extra["churn"]
     assert churn["l"] == "medium" and churn["due"] == worker.index.due_time("c1") > due
 
@@ -120,10 +123,17 @@ async def test_timer_never_overwrites_a_state_a_batch_changed_meanwhile(tmp_path
     worker.clock.observe(worker.index.due_time("c1") + 3600, time.time())  # type: ignore[operator]
     newer = buyer("c1", [0, 7, 14, 21, 28, 29])  # a batch applies a new purchase
 
+    entered, holds_lock = asyncio.Event(), asyncio.Event()
+
     async def a_batch_lands() -> None:
+        entered.set()
         async with worker.japp.state_lock:  # as BatchProtocol.run_batch does
-            state = protocol.store.read("c1", 0)
-            assert state is not None
+            holds_lock.set()
+            cached = protocol.store.read("c1", 0)
+            assert cached is not None
+            # A state of its own, as a batch gets when the customer is not in the decoded-state
+            # cache (read from RocksDB): a timer writing without the lock would now lose this.
+            state = CustomerState.from_wire(cached.to_wire())
             state.purchase_days = newer.purchase_days
             await protocol.stage([("c1", 0, state)], [])
 
@@ -132,8 +142,17 @@ async def test_timer_never_overwrites_a_state_a_batch_changed_meanwhile(tmp_path
 
     async def send_while_a_batch_arrives(records: Any) -> Any:
         if not batches:
-            batches.append(asyncio.ensure_future(a_batch_lands()))
-            await asyncio.sleep(0.01)  # the batch gets every chance to run now
+            batch = asyncio.ensure_future(a_batch_lands())
+            batches.append(batch)
+
+            async def ran_as_far_as_it_can() -> None:
+                # The batch gets every chance to run now: it is done, or it waits for the state
+                # lock, which the timer holds.
+                lock = worker.japp.state_lock
+                while not (batch.done() or (entered.is_set() and lock.locked() and not holds_lock.is_set())):
+                    await asyncio.sleep(0)
+
+            await asyncio.wait_for(ran_as_far_as_it_can(), timeout=10)
         return await original(records)
 
     protocol.sender.send = send_while_a_batch_arrives  # type: ignore[method-assign]

@@ -79,7 +79,8 @@ def _mutations(rng: random.Random) -> list[dict[str, Any]]:
         "channel": ["email", "store", "fax", None, 3],
         "properties": [None, {}, [], "x", {"rating": 5}, {"rating": 0}, {"rating": 4.0}, {"rating": True},
                        {"order_id": 12}, {"order_id": 1.5}, {"order_id": None}, {"amount": "3"},
-                       {"amount": 3}, {"currency": "eur"}, {"currency": "USD"}, {"cart_id": False},
+                       {"amount": 3}, {"amount": -2.5}, {"amount": 1e308}, {"amount": -1e12}, {"amount": 1e12 + 1},
+                       {"currency": "eur"}, {"currency": "USD"}, {"cart_id": False},
                        {"extra": {"nested": 1}}],
     }
     out = []

@@ -254,4 +254,4 @@ def test_churn_score_loads_no_kafka_faust_or_http(tmp_path: Path) -> None:
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.startswith("customer_id,score,level,reasons\n") and done.stdout.count("\n") > 2000
+    assert done.stdout.startswith("customer_id,score,level,reasons,reason_codes\n") and done.stdout.count("\n") > 2000

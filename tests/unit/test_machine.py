@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from journey.core.definition import Kind, load_definition
 from journey.core.events import validate
 from journey.core.machine import Limits, apply
 from journey.core.state import CustomerState
+from support.journey_reference import observable, reference
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITION = load_definition(ROOT / "schemas" / "journey.yaml")
@@ -209,6 +211,99 @@ def test_final_stage_never_depends_on_arrival_order():
             assert run(shuffled)[0].stage == final, [(e.type, e.ts, e.properties) for e in shuffled]
 
 
+# --- the whole observable state, for every arrival order, against an independent reference ----------
+_TYPES = ["ad_click", "page_view", "email_open", "product_view", "search", "add_to_cart", "checkout_started",
+          "purchase", "purchase", "purchase", "subscription_renewed", "review_submitted", "referral_sent",
+          "complaint", "wishlist_add", "social_share"]
+_CHANNELS = ["ads", "email", "direct", "search", None]  # None: the schema's default ("other")
+
+
+def _rich_journey(rng: random.Random, n: int) -> list:
+    """``n`` events of one customer on a coarse time grid (ties in event time are common), across a
+    UTC midnight, with channels, multi-line orders whose lines differ in time, and amounts."""
+    events = []
+    for _ in range(n):
+        etype = rng.choice(_TYPES)
+        props: dict[str, Any] = {}
+        if etype == "purchase":
+            props = {"order_id": rng.choice(["o1", "o2", "o3"]), "amount": rng.choice([10.0, 2.5, 0.25])}
+        if etype == "review_submitted":
+            props["rating"] = rng.randint(1, 5)
+        channel = rng.choice(_CHANNELS)
+        extra = {"channel": channel} if channel is not None else {}
+        events.append(tp(etype, rng.randint(0, 12) * 100, customer="c1", **extra, **props))
+    return events
+
+
+def _arrivals(rng: random.Random, events: list, limit: int) -> list[list]:
+    """Every arrival order of ``events`` when there are at most ``limit``, else ``limit`` shuffles;
+    half of them with one event delivered twice."""
+    orders = [list(p) for p in itertools.permutations(events)] if math.factorial(len(events)) <= limit else [
+        rng.sample(events, len(events)) for _ in range(limit)]
+    for order in orders[::2]:
+        order.insert(rng.randrange(len(order) + 1), rng.choice(events))
+    return orders
+
+
+def _assert_every_arrival_gives_the_reference(rng: random.Random, events: list, limit: int, limits: Limits = Limits()) -> int:
+    expected = reference(events)
+    n = 0
+    for order in _arrivals(rng, events, limit):
+        got = observable(run(order, limits=limits)[0])
+        if got != expected:
+            diff = {k: (got[k], expected[k]) for k in expected if got[k] != expected[k]}
+            arrival = [(e.type, (e.ts - T0.timestamp()) / 60, e.channel, e.properties) for e in order]
+            raise AssertionError(f"arrival order {arrival}: state differs from the reference (got, expected): {diff}")
+        n += 1
+    return n
+
+
+def test_every_arrival_order_gives_the_whole_reference_state():
+    rng = random.Random(11)
+    checked = 0
+    for _ in range(150):
+        checked += _assert_every_arrival_gives_the_reference(rng, _rich_journey(rng, rng.randint(1, 6)), limit=720)
+    assert checked > 20_000
+
+
+def test_shuffled_longer_journeys_give_the_whole_reference_state():
+    # Exact while the history fits the state's bounded memories: here, windows as long as the journey.
+    rng = random.Random(12)
+    for _ in range(300):
+        n = rng.randint(7, 14)
+        limits = Limits(touch_window=n, order_window=n, day_window=n)
+        _assert_every_arrival_gives_the_reference(rng, _rich_journey(rng, n), limit=8, limits=limits)
+
+
+def test_past_the_touch_window_a_late_earlier_purchase_is_credited_to_a_kept_touch():
+    # Twelve touches before a purchase, then a purchase earlier than all but the first two: the
+    # touch before it (search) has fallen out of the window (the latest 8 are kept); the last touch
+    # is then the first touch (the earliest is always known), never a touch after the purchase.
+    events = [tp("ad_click", 0, channel="ads"), tp("search", 2, channel="search"),
+              *(tp("page_view", 10 + i, channel="email") for i in range(10)),
+              tp("purchase", 100, channel="store", order_id="A"), tp("purchase", 5, channel="store", order_id="B")]
+    state, _ = run(events)
+    assert Limits().touch_window == 8 and state.attribution == ["ads", "ads"]
+    state, _ = run(events, limits=Limits(touch_window=12))
+    assert state.attribution == ["ads", "search"]  # exact within the window
+
+
+def test_a_touch_arriving_after_the_purchase_is_still_credited_by_event_time():
+    # The purchase arrives first; the touches before it (event time) arrive late.
+    state, _ = run([tp("purchase", 30, channel="store", order_id="A"), tp("ad_click", 0, channel="ads"),
+                    tp("email_open", 20, channel="email"), tp("page_view", 40, channel="social")])
+    assert state.attribution == ["ads", "email"]
+    assert state.first_channel == "ads" and state.last_channel == "social"
+
+
+def test_an_earlier_purchase_arriving_late_moves_the_last_touch_before_it():
+    state, _ = run([tp("ad_click", 0, channel="ads"), tp("search", 10, channel="search"), tp("email_open", 20, channel="email"),
+                    tp("purchase", 30, channel="store", order_id="A"), tp("purchase", 15, channel="store", order_id="B")])
+    assert state.attribution == ["ads", "search"]
+    assert state.reached[4] == (T0 + timedelta(minutes=30)).timestamp()  # retention: the second order
+    assert state.last_purchase == (T0 + timedelta(minutes=30)).timestamp()
+
+
 def test_transition_ids_are_deterministic():
     events = [tp("ad_click", 0, event_id="a"), tp("purchase", 1, event_id="b", order_id="o")]
     _, first = run(events)
@@ -244,12 +339,21 @@ def test_state_stays_compact_for_a_busy_customer():
     assert len(state.seen) == Limits().dedupe_window
     assert len(state.orders) == Limits().order_window
     assert state.purchases == 50
-    assert len(state.to_wire()) < 1500
+    assert len(state.order_times) == Limits().order_window and len(state.pre_purchase) == Limits().touch_window
+    # Encoding 3 keeps each order's time and the latest touches before the first purchase (~450
+    # bytes more here than encoding 2's ~1,250); bounded all the same.
+    assert len(state.to_wire()) < 1800
+    more, _ = run([tp("page_view", 400 + i) for i in range(100)], state=state)
+    assert len(more.to_wire()) <= len(state.to_wire()) + 20
 
 
-def test_states_written_in_the_v1_encoding_are_still_read():
-    state, _ = run([tp("ad_click", 0, channel="ads"), tp("purchase", 9, order_id="A", amount=3.5), tp("complaint", 12)])
-    state.extra = {"churn": {"l": "low"}}
+#: The fields of encodings 1 and 2 (encoding 3 added order_times and pre_purchase).
+V2_FIELDS = ("stage", "reached", "events", "channels", "first_channel", "last_channel", "first_seen", "last_seen",
+             "purchases", "purchase_days", "revenue", "first_purchase", "last_purchase", "orders", "days", "advocacy_max",
+             "renewal_max", "negatives", "last_negative", "seen", "recent", "partition", "attribution", "extra")
+
+
+def _old_encodings(state: CustomerState) -> dict[str, bytes]:
     v1 = orjson.dumps({
         "v": 1, "s": state.stage, "r": state.reached, "n": state.events, "ch": state.channels,
         "fc": state.first_channel, "lc": state.last_channel, "fs": state.first_seen, "ls": state.last_seen,
@@ -258,7 +362,34 @@ def test_states_written_in_the_v1_encoding_are_still_read():
         "rm": state.renewal_max, "ng": state.negatives, "nl": state.last_negative, "sn": state.seen,
         "tr": state.recent, "pt": state.partition, "at": state.attribution, "x": state.extra,
     })
-    assert CustomerState.from_wire(v1).to_wire() == state.to_wire()
+    v2 = orjson.dumps([2, *(getattr(state, f) for f in V2_FIELDS)])
+    return {"v1": v1, "v2": v2}
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_states_written_in_older_encodings_are_still_read(version):
+    state, _ = run([tp("ad_click", 0, channel="ads"), tp("email_open", 5, channel="email"),
+                    tp("purchase", 9, order_id="A", amount=3.5), tp("complaint", 12)])
+    state.extra = {"churn": {"l": "low"}}
+    old = CustomerState.from_wire(_old_encodings(state)[version])
+    assert {f: getattr(old, f) for f in V2_FIELDS} == {f: getattr(state, f) for f in V2_FIELDS}
+    assert old.to_public() == state.to_public()
+    # What encoding 3 adds is filled from what the old one kept: order times unknown; the frozen
+    # last touch stands at the first purchase (it stays, unless an earlier purchase arrives).
+    assert old.order_times == [None]
+    assert old.pre_purchase == [[state.first_purchase, "email", 0]]
+    assert CustomerState.from_wire(old.to_wire()).to_wire() == old.to_wire()
+    later, _ = run([tp("page_view", 7, channel="social"), tp("purchase", 30, order_id="B"), tp("purchase", 2, order_id="A")], state=old)
+    assert (later.stage, later.purchases, later.purchase_days) == (4, 2, 1)
+    assert later.attribution == ["ads", "ads"]  # the purchase at 2 is before every touch kept but the first
+
+
+def test_a_customer_who_never_purchased_keeps_first_and_last_touch_across_the_upgrade():
+    state, _ = run([tp("ad_click", 0, channel="ads"), tp("page_view", 5, channel="email"), tp("search", 8, channel="search")])
+    old = CustomerState.from_wire(_old_encodings(state)["v2"])
+    assert old.pre_purchase == [[state.first_seen, "ads", 0], [state.last_seen, "search", 0]]
+    later, _ = run([tp("purchase", 9, order_id="A", channel="store")], state=old)
+    assert later.attribution == ["ads", "search"]
 
 
 def test_an_unknown_state_encoding_is_refused_with_what_to_do():

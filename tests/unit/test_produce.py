@@ -33,7 +33,8 @@ class _Builder:
     def __init__(self) -> None:
         self.items: list[tuple[bytes | None, bytes | None]] = []
 
-    def append(self, key, value, timestamp):  # noqa: ANN001
+    def append(self, key, value, timestamp, headers):  # noqa: ANN001
+        assert isinstance(headers, list), "aiokafka takes headers as a list"
         self.items.append((key, value))
         return object()
 
@@ -73,8 +74,8 @@ class _SlowProducer:
 async def test_send_returns_before_the_previous_batch_is_acknowledged_and_keeps_the_order():
     producer = _SlowProducer()
     sender = BatchSender(producer)
-    first = await sender.send([("t", 0, b"a", b"1"), ("t", 0, b"b", b"2")])
-    second = await asyncio.wait_for(sender.send([("t", 0, b"c", b"3")]), timeout=1)  # does not wait for first's ack
+    first = await sender.send([("t", 0, b"a", b"1", None), ("t", 0, b"b", b"2", None)])
+    second = await asyncio.wait_for(sender.send([("t", 0, b"c", b"3", None)]), timeout=1)  # does not wait for first's ack
     await asyncio.sleep(0)
     assert [items for _, _, items in producer.handed] == [[(b"a", b"1"), (b"b", b"2")]]
     producer.acks[("t", 0)].set_result("meta-1")
@@ -90,6 +91,6 @@ async def test_send_returns_before_the_previous_batch_is_acknowledged_and_keeps_
 async def test_a_batch_the_producer_refuses_fails_its_future():
     producer = _SlowProducer()
     producer.fail_next = True
-    sent = await BatchSender(producer).send([("t", 1, b"k", b"v")])
+    sent = await BatchSender(producer).send([("t", 1, b"k", b"v", None)])
     with pytest.raises(RuntimeError, match="producer closed"):
         await asyncio.wait_for(sent[0].future, timeout=1)

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from journey.core import painpoints
+from journey.core.identity import ALIAS_KEY
 from journey.core.stages import STAGES
 from journey.core.state import CustomerState
 from journey.errors import EncodingError
@@ -62,9 +63,11 @@ def summarize(state: CustomerState | None) -> Summary | None:
     """
     if state is None:
         return None
+    extra = state.extra
+    if extra and ALIAS_KEY in extra:
+        return None  # a linked anonymous id: its journey is counted with the customer's
     stage = state.stage
     attribution = state.attribution
-    extra = state.extra
     level = None
     abandoned = stalled = 0
     if extra:

@@ -8,6 +8,7 @@ Details: docs/journey-rules.md.
 from __future__ import annotations
 
 import re
+import reprlib
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Final, TypeGuard
@@ -96,6 +97,10 @@ _PROPERTY_RULES: Final[dict[str, str]] = {
 }
 _CHECKED_PROPERTIES: Final[frozenset[str]] = frozenset(_PROPERTY_RULES)
 _new = object.__new__
+
+
+#: The largest order line amount, either sign (a negative line is a correction and lowers revenue).
+MAX_AMOUNT: Final[float] = 1e12
 
 
 def validate(data: Any) -> Touchpoint:
@@ -261,7 +266,7 @@ def _properties_surely_valid(p: dict[str, Any]) -> bool:
             if t is not str and t is not int:
                 return False
         elif rule == "number":
-            if t is not float and t is not int:
+            if (t is not float and t is not int) or not -MAX_AMOUNT <= v <= MAX_AMOUNT:
                 return False
         elif rule == "currency":
             if t is not str or (v not in _VALID_CURRENCIES and not _remember_currency(v)):
@@ -333,6 +338,9 @@ def _check_properties(p: dict[str, Any], event_id: str) -> None:
     amount = p.get("amount")
     if "amount" in p and (isinstance(amount, bool) or not isinstance(amount, (int, float))):
         raise _violation("properties.amount", amount, "a number", event_id)
+    if isinstance(amount, (int, float)) and not -MAX_AMOUNT <= amount <= MAX_AMOUNT:
+        # A sum of a few amounts near the float limit is infinite, which no state can record.
+        raise _violation("properties.amount", amount, f"a number from -{MAX_AMOUNT:.0e} to {MAX_AMOUNT:.0e}", event_id)
     currency = p.get("currency")
     if "currency" in p and (not isinstance(currency, str) or not _CURRENCY_RE.fullmatch(currency)):
         raise _violation("properties.currency", currency, "a three-letter ISO 4217 code such as EUR", event_id)
@@ -349,9 +357,28 @@ def _is_integer(v: Any) -> TypeGuard[int | float]:
 
 
 def _violation(field: str, value: Any, expected: str, event_id: Any = None) -> InvalidTouchpoint:
-    shown = repr(value)
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
+    shown = _shown(value)
     where = f"event {event_id!r}: " if isinstance(event_id, str) else ""
     got = "it is missing or null" if value is None else f"got {shown}"
     return InvalidTouchpoint("schema_violation", f"{where}field {field} must be {expected}; {got}")
+
+
+# The offending value as shown in an error: a few levels and items of it, never the whole. repr()
+# of a value nested 1,000 deep (which orjson reads) raises RecursionError, and of a 5 MB value
+# would build 5 MB only to cut it.
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlong = 40
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str):
+        shown = repr(value[:80])
+    else:
+        try:
+            shown = _REPR.repr(value)
+        except (RecursionError, ValueError):  # a deep dict subclass; an int too long to print
+            shown = f"<{type(value).__name__}>"
+    return shown if len(shown) <= 80 else shown[:77] + "..."

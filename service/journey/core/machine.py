@@ -2,11 +2,19 @@
 
 It holds the rules that move a customer through the stages (schemas/journey.yaml holds the type
 lists), applied so that the final stage never depends on arrival order. Details: docs/journey-rules.md.
+
+The state's other observable parts do not depend on arrival order either (while a customer's
+history fits the bounded windows of Limits): first-reached times, first and last touch (ties in
+event time: the smallest channel name is the earliest, the largest the latest), purchase
+attribution (the first touch, and the latest non-purchase touchpoint at or before the first
+purchase), orders (an order happened at its earliest line), purchase days, counts.
+tests/unit/test_machine.py holds every arrival order to a reference computed from all events.
 """
 
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +22,7 @@ from journey.core.clock import utc_day
 from journey.core.definition import JourneyDefinition, Kind
 from journey.core.events import Touchpoint
 from journey.core.stages import ADVOCACY, NO_STAGE, PURCHASE, RETENTION, STAGES
-from journey.core.state import RECENT_TRANSITIONS, CustomerState, id_hash
+from journey.core.state import ADVOCACY_SIGNAL, RECENT_TRANSITIONS, RENEWAL_SIGNAL, TOUCH, CustomerState, id_hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +32,10 @@ class Limits:
     dedupe_window: int = 32
     order_window: int = 16
     day_window: int = 16
+    #: Non-purchase touchpoints kept from before the first purchase (the latest ones by event
+    #: time): attribution and signals stay exact while a customer has at most this many before a
+    #: purchase that arrives late, or earlier than the one known.
+    touch_window: int = 8
 
 
 @dataclass(slots=True)
@@ -96,15 +108,18 @@ def apply(
 
     ts = tp.ts
     channel = tp.channel
-    last_touch_before = st.last_channel
-    # The touch: counts, and first/last touch by event time so late events land where they belong.
+    # The touch: counts, and first/last touch by event time so late events land where they belong
+    # (ties: the smallest channel name first, the largest last, whatever arrives first).
     st.events += 1
     channels = st.channels
     channels[channel] = channels.get(channel, 0) + 1
-    if st.first_seen is None or ts < st.first_seen:
+    first_seen = st.first_seen
+    first_moved = first_seen is None or ts < first_seen or (ts == first_seen and channel < (st.first_channel or ""))
+    if first_moved:
         st.first_seen = ts
         st.first_channel = channel
-    if st.last_seen is None or ts >= st.last_seen:
+    last_seen = st.last_seen
+    if last_seen is None or ts > last_seen or (ts == last_seen and channel > (st.last_channel or "")):
         st.last_seen = ts
         st.last_channel = channel
 
@@ -116,9 +131,6 @@ def apply(
         target = NO_STAGE
         kind = definition.classify(etype, tp.properties)
         if kind is _PURCHASE:
-            if st.attribution is None:
-                # Last touch = the touch before the purchase itself (the purchase is not a channel's win).
-                st.attribution = [st.first_channel, last_touch_before or channel]
             target = _record_purchase(st, tp, eid, limits)
         elif kind is _RENEWAL:
             st.renewal_max = ts if st.renewal_max is None else max(st.renewal_max, ts)
@@ -131,6 +143,17 @@ def apply(
         elif kind is _NEGATIVE:
             st.negatives[etype] = st.negatives.get(etype, 0) + 1
             st.last_negative = ts if st.last_negative is None else max(st.last_negative, ts)
+
+    if kind is not _PURCHASE:
+        first_purchase = st.first_purchase
+        if first_purchase is None or ts <= first_purchase:
+            # A touch before the first purchase: the last touch (or, later, the signals) may be it.
+            code = RENEWAL_SIGNAL if kind is _RENEWAL else ADVOCACY_SIGNAL if kind is _ADVOCACY else TOUCH
+            _note_touch(st.pre_purchase, [ts, channel, code], limits.touch_window)
+            if first_purchase is not None:
+                st.attribution = _attribution(st)
+        elif first_moved and st.attribution is not None:
+            st.attribution = _attribution(st)
 
     if target == NO_STAGE:
         return Outcome(st, None, False, kind)
@@ -173,8 +196,18 @@ def _record_purchase(st: CustomerState, tp: Touchpoint, eid: int, limits: Limits
     order_id = props.get("order_id")
     order = id_hash(str(order_id)) if order_id is not None else eid
     ts = tp.ts
-    if order not in st.orders:
-        _remember(st.orders, order, limits.order_window)
+    orders, times = st.orders, st.order_times
+    try:
+        i = orders.index(order)
+    except ValueError:
+        i = -1
+    if i < 0:
+        # A new order, at this line's time (until an earlier line of it comes).
+        orders.append(order)
+        times.append(ts)
+        if len(orders) > limits.order_window:
+            del orders[0]
+            del times[0]
         st.purchases += 1
         day = utc_day(ts)
         if day not in st.days:
@@ -182,23 +215,79 @@ def _record_purchase(st: CustomerState, tp: Touchpoint, eid: int, limits: Limits
             st.purchase_days += 1
         if st.last_purchase is None or ts > st.last_purchase:
             st.last_purchase = ts
-    if st.first_purchase is None or ts < st.first_purchase:
+    else:
+        old = times[i]
+        if old is None:
+            times[i] = ts  # from a state that did not keep order times: its day was counted then
+        elif ts < old:
+            # An earlier line of a known order: the order happened then.
+            times[i] = ts
+            old_day, day = utc_day(old), utc_day(ts)
+            if day != old_day:
+                if day not in st.days:
+                    _remember(st.days, day, limits.day_window)
+                    st.purchase_days += 1
+                if old_day in st.days and not any(t is not None and utc_day(t) == old_day for t in times):
+                    st.days.remove(old_day)
+                    st.purchase_days -= 1
+            if st.last_purchase == old:
+                st.last_purchase = max(t for t in times if t is not None)
+    first_moved = st.first_purchase is None or ts < st.first_purchase
+    if first_moved:
         st.first_purchase = ts
-    first = st.first_purchase
+    first: float = st.first_purchase  # type: ignore[assignment]
     _reach(st, PURCHASE, first)
     target = PURCHASE
     if st.purchases >= 2:
         target = RETENTION
-        # The repeat happened at the latest purchase known (approximate once orders fall out of the window).
-        _reach(st, RETENTION, st.last_purchase if st.last_purchase is not None else ts)
-    # Signals that arrived before this purchase but happened after it now count.
+        # The repeat happened at the second order's time (approximate once orders fall out of the window).
+        known = sorted(t for t in times if t is not None)
+        _reach(st, RETENTION, known[1] if len(known) >= 2 else (st.last_purchase if st.last_purchase is not None else ts))
+    pre = st.pre_purchase
+    if first_moved:
+        # Signals that arrived before this purchase but happened at or after it count now, each
+        # from its own time; then only what lies at or before the first purchase is kept.
+        cut = bisect_left(pre, [first])
+        for signal_ts, _channel, code in pre[cut:]:
+            if code == RENEWAL_SIGNAL:
+                _reach(st, RETENTION, signal_ts)
+            elif code == ADVOCACY_SIGNAL:
+                _reach(st, ADVOCACY, signal_ts)
+        del pre[bisect_right(pre, [first, _AFTER_EVERY_CHANNEL]):]
     if st.renewal_max is not None and st.renewal_max >= first:
         target = max(target, RETENTION)
-        _reach(st, RETENTION, max(first, st.renewal_max))
+        if st.reached[RETENTION] is None:  # the signal fell out of the window: its latest time
+            _reach(st, RETENTION, st.renewal_max)
     if st.advocacy_max is not None and st.advocacy_max >= first:
         target = ADVOCACY
-        _reach(st, ADVOCACY, st.advocacy_max)
+        if st.reached[ADVOCACY] is None:
+            _reach(st, ADVOCACY, st.advocacy_max)
+    st.attribution = _attribution(st)
     return target
+
+
+#: Sorts after every [time, channel, kind] entry of that time (channels are plain strings).
+_AFTER_EVERY_CHANNEL = "\U0010ffff"
+
+
+def _attribution(st: CustomerState) -> list[str | None]:
+    """[first touch, the latest non-purchase touch at or before the first purchase (ties: the
+    largest channel name), or the first touch when there is none]."""
+    pre = st.pre_purchase
+    return [st.first_channel, pre[-1][1] if pre else st.first_channel]
+
+
+def _note_touch(pre: list[list[Any]], entry: list[Any], size: int) -> None:
+    """Keep ``entry`` in the sorted list ``pre`` (once), with at most ``size`` entries: the latest."""
+    if not pre or entry > pre[-1]:
+        pre.append(entry)
+    else:
+        i = bisect_left(pre, entry)
+        if pre[i] == entry:
+            return
+        pre.insert(i, entry)
+    if len(pre) > size:
+        del pre[0]
 
 
 def _reach(st: CustomerState, stage: int, ts: float) -> None:

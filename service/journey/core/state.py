@@ -17,7 +17,9 @@ from journey.errors import EncodingError
 _MASK63 = (1 << 63) - 1
 #: Recent transitions kept for the customer view.
 RECENT_TRANSITIONS = 10
-ENCODING_VERSION = 2
+ENCODING_VERSION = 3
+#: Kinds of the touchpoints kept in CustomerState.pre_purchase.
+TOUCH, RENEWAL_SIGNAL, ADVOCACY_SIGNAL = 0, 1, 2
 
 
 def id_hash(value: str) -> int:
@@ -33,6 +35,7 @@ class CustomerState:
         "first_seen", "last_seen", "purchases", "purchase_days", "revenue",
         "first_purchase", "last_purchase", "orders", "days", "advocacy_max", "renewal_max",
         "negatives", "last_negative", "seen", "recent", "partition", "attribution", "extra",
+        "order_times", "pre_purchase",
     )
 
     def __init__(self) -> None:
@@ -52,6 +55,9 @@ class CustomerState:
         self.first_purchase: float | None = None
         self.last_purchase: float | None = None
         self.orders: list[int] = []
+        #: Each order's time (its earliest line), aligned with ``orders``; None: not known (a
+        #: state written before version 3).
+        self.order_times: list[float | None] = []
         self.days: list[int] = []
         #: Latest event time of an advocacy signal / a renewal, wherever it stood relative to
         #: purchases: a late purchase can make an earlier-arrived signal count.
@@ -65,15 +71,24 @@ class CustomerState:
         #: The Kafka partition this customer lives in (set by the worker), so the live aggregates
         #: and timers of a partition can be rebuilt from the table after a rebalance.
         self.partition: int | None = None
-        #: [first-touch channel, last-touch channel before the purchase] at the first purchase.
+        #: [first-touch channel, last-touch channel before the first purchase] once the customer
+        #: has purchased: the earliest touchpoint, and the latest non-purchase touchpoint at or
+        #: before the first purchase, by event time (whatever the arrival order).
         self.attribution: list[str | None] | None = None
+        #: The non-purchase touchpoints at or before the first purchase (all of them before any
+        #: purchase), as [time, channel, kind] sorted, the latest ``Limits.touch_window`` kept:
+        #: what a purchase arriving late, or an earlier one, needs to find the touch before it
+        #: and the renewals and advocacy signals that now count (kind: TOUCH, RENEWAL_SIGNAL,
+        #: ADVOCACY_SIGNAL).
+        self.pre_purchase: list[list[Any]] = []
         #: Room for other concerns' per-customer state (churn, pain points), kept in one record.
         self.extra: dict[str, Any] = {}
 
     # --- encoding -----------------------------------------------------------------------
-    # Version 2 is a positional JSON array (the slots in _WIRE_FIELDS order after the version):
-    # a third smaller than the keyed v1 object and about twice as fast both ways, which matters
-    # because every changed customer is encoded once per batch. v1 records are still read.
+    # A positional JSON array (the slots in _WIRE_FIELDS order after the version): a third
+    # smaller than the keyed v1 object and about twice as fast both ways, which matters because
+    # every changed customer is encoded once per batch. Version 3 appends order_times and
+    # pre_purchase to version 2's fields; v1 and v2 records are still read (_upgrade).
     def to_wire(self) -> bytes:
         return orjson.dumps(
             [
@@ -82,7 +97,7 @@ class CustomerState:
                 self.purchases, self.purchase_days, round(self.revenue, 4), self.first_purchase,
                 self.last_purchase, self.orders, self.days, self.advocacy_max, self.renewal_max,
                 self.negatives, self.last_negative, self.seen, self.recent, self.partition,
-                self.attribution, self.extra,
+                self.attribution, self.extra, self.order_times, self.pre_purchase,
             ]
         )
 
@@ -96,14 +111,24 @@ class CustomerState:
                 st.first_seen, st.last_seen, st.purchases, st.purchase_days, st.revenue,
                 st.first_purchase, st.last_purchase, st.orders, st.days, st.advocacy_max,
                 st.renewal_max, st.negatives, st.last_negative, st.seen, st.recent, st.partition,
+                st.attribution, st.extra, st.order_times, st.pre_purchase,
+            ) = d
+            return st
+        if type(d) is list and len(d) == _V2_LENGTH and d[0] == 2:
+            (
+                _, st.stage, st.reached, st.events, st.channels, st.first_channel, st.last_channel,
+                st.first_seen, st.last_seen, st.purchases, st.purchase_days, st.revenue,
+                st.first_purchase, st.last_purchase, st.orders, st.days, st.advocacy_max,
+                st.renewal_max, st.negatives, st.last_negative, st.seen, st.recent, st.partition,
                 st.attribution, st.extra,
             ) = d
+            _upgrade(st)
             return st
         if type(d) is dict and d.get("v") == 1:
             return cls._from_v1(d)
         version = d[0] if type(d) is list and d else d.get("v") if type(d) is dict else None
         raise EncodingError(
-            f"customer state encoding {version!r} is not one this journey reads (it reads 1 and "
+            f"customer state encoding {version!r} is not one this journey reads (it reads 1 to "
             f"{ENCODING_VERSION}); was the changelog written by a newer journey? Run that version"
         )
 
@@ -134,6 +159,7 @@ class CustomerState:
         st.partition = d.get("pt")
         st.attribution = d.get("at")
         st.extra = d.get("x") or {}
+        _upgrade(st)
         return st
 
     def copy(self) -> CustomerState:
@@ -185,11 +211,30 @@ class CustomerState:
         }
 
 
-#: The slots in the order of the v2 wire array (after the version).
+def _upgrade(st: CustomerState) -> None:
+    """Fill the fields version 3 added, for a state read from version 1 or 2, from what those
+    kept: order times are unknown; of the touchpoints before the first purchase only the first
+    and last touch are known (no purchase yet), or the frozen last touch of the attribution,
+    placed at the first purchase (it then stays, as before, unless an earlier purchase comes)."""
+    st.order_times = [None] * len(st.orders)
+    pre: list[list[Any]] = []
+    if st.first_purchase is None:
+        for ts, channel in ((st.first_seen, st.first_channel), (st.last_seen, st.last_channel)):
+            if ts is not None and channel is not None and [ts, channel, TOUCH] not in pre:
+                pre.append([ts, channel, TOUCH])
+    elif st.attribution and st.attribution[1] is not None:
+        pre.append([st.first_purchase, st.attribution[1], TOUCH])
+    pre.sort()
+    st.pre_purchase = pre
+
+
+#: The slots in the order of the wire array (after the version).
 _WIRE_FIELDS = (
     "stage", "reached", "events", "channels", "first_channel", "last_channel", "first_seen",
     "last_seen", "purchases", "purchase_days", "revenue", "first_purchase", "last_purchase",
     "orders", "days", "advocacy_max", "renewal_max", "negatives", "last_negative", "seen",
-    "recent", "partition", "attribution", "extra",
+    "recent", "partition", "attribution", "extra", "order_times", "pre_purchase",
 )
+#: Version 2's array: the version and the fields before order_times.
+_V2_LENGTH = 1 + _WIRE_FIELDS.index("order_times")
 assert set(_WIRE_FIELDS) == set(CustomerState.__slots__) and len(_WIRE_FIELDS) == len(CustomerState.__slots__)

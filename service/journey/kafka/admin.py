@@ -50,6 +50,7 @@ def journey_topic_specs(settings: Settings) -> list[TopicSpec]:
         settings.topic_dead_letter,
         settings.topic_churn_risk,
         settings.topic_pain_points,
+        settings.topic_identities,
     ]
     specs = [
         TopicSpec(name, settings.partitions, settings.replication_factor, settings.retention_ms)

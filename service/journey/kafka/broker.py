@@ -8,14 +8,16 @@ quirks. Details: docs/kafka.md.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -56,8 +58,9 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return int(s.getsockname()[1])
 
 
-async def probe(bootstrap_servers: str, timeout_s: float = 2.0) -> bool:
-    """True when a Kafka metadata request to ``bootstrap_servers`` succeeds."""
+async def probe(bootstrap_servers: str, timeout_s: float = 2.0, *, client_options: Mapping[str, Any] | None = None) -> bool:
+    """True when a Kafka metadata request to ``bootstrap_servers`` succeeds (``client_options``:
+    TLS/SASL, from journey.kafka.security.client_options; none for the embedded broker)."""
     # A bare TCP check first, so a broker still binding its port does not make
     # aiokafka log connection errors.
     host, _, port = bootstrap_servers.split(",")[0].strip().rpartition(":")
@@ -70,6 +73,7 @@ async def probe(bootstrap_servers: str, timeout_s: float = 2.0) -> bool:
         bootstrap_servers=bootstrap_servers,
         request_timeout_ms=int(timeout_s * 1000),
         retry_backoff_ms=50,
+        **(client_options or {}),
     )
     try:
         await asyncio.wait_for(client.bootstrap(), timeout_s)
@@ -80,13 +84,11 @@ async def probe(bootstrap_servers: str, timeout_s: float = 2.0) -> bool:
         await client.close()
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """In a child, before exec (``preexec_fn``): have Linux send it SIGTERM when its parent dies."""
     # Linux only: if the Python process is SIGKILLed, take the broker with it
-    # instead of leaving an orphan holding the port.
+    # instead of leaving an orphan holding the port. (Runs between fork and exec: no imports.)
     try:
-        import ctypes
-        import signal
-
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
@@ -211,7 +213,10 @@ class EmbeddedBroker:
                 stdin=subprocess.DEVNULL,
                 stdout=self._log_file,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
+                # Not in the terminal's process group: its owner stops it, after what uses it
+                # (a Ctrl-C would otherwise take it down first).
+                start_new_session=True,
             )
         except OSError as exc:
             self._log_file.close()

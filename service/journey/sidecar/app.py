@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import logging.config
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 
-from journey.settings import Settings
+from journey.logs import identity, logging_config
+from journey.settings import Settings, unknown_variables
 from journey.sidecar import routes
 from journey.sidecar.metrics import sidecar_registry
 from journey.sidecar.state import SidecarState
@@ -47,12 +50,22 @@ def create_sidecar(settings: Settings, *, consume: bool = True) -> FastAPI:
     return app
 
 
+def sidecar_logging(settings: Settings) -> dict[str, Any]:
+    """The logging config of the sidecar's process: its own, uvicorn's and the access log, in
+    JOURNEY_LOG_FORMAT (customer ids masked in the access log)."""
+    ident = identity("sidecar", app_id=settings.app_id, port=settings.sidecar_port)
+    return logging_config(settings.log_format, settings.log_level, ident, uvicorn=True)
+
+
 def run_sidecar(settings: Settings) -> None:
     """Serve the sidecar on settings.sidecar_host:sidecar_port until stopped."""
     import uvicorn
 
-    logging.basicConfig(level=settings.log_level.upper(), format="[%(asctime)s] [%(levelname)s] %(name)s: %(message)s")
+    config = sidecar_logging(settings)
+    logging.config.dictConfig(config)  # before the app is built: its start-up logs too
+    for name in unknown_variables():
+        log.warning("%s is set but is no journey setting (a typo? see `journey config --help`); it is ignored", name)
     uvicorn.run(
         create_sidecar(settings), host=settings.sidecar_host, port=settings.sidecar_port,
-        log_level=settings.log_level.lower(), access_log=False,
+        log_level=settings.log_level, log_config=config, access_log=settings.access_log,
     )

@@ -20,7 +20,7 @@ from aiokafka.client import AIOKafkaClient
 from journey.core.snapshot import Snapshot, SnapshotError
 from journey.kafka.broker import probe
 from journey.kafka.offsets import true_highwaters
-from journey.kafka.security import client_kwargs
+from journey.kafka.security import client_options
 from journey.settings import Settings
 from journey.sidecar.book import SnapshotBook
 
@@ -41,9 +41,8 @@ class SnapshotConsumer:
         self.last_fetch: float | None = None
         self.invalid = 0
         self._start_ends: dict[TopicPartition, int] = {}
-        #: TLS/SASL options for the consumer and the highwater client (checked here, once: a
-        #: bad security setting fails the sidecar's start instead of every retry).
-        self._security: dict[str, Any] = client_kwargs(settings)
+        #: TLS/SASL options for the consumer, the highwater client and the probe.
+        self._security: dict[str, Any] = client_options(settings)
 
     async def run(self) -> None:
         """Consume until cancelled; reconnects (with a log line) when Kafka goes away."""
@@ -66,8 +65,8 @@ class SnapshotConsumer:
             bootstrap_servers=s.bootstrap_servers, enable_auto_commit=False, group_id=None,
             auto_offset_reset="earliest", fetch_max_wait_ms=200, **self._security,
         )
-        await consumer.start()
         try:
+            await consumer.start()  # a failed start still leaves connections to close (stop, below)
             tps = await self._assign(consumer)
             await consumer.seek_to_beginning(*tps)
             hints = await consumer.end_offsets(tps)
@@ -129,7 +128,7 @@ class SnapshotConsumer:
         log.info("read the aggregates topic to its end: %d partition snapshot(s) held", len(self.book.latest))
 
     async def _probe(self, consumer: AIOKafkaConsumer) -> None:
-        self.kafka_ok = await probe(self.settings.bootstrap_servers, timeout_s=2.0)
+        self.kafka_ok = await probe(self.settings.bootstrap_servers, timeout_s=2.0, client_options=self._security)
         if self.kafka_ok:
             try:
                 await consumer.topics()

@@ -20,7 +20,18 @@ class WorkersUnreachable(SidecarError):
 
 
 async def fetch_customer(worker_urls: list[str], customer_id: str, authorization: str, timeout_s: float = 5.0) -> tuple[int, Any]:
-    """(status, JSON body) of the first worker that answers for ``customer_id``."""
+    """(status, JSON body) of the first worker that answers for ``customer_id``; for a linked
+    anonymous id, the customer it belongs to (with ``requested_id``)."""
+    status, body = await _fetch(worker_urls, customer_id, authorization, timeout_s)
+    linked = body.get("linked_to") if status == 200 and isinstance(body, dict) else None
+    if isinstance(linked, str) and linked != customer_id:
+        status, body = await _fetch(worker_urls, linked, authorization, timeout_s)
+        if status == 200 and isinstance(body, dict):
+            body = {**body, "requested_id": customer_id}
+    return status, body
+
+
+async def _fetch(worker_urls: list[str], customer_id: str, authorization: str, timeout_s: float) -> tuple[int, Any]:
     errors: list[str] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
         for base in worker_urls:

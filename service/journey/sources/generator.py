@@ -61,6 +61,14 @@ class GeneratorMix:
     duplicate: float = 0.01
     #: Per event: emitted well after its event time, out of order.
     late: float = 0.005
+    #: Identity (IDENTITY_MIX turns these on). Of known customers: the journey starts on a
+    #: device, anonymously, until a login (an `identify` carrying both ids) after 1-6 steps
+    #: (a guest checkout when the purchase comes first).
+    anonymous_first: float = 0.0
+    #: Of those: a second device later, browsed anonymously for 1-2 steps, then logged in too.
+    second_device: float = 0.0
+    #: Per step after the login: logged out (the device's anonymous id only).
+    logged_out: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -69,6 +77,22 @@ class GeneratorMix:
                 raise ValueError(
                     f"GeneratorMix.{f.name}={value!r} is not a probability; give a number in [0, 1]"
                 )
+
+
+#: Anonymous-first traffic: most customers browse before they log in, some on two devices, some
+#: check out as guests or logged out (`journey dev --identity`, `bench/throughput.py --identity`).
+IDENTITY_MIX = GeneratorMix(anonymous_first=0.7, second_device=0.3, logged_out=0.15, with_anonymous_id=0.0)
+
+
+class _Identity:
+    """Which ids a customer's next event carries, and when a login happens."""
+
+    __slots__ = ("customer", "device", "second", "anonymous_steps", "second_at", "step")
+
+    def __init__(self, customer: str | None, device: str | None, second: str | None = None,
+                 anonymous_steps: int = 0, second_at: int = -1) -> None:
+        self.customer, self.device, self.second = customer, device, second
+        self.anonymous_steps, self.second_at, self.step = anonymous_steps, second_at, 0
 
 
 class Emission(NamedTuple):
@@ -356,7 +380,7 @@ def _merge(
     # Entry: (due, seq, kind, event_time, journey, step, identity). seq breaks ties, so
     # journeys and dicts are never compared.
 
-    def advance(journey: Iterator[Step], t: float, identity: tuple[str | None, str | None]) -> None:
+    def advance(journey: Iterator[Step], t: float, identity: _Identity) -> None:
         for gap, typ, ch, props in journey:
             t += gap
             if r() < late_p:
@@ -374,11 +398,15 @@ def _merge(
         if kind == _ARRIVAL:
             n = next(customer_no)
             if r() < mix.anonymous:
-                identity = (None, f"{prefix}v{n}")
+                identity = _Identity(None, f"{prefix}v{n}")
                 journey = _visitor(rng, mix, pace, ids)
+            elif mix.anonymous_first and r() < mix.anonymous_first:
+                second = f"{prefix}m{n}" if r() < mix.second_device else None
+                identity = _Identity(f"{prefix}c{n}", f"{prefix}d{n}", second, rng.randint(1, 6), rng.randint(2, 9))
+                journey = _customer(rng, mix, pace, ids)
             else:
                 device = f"{prefix}d{n}" if r() < mix.with_anonymous_id else None
-                identity = (f"{prefix}c{n}", device)
+                identity = _Identity(f"{prefix}c{n}", device)
                 journey = _customer(rng, mix, pace, ids)
             advance(journey, t, identity)
             following = next(arrivals, None)
@@ -389,7 +417,23 @@ def _merge(
             yield Emission(due, step, due > t, True)
             continue
         typ, ch, props = step
-        customer_id, anonymous_id = identity
+        customer_id, anonymous_id = identity.customer, identity.device
+        if identity.anonymous_steps or identity.second:
+            # Anonymous-first journeys: which device, logged in or not; a login comes as an
+            # identify event of its own just before the first logged-in step on a device.
+            identity.step += 1
+            on_second = identity.second is not None and identity.step >= identity.second_at
+            device = identity.second if on_second else identity.device
+            logged_in = identity.step > identity.anonymous_steps + (2 if on_second else 0) and (
+                not on_second or identity.step >= identity.second_at + 2)
+            if logged_in and not on_second and identity.step == identity.anonymous_steps + 1 or (
+                    on_second and identity.step == identity.second_at + 2):
+                yield Emission(due, {"event_id": f"{prefix}e{next(event_no)}", "customer_id": customer_id,
+                                     "anonymous_id": device, "type": "identify", "timestamp": _rfc3339(t - 1.0),
+                                     "channel": "direct", "properties": {}}, False, False)
+            if not logged_in or r() < mix.logged_out:
+                customer_id = None
+            anonymous_id = device
         event: Event = {"event_id": f"{prefix}e{next(event_no)}"}
         if customer_id is not None:
             event["customer_id"] = customer_id

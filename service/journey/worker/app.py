@@ -15,6 +15,7 @@ from faust.serializers import codecs
 
 from journey.core.aggregates import summarize
 from journey.core.definition import JourneyDefinition, load_definition
+from journey.core.identity import control_key, junk_ids
 from journey.core.machine import Limits
 from journey.core.state import CustomerState
 from journey.kafka.security import faust_credentials
@@ -24,7 +25,7 @@ from journey.worker import churn as churn_risk
 from journey.worker import ingest, views
 from journey.worker.faust_internals import install_transport
 from journey.worker.metrics import WorkerMetrics
-from journey.worker.pipeline import Pipeline
+from journey.worker.pipeline import IdentityRules, Pipeline
 
 if TYPE_CHECKING:
     from journey.worker.aggregates import LiveAggregates
@@ -153,7 +154,13 @@ def create_app(settings: Settings, definition: JourneyDefinition | None = None) 
     metrics = WorkerMetrics(definition)
     limits = Limits(dedupe_window=settings.dedupe_window, order_window=settings.order_window)
     # The pipeline hands the live aggregates each customer's summary from before the batch.
-    pipeline = Pipeline(definition, limits, summarize=summarize, copy_reads=False)
+    secret = settings.control_secret.get_secret_value() if settings.control_secret is not None else None
+    if secret is None:
+        log.warning("JOURNEY_CONTROL_SECRET is not set: identity records are signed with a key derived from the app id, "
+                    "which any producer that knows it can forge; set a secret in production")
+    identity = IdentityRules(junk=junk_ids(settings.identity_junk_ids), alias_window=settings.identity_alias_window,
+                             key=control_key(secret, settings.app_id))
+    pipeline = Pipeline(definition, limits, summarize=summarize, copy_reads=False, identity=identity)
     japp = JourneyApp(app, settings, definition, touchpoints, customers, pipeline, metrics)
     japp.aggregates = live_aggregates.register(japp)
     japp.churn = churn_risk.register(japp)

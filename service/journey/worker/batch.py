@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 #: An infrastructure failure in a batch exits the worker with this code (see exit_replaying).
 EXIT_BATCH_FAILED = 70
 
-#: (topic, key, value) of an output record; its partition follows from the key.
-Output = tuple[str, bytes | None, bytes]
+#: (topic, key, value, headers) of an output record; its partition follows from the key.
+Output = tuple[str, bytes | None, bytes, tuple[tuple[str, bytes], ...] | None]
 #: Input offsets a batch completes: first..last (inclusive) per partition.
 Spans = Mapping[TP, tuple[int, int]]
 
@@ -125,7 +125,7 @@ class BatchProtocol:
     ) -> Stage:
         """Steps 2 and 3 for (key, partition, state) and the outputs that record them; steps 5-9
         follow in a task of the stage's own. Call it under JourneyApp.state_lock."""
-        sent = await self.sender.send((topic, None, key, value) for topic, key, value in outputs) if outputs else []
+        sent = await self.sender.send((topic, None, key, value, headers) for topic, key, value, headers in outputs) if outputs else []
         topic, keep = self.store.changelog_topic, self.store.keep
         changes: list[tuple[str, int, bytes, bytes]] = []
         for key, partition, state in states:
@@ -150,7 +150,7 @@ class BatchProtocol:
                 await asyncio.gather(*(s.future for s in sent))  # 5
             if previous is not None:
                 await previous.handed_over
-            changelog = await self.sender.send(changes) if changes else []  # 6
+            changelog = await self.sender.send((t, p, k, v, None) for t, p, k, v in changes) if changes else []  # 6
             handed_over.set_result(None)
             acks = await asyncio.gather(*(c.future for c in changelog))  # 7
             if previous is not None:
@@ -180,9 +180,10 @@ def process(japp: JourneyApp, records: Sequence[Record], read: Callable[[str, in
     result = japp.pipeline.process(records, read=read)
     settings = japp.settings
     outputs: list[Output] = [
-        *((settings.topic_transitions, o.key, o.value) for o in map(transition_output, result.transitions)),
-        *((settings.topic_dead_letter, o.key, o.value) for o in result.dead_letters),
-        *((settings.topic_touchpoints, o.key, o.value) for o in result.rekeyed),
+        *((settings.topic_transitions, o.key, o.value, None) for o in map(transition_output, result.transitions)),
+        *((settings.topic_dead_letter, o.key, o.value, None) for o in result.dead_letters),
+        *((settings.topic_touchpoints, o.key, o.value, o.headers) for o in result.rekeyed),
+        *((settings.topic_identities, o.key, o.value, None) for o in result.identities),
     ]
     if japp.churn is not None:
         # Re-scores the batch's customers (their states change in place, for the writes).

@@ -22,7 +22,9 @@ from journey.churn.risk import StageTimes, load_model, stored_due
 from journey.churn.timers import DueIndex
 from journey.churn.update import Update, note_touchpoint, update
 from journey.core.eventclock import EventClock
+from journey.core.identity import ALIAS_KEY
 from journey.core.state import CustomerState
+from journey.worker.batch import Output
 from journey.worker.pipeline import BatchResult, Record
 
 if TYPE_CHECKING:
@@ -58,7 +60,7 @@ class ChurnWorker:
         self._counters: dict[tuple[str, ...], Any] = {}
 
     # --- after a batch --------------------------------------------------------------------
-    def score_batch(self, result: BatchResult) -> list[tuple[str, bytes, bytes]] | None:
+    def score_batch(self, result: BatchResult) -> list[Output] | None:
         """Step 1 of a batch (worker/batch.py), after the pipeline: note, re-score and collect the outputs to send
         (None: the batch wrote no customer)."""
         wall = time.time()
@@ -70,12 +72,16 @@ class ChurnWorker:
             return None
         self.note_carts(result.applied, writes)
         now = self.clock.now(wall)
-        outputs: list[tuple[str, bytes, bytes]] = []
+        outputs: list[Output] = []
         for key, (rec, state, _before) in writes.items():
+            if state.extra and ALIAS_KEY in state.extra:
+                continue  # a linked anonymous id: nothing to score
             try:
                 u = update(state, now if now is not None else state.last_seen or 0.0, self.model, self.config, self.stage_times)
             except Exception:  # one customer's odd history must not stop the stream (or crash-loop it)
-                log.exception("churn risk of customer %r could not be updated; its journey state is still written", key)
+                # No customer id in logs: the record's place says where to look.
+                log.exception("churn risk of a customer of %s[%d]@%d could not be updated; its journey state is still written",
+                              rec.topic, rec.partition, rec.offset)
                 continue
             self.index.schedule(key, u.due, rec.partition)
             self._collect(key, u, outputs)
@@ -126,7 +132,7 @@ class ChurnWorker:
         due = self.index.pop_due_entries(now, limit)
         if not due:
             return 0, 0
-        outputs: list[tuple[str, bytes, bytes]] = []
+        outputs: list[Output] = []
         changed: list[tuple[str, CustomerState]] = []
         # The live aggregates count churn levels and pain points: they need each state before.
         summarize = self.japp.pipeline.summarize
@@ -134,8 +140,8 @@ class ChurnWorker:
         topic = self.japp.settings.topic_touchpoints
         for key, partition in due:
             state = batches.store.read(key, partition) if partition is not None else None
-            if state is None or state.partition is None:
-                continue  # moved away, or written before partitions were recorded
+            if state is None or state.partition is None or ALIAS_KEY in state.extra:
+                continue  # moved away, written before partitions were recorded, or a linked anonymous id
             before = summarize(state) if summarize is not None else None
             u = update(state, now, self.model, self.config, self.stage_times)
             self.index.schedule(key, u.due, state.partition)
@@ -158,7 +164,7 @@ class ChurnWorker:
         entries = []
         newest: float | None = None
         for key, state in self.japp.customers.items():
-            if state is None or (state.partition is not None and state.partition not in actives):
+            if state is None or (state.partition is not None and state.partition not in actives) or ALIAS_KEY in state.extra:
                 continue
             # A customer never assessed (state from before churn risk) is assessed on the next tick.
             due = stored_due(state) if RISK_KEY in state.extra else float("-inf")
@@ -171,17 +177,17 @@ class ChurnWorker:
         return len(self.index)
 
     # --- output ---------------------------------------------------------------------------
-    def _collect(self, key: str, u: Update, outputs: list[tuple[str, bytes, bytes]]) -> None:
+    def _collect(self, key: str, u: Update, outputs: list[Output]) -> None:
         pains, changed = u.pains, u.level_changed
         if not pains and not changed:
             return  # most customers of a batch
         settings = self.japp.settings
         kb = key.encode()
         for p in pains:
-            outputs.append((settings.topic_pain_points, kb, orjson.dumps(p.to_event(key))))
+            outputs.append((settings.topic_pain_points, kb, orjson.dumps(p.to_event(key)), None))
             self._counter(("pain", p.kind, p.stage or "none", p.channel or "other")).inc()
         if changed:
-            outputs.append((settings.topic_churn_risk, kb, orjson.dumps(u.churn_event(key, self.model))))
+            outputs.append((settings.topic_churn_risk, kb, orjson.dumps(u.churn_event(key, self.model)), None))
             self._counter(("risk", u.risk.level_name)).inc()
 
     def _counter(self, labels: tuple[str, ...]) -> Any:

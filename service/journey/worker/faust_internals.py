@@ -2,7 +2,8 @@
 
 journey needs a few things their public APIs do not offer: input records straight from the
 consumer's fetches, changelog recovery to the true end of the log, the RocksDB database of a
-partition, the aiokafka producer behind Faust's, and a bulk histogram observe. Each contact is
+partition, the aiokafka producer behind Faust's, a bulk histogram observe, the stop signals (for
+the shutdown watchdog) and the fetcher's state (for readiness). Each contact is
 here and nowhere else (ruff's SLF001 holds the rest of the code to it), listed in
 :data:`CONTACTS`; tests/unit/test_faust_internals.py checks every one against the installed
 packages, so an upgrade that moves one fails there, by name, not in production.
@@ -80,6 +81,11 @@ CONTACTS: tuple[Contact, ...] = (
     Contact("prometheus_client.metrics:Histogram", "_upper_bounds", None, "bulk observe: the bucket bounds"),
     Contact("prometheus_client.metrics:Histogram", "_buckets", None, "bulk observe: the bucket counters"),
     Contact("prometheus_client.metrics:Histogram", "_sum", None, "bulk observe: the sum"),
+    Contact("faust.worker:Worker", "_on_sigterm", ("self",),
+            "StopSignalWorker: arm the shutdown watchdog as SIGTERM arrives, before Faust's stop begins"),
+    Contact("faust.worker:Worker", "_on_sigint", ("self",), "StopSignalWorker: the same for SIGINT"),
+    Contact("faust.app.base:App", "_fetcher", None,
+            "readiness: the fetcher (the consumer's fetch loop) runs; Faust stops it while it rebalances"),
 )
 
 
@@ -318,3 +324,30 @@ def observe_all(histogram: Histogram, values: Sequence[float]) -> None:
             done = upto
     total.inc(sum(ordered[first:]))
 
+
+# --- the worker process: stop signals and readiness --------------------------------------------
+class StopSignalWorker(faust.Worker):
+    """faust.Worker that calls :meth:`on_stop_signal` as SIGTERM or SIGINT arrives, before Faust's
+    own stop begins (which may never end: it flushes the producer and leaves the group)."""
+
+    def on_stop_signal(self, name: str) -> None:
+        """Called in the event loop with "SIGTERM" or "SIGINT", every time one arrives."""
+
+    def _on_sigterm(self) -> None:
+        self.on_stop_signal("SIGTERM")
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self.on_stop_signal("SIGINT")
+        super()._on_sigint()
+
+
+def built_consumer(app: faust.App) -> Any | None:
+    """The app's Kafka consumer if the worker has built it (``app.consumer`` would build one)."""
+    return app._consumer
+
+
+def fetcher_state(app: faust.App) -> str:
+    """The state of the app's fetcher ("running" while records are fetched; "init" while a
+    rebalance has it stopped, "stopping"/"shutdown" when the worker stops)."""
+    return str(app._fetcher.state)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
 
+from journey.core.identity import CONTROL_HEADER, SIGNATURE_HEADER
 from journey.worker.batch import BatchProtocol, Spans, Stage, exit_replaying
 from journey.worker.faust_internals import JourneyConsumer, install_transport
 from journey.worker.pipeline import Record
@@ -25,6 +26,17 @@ if TYPE_CHECKING:
     from journey.worker.app import JourneyApp
 
 log = logging.getLogger(__name__)
+
+
+def control_headers(headers: Any) -> tuple[bytes | None, bytes | None]:
+    """The journey-control and journey-signature headers' values, where the record has them."""
+    control = signature = None
+    for name, value in headers:
+        if name == CONTROL_HEADER:
+            control = bytes(value) if value is not None else None
+        elif name == SIGNATURE_HEADER:
+            signature = bytes(value) if value is not None else None
+    return control, signature
 
 #: Records buffered ahead of processing, in batches: more stops the fetcher (back-pressure).
 BUFFER_BATCHES = 4
@@ -184,7 +196,10 @@ class BatchIngest:
             topic, partition = tp.topic, tp.partition
             for r in chunk.records:
                 ts = r.timestamp
-                append(Record(r.key, r.value, topic, partition, r.offset, ts / 1000.0 if ts is not None else None))
+                rec = Record(r.key, r.value, topic, partition, r.offset, ts / 1000.0 if ts is not None else None)
+                if r.headers:  # journey's own identity records carry two
+                    rec.control, rec.signature = control_headers(r.headers)
+                append(rec)
             span = spans.get(tp)
             spans[tp] = (chunk.ack_from if span is None else span[0], chunk.records[-1].offset)
         return records, spans

@@ -57,6 +57,14 @@ class WorkerMetrics:
         # Churn risk and pain points; labels bounded: levels, kinds, stages, channels
         self.churn_risk = Counter("journey_churn_risk_events_total", "Churn-risk events published (level changes), by new level", ["level"], registry=r)
         self.pain_points = Counter("journey_pain_points_total", "Pain points published, by kind, stage and channel", ["kind", "stage", "channel"], registry=r)
+        self.identity_merges = Counter(
+            "journey_identity_merges_total", "Anonymous ids linked to a customer (their journeys merged)", registry=r,
+        )
+        self.identity_conflicts = Counter(
+            "journey_identity_conflicts_total",
+            "Link requests refused because the anonymous id is already linked to another customer (shared devices)",
+            registry=r,
+        )
         self.churn_timer_customers = Gauge("journey_churn_timer_customers", "Customers in the churn timer index (this worker)", registry=r)
 
         for name in (*STAGES, "none"):
@@ -95,7 +103,11 @@ class WorkerMetrics:
         if result.duplicates:
             self.duplicates.inc(result.duplicates)
         if result.rekeyed:
-            self.rekeyed.inc(len(result.rekeyed))
+            self.rekeyed.inc(sum(1 for o in result.rekeyed if o.headers is None))  # not identity requests
+        if result.merges:
+            self.identity_merges.inc(result.merges)
+        if result.conflicts:
+            self.identity_conflicts.inc(result.conflicts)
         for (from_stage, to_stage), n in Tally(map(_move, result.transitions)).items():
             move = (STAGES[from_stage] if from_stage >= 0 else "none", STAGES[to_stage])
             self._child(self._transition_children, self.transitions, move).inc(n)

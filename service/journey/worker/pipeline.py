@@ -8,15 +8,43 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 
+from journey.core.clock import iso
 from journey.core.definition import JourneyDefinition, Kind
 from journey.core.events import InvalidTouchpoint, decode
+from journey.core.identity import (
+    ALIAS_KEY,
+    ALIASED,
+    CONTROL_HEADER,
+    DEFAULT_JUNK_IDS,
+    IDENTIFY,
+    LINK,
+    MERGE,
+    SIGNATURE_HEADER,
+    BadRequest,
+    LinkRequest,
+    MergeRequest,
+    alias_of,
+    already_merged,
+    check_mergeable,
+    control_key,
+    decode_link,
+    decode_merge,
+    identity_event,
+    linkable,
+    make_alias,
+    merge,
+    needs_link,
+    sign,
+    signed,
+)
 from journey.core.machine import Limits, Transition, apply
-from journey.core.state import CustomerState
+from journey.core.stages import STAGES
+from journey.core.state import RECENT_TRANSITIONS, CustomerState
 from journey.worker.deadletter import dead_letter
 
 log = logging.getLogger(__name__)
@@ -33,12 +61,32 @@ class Record:
     offset: int
     #: When the record reached Kafka (epoch seconds), for latency.
     timestamp: float | None = None
+    #: The journey-control header of the worker's own records on the input topic (identity),
+    #: and their journey-signature header.
+    control: bytes | None = None
+    signature: bytes | None = None
 
 
 @dataclass(slots=True)
 class Output:
     key: bytes | None
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityRules:
+    """Settings.identity_*: which anonymous ids never link, and each customer's alias memory."""
+
+    junk: frozenset[str] = DEFAULT_JUNK_IDS
+    alias_window: int = 16
+    #: Signs and checks the workers' own identity records (core.identity.control_key).
+    key: bytes = control_key(None, "journey")
+
+    def control_output(self, control: bytes, key: str, value: bytes) -> Output:
+        """One of the workers' own identity records, signed."""
+        kb = key.encode()
+        return Output(kb, value, ((CONTROL_HEADER, control), (SIGNATURE_HEADER, sign(self.key, control, kb, value))))
 
 
 @dataclass
@@ -47,9 +95,15 @@ class BatchResult:
     #: Kafka timestamps of the records that triggered each transition.
     trigger_timestamps: list[float] = field(default_factory=list)
     dead_letters: list[Output] = field(default_factory=list)
-    #: Records whose Kafka key is not their customer: re-published under the right key, so all
-    #: of a customer's events meet in one partition (and one state).
+    #: Records for the input topic, in the order they were decided: touchpoints whose Kafka key
+    #: is not their customer (re-published under the right key, so all of a customer's events
+    #: meet in one partition and one state), a linked anonymous id's events (to the customer),
+    #: and identity link and merge requests (to the partition that must act on them).
     rekeyed: list[Output] = field(default_factory=list)
+    #: identity_merged and identity_conflict events (journey.identities).
+    identities: list[Output] = field(default_factory=list)
+    merges: int = 0
+    conflicts: int = 0
     #: Final state of every customer the batch changed, with a record of theirs (its partition)
     #: and the summary of their state before the batch.
     writes: dict[str, tuple[Record, CustomerState, Any]] = field(default_factory=dict)
@@ -71,9 +125,11 @@ class Pipeline:
         *,
         summarize: Callable[[CustomerState | None], Any] | None = None,
         copy_reads: bool = True,
+        identity: IdentityRules = IdentityRules(),
     ) -> None:
         self.definition = definition
         self.limits = limits
+        self.identity = identity
         # With copy_reads, a state read from ``states`` is copied before the batch changes it, so
         # the mapping holds what it held until the caller writes the batch's states. The worker
         # turns it off: a copy costs more than applying the event, and it never needs the old
@@ -101,8 +157,24 @@ class Pipeline:
             get = states.get
             read = lambda key, _partition: get(key)  # noqa: E731
         writes, applied = out.writes, out.applied
+        junk, alias_window = self.identity.junk, self.identity.alias_window
         max_event_time: float | None = None
+        identity = self.identity
         for rec in records:
+            control = rec.control
+            if control is not None:
+                if not signed(identity.key, rec.signature, control, rec.key, rec.value):
+                    self._dead_letter(out, rec, "bad_identity_request",
+                                      "a journey-control record without this deployment's signature; producers must not "
+                                      "set journey's own headers (or the workers' JOURNEY_CONTROL_SECRET differs)")
+                    continue
+                if control != ALIASED:
+                    try:
+                        self._identity_request(out, rec, control, read)
+                    except Exception as exc:  # a bug must cost one record, not the worker
+                        log.exception("identity request %s[%d]@%d could not be applied", rec.topic, rec.partition, rec.offset)
+                        self._dead_letter(out, rec, "processing_error", f"{type(exc).__name__}: {exc}; this is a journey bug, please report it with this record")
+                    continue
             # decode + validate
             try:
                 if rec.value is None:
@@ -116,7 +188,15 @@ class Pipeline:
                 self._dead_letter(out, rec, "processing_error", f"{type(exc).__name__}: {exc}; this is a journey bug, please report it with this record")
                 continue
             key = tp.profile_id
-            if rec.key is None or rec.key != key.encode():
+            if control is not None:
+                # An anonymous id's event, re-keyed to the customer it was linked to (below).
+                try:
+                    key = rec.key.decode()  # type: ignore[union-attr]  # signed: a key is there
+                except UnicodeDecodeError:
+                    self._dead_letter(out, rec, "bad_identity_request", "an aliased touchpoint whose key is not UTF-8")
+                    continue
+                tp = replace(tp, customer_id=key)
+            elif rec.key is None or rec.key != key.encode():
                 out.rekeyed.append(Output(key.encode(), rec.value))
                 continue
             # dedupe + apply
@@ -128,10 +208,27 @@ class Pipeline:
                 stored = read(key, rec.partition)
                 before = self.summarize(stored) if self.summarize is not None else None
                 state = stored.copy() if stored is not None and self.copy_reads else stored
+            if state is not None and state.extra and ALIAS_KEY in state.extra:
+                # A linked anonymous id: its journey is the customer's now, whenever its events arrive.
+                out.rekeyed.append(identity.control_output(ALIASED, alias_of(state), rec.value))  # type: ignore[arg-type]
+                continue
+            if tp.type == IDENTIFY:
+                # Link-only: no touch, no stage; the customer exists from now on.
+                if tp.customer_id is None or tp.anonymous_id is None or not linkable(tp.anonymous_id, junk):
+                    continue
+                if state is None:
+                    state = CustomerState()
+                    state.partition = rec.partition
+                if pending is None:
+                    writes[key] = (rec, state, before)
+                if needs_link(state, tp.anonymous_id, alias_window):
+                    link = LinkRequest(tp.anonymous_id, key, tp.ts, tp.event_id)
+                    out.rekeyed.append(identity.control_output(LINK, tp.anonymous_id, link.to_bytes()))
+                continue
             try:
                 outcome = apply(state, tp, definition, limits)
             except Exception as exc:  # a bug must cost one event, not the worker
-                log.exception("touchpoint %s of %s could not be applied", tp.event_id, key)
+                log.exception("touchpoint %s[%d]@%d could not be applied", rec.topic, rec.partition, rec.offset)  # no customer id in logs
                 self._dead_letter(out, rec, "processing_error", f"{type(exc).__name__}: {exc}; this is a journey bug, please report it with this record")
                 if pending is None and state is not None and not self.copy_reads:
                     # The state was changed in place up to the failure and the caller's cache
@@ -145,6 +242,11 @@ class Pipeline:
                 outcome.state.partition = rec.partition
                 writes[key] = (rec, outcome.state, before)
             ts = tp.ts
+            anonymous_id = tp.anonymous_id
+            if anonymous_id is not None and tp.customer_id is not None and anonymous_id != key and linkable(anonymous_id, junk):
+                if needs_link(outcome.state, anonymous_id, alias_window):
+                    link = LinkRequest(anonymous_id, key, ts, tp.event_id)
+                    out.rekeyed.append(identity.control_output(LINK, anonymous_id, link.to_bytes()))
             applied.append((key, tp.type, tp.channel, outcome.kind, ts))
             if max_event_time is None or ts > max_event_time:
                 max_event_time = ts
@@ -154,6 +256,71 @@ class Pipeline:
                     out.trigger_timestamps.append(rec.timestamp)
         out.max_event_time = max_event_time
         return out
+
+    def _identity_request(
+        self, out: BatchResult, rec: Record, control: bytes, read: Callable[[str, int], CustomerState | None]
+    ) -> None:
+        """A link request (at the anonymous id's partition) or a merge request (at the customer's)."""
+        try:
+            req: LinkRequest | MergeRequest = decode_link(rec.value) if control == LINK else decode_merge(rec.value)
+        except BadRequest as exc:
+            self._dead_letter(out, rec, "bad_identity_request", f"{exc}; identity requests are journey's own records")
+            return
+        key = req.anonymous_id if isinstance(req, LinkRequest) else req.customer_id
+        if control not in (LINK, MERGE) or rec.key != key.encode():
+            self._dead_letter(out, rec, "bad_identity_request", "an identity request under the wrong key or header; journey writes these itself")
+            return
+        writes = out.writes
+        pending = writes.get(key)
+        if pending is not None:
+            state: CustomerState | None = pending[1]
+            before = pending[2]
+        else:
+            stored = read(key, rec.partition)
+            before = self.summarize(stored) if self.summarize is not None else None
+            state = stored.copy() if stored is not None and self.copy_reads else stored
+        anonymous_id, customer_id = req.anonymous_id, req.customer_id
+        if isinstance(req, LinkRequest):
+            linked = alias_of(state)
+            if linked == customer_id:
+                return  # a repeated or replayed link
+            if linked is not None:
+                # A shared device: the first link stands; the event already went to the customer it named.
+                event = identity_event("identity_conflict", anonymous_id, customer_id, req.at, req.trigger_event_id, linked)
+                out.identities.append(Output(customer_id.encode(), orjson.dumps(event)))
+                out.conflicts += 1
+                return
+            alias = make_alias(customer_id, req.at, req.trigger_event_id)
+            alias.partition = rec.partition
+            writes[key] = (rec, alias, before)
+            merge_request = MergeRequest(anonymous_id, customer_id, req.at, req.trigger_event_id, state.to_wire() if state is not None else None)
+            out.rekeyed.append(self.identity.control_output(MERGE, customer_id, merge_request.to_bytes()))
+            event = identity_event("identity_merged", anonymous_id, customer_id, req.at, req.trigger_event_id)
+            out.identities.append(Output(customer_id.encode(), orjson.dumps(event)))
+            out.merges += 1
+            return
+        if already_merged(state, anonymous_id):
+            return  # a replayed merge request
+        try:
+            other = CustomerState.from_wire(req.state) if req.state is not None else CustomerState()
+            check_mergeable(other)
+        except Exception as exc:  # noqa: BLE001 - e.g. a state from a newer journey
+            self._dead_letter(out, rec, "bad_identity_request", f"the anonymous state cannot be read: {exc}")
+            return
+        # Merged into a copy: should the merge fail, the customer's state (cached) is untouched.
+        state = state.copy() if state is not None else CustomerState()
+        limits = self.limits
+        from_stage, to_stage = merge(
+            state, other, anonymous_id, order_window=limits.order_window, day_window=limits.day_window,
+            dedupe_window=limits.dedupe_window, touch_window=limits.touch_window, alias_window=self.identity.alias_window,
+        )
+        state.partition = rec.partition
+        writes[key] = (rec, state, before)
+        if to_stage > from_stage:
+            transition = merge_transition(state, customer_id, from_stage, to_stage, req, self.definition.version)
+            out.transitions.append(transition)
+            if rec.timestamp is not None:
+                out.trigger_timestamps.append(rec.timestamp)
 
     @staticmethod
     def _dead_letter(out: BatchResult, rec: Record, reason: str, error: str) -> None:
@@ -167,6 +334,27 @@ class Pipeline:
                 ),
             )
         )
+
+
+def merge_transition(
+    state: CustomerState, customer_id: str, from_stage: int, to_stage: int, req: MergeRequest, version: str
+) -> Transition:
+    """The customer's move when an anonymous journey joins theirs (trigger_type identity_merged;
+    the id follows from the link's trigger event, so a replay gives the same one)."""
+    reached = state.reached
+    at = reached[to_stage] if reached[to_stage] is not None else req.at
+    since = reached[from_stage] if from_stage >= 0 else None
+    transition = Transition(
+        customer_id=customer_id, from_stage=from_stage, to_stage=to_stage, at=at, at_text=iso(at),  # type: ignore[arg-type]
+        trigger_event_id=req.trigger_event_id, trigger_type="identity_merged", channel=state.last_channel or "other",
+        seconds_in_previous_stage=None if since is None else max(0.0, at - since),  # type: ignore[operator]
+        journey_version=version,
+        skipped=[STAGES[i] for i in range(from_stage + 1, to_stage) if reached[i] is None],
+    )
+    state.recent.append([from_stage, to_stage, at, "identity_merged", transition.channel])
+    if len(state.recent) > RECENT_TRANSITIONS:
+        del state.recent[0]
+    return transition
 
 
 def transition_output(t: Transition) -> Output:

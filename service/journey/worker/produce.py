@@ -31,6 +31,14 @@ class Sent:
     future: asyncio.Future
 
 
+#: Record headers: (name, value) pairs.
+Headers = tuple[tuple[str, bytes], ...]
+#: (topic, partition or None for by-key, key, value, headers or None).
+SendRecord = tuple[str, int | None, bytes | None, bytes | None, Headers | None]
+
+#: aiokafka's record builder takes headers as a list (a tuple is refused); never changed.
+NO_HEADERS: list[tuple[str, bytes]] = []
+
 #: Keys whose murmur2 hash is remembered (aiokafka's murmur2 is pure Python, ~3 us a key; the
 #: same customers come back again and again).
 HASH_CACHE_SIZE = 100_000
@@ -58,13 +66,14 @@ class BatchSender:
             h = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
         return partitions[h % len(partitions)]
 
-    async def send(self, records: Iterable[tuple[str, int | None, bytes | None, bytes | None]]) -> list[Sent]:
-        """Send (topic, partition or None for by-key, key, value) records; per topic-partition
-        in the order given. Returns the produce batches (await their futures for the acks)."""
+    async def send(self, records: Iterable[SendRecord]) -> list[Sent]:
+        """Send (topic, partition or None for by-key, key, value, headers or None) records; per
+        topic-partition in the order given. Returns the produce batches (await their futures for
+        the acks)."""
         producer = aiokafka_producer(self._faust_producer)
-        groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
+        groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]] = {}
         partition_of = self.partition_of
-        for topic, partition, key, value in records:
+        for topic, partition, key, value, headers in records:
             if partition is None:
                 parts = self._partitions.get(topic)
                 if parts is None:
@@ -73,15 +82,15 @@ class BatchSender:
             group = groups.get((topic, partition))
             if group is None:
                 group = groups[(topic, partition)] = []
-            group.append((key, value))
+            group.append((key, value, list(headers) if headers else NO_HEADERS))
         sent: list[Sent] = []
         for (topic, partition), items in groups.items():
             batch = producer.create_batch()
-            for key, value in items:
-                if batch.append(key=key, value=value, timestamp=None) is None:  # full
+            for key, value, header_list in items:
+                if batch.append(key=key, value=value, timestamp=None, headers=header_list) is None:  # full
                     sent.append(self._hand_over(producer, batch, topic, partition))
                     batch = producer.create_batch()
-                    if batch.append(key=key, value=value, timestamp=None) is None:
+                    if batch.append(key=key, value=value, timestamp=None, headers=header_list) is None:
                         raise ValueError(
                             f"a record for {topic}[{partition}] ({len(value or b'')} bytes) does not fit in a produce "
                             "batch; raise the producer's max batch size"

@@ -1,4 +1,4 @@
-"""The worker's own small web surface: /metrics, /healthz and the customer lookup the sidecar uses.
+"""The worker's own small web surface: /metrics, /healthz, /readyz and the customer lookup the sidecar uses.
 
 The customer lookup is routed by Faust to the worker that owns the customer's partition, so no
 process needs every customer.
@@ -12,6 +12,8 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from journey.auth import bearer_ok
+from journey.core.identity import alias_of
+from journey.worker.faust_internals import built_consumer, fetcher_state
 
 if TYPE_CHECKING:
     from journey.worker.app import JourneyApp
@@ -28,6 +30,11 @@ def register(japp: JourneyApp) -> None:
     async def healthz(web: Any, request: Any) -> Any:
         return web.json({"status": "alive"})
 
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        ready, detail = readiness(japp)
+        return web.json({"ready": ready, **detail}, status=200 if ready else 503)
+
     @app.page("/customers/{customer_id}")
     @app.table_route(table=customers, match_info="customer_id")
     async def customer(web: Any, request: Any, customer_id: str) -> Any:
@@ -38,4 +45,37 @@ def register(japp: JourneyApp) -> None:
         state = customers.get(customer_id)
         if state is None:
             return web.json({"error": f"no customer {customer_id!r} has been seen"}, status=404)
+        linked = alias_of(state)
+        if linked is not None:  # a linked anonymous id: the sidecar asks for the customer next
+            return web.json({"customer_id": customer_id, "linked_to": linked})
         return web.json({"customer_id": customer_id, **state.to_public()})
+
+
+def readiness(japp: JourneyApp) -> tuple[bool, dict[str, Any]]:
+    """Ready = the worker has joined its group and is not rebalancing, the customer table's
+    partitions are recovered, and its consumer and fetcher run. Otherwise the first reason why not."""
+    app = japp.app
+    consumer = built_consumer(app)
+    detail: dict[str, Any] = {"reason": None, "partitions": [], "generation": app.consumer_generation_id,
+                              "rebalances": app.rebalancing_count}
+    if consumer is not None and consumer.state == "running":
+        detail["partitions"] = sorted(tp.partition for tp in consumer.assignment() if tp.topic == japp.settings.topic_touchpoints)
+    recovery: Any = app.tables.recovery  # type: ignore[attr-defined]  # TableManagerT does not declare it
+    if app.should_stop:
+        reason = "the worker is stopping"
+    elif consumer is None or consumer.state != "running":
+        reason = f"the Kafka consumer is not running ({consumer.state if consumer is not None else 'not built yet'})"
+    elif app.rebalancing_count == 0:
+        reason = "joining the consumer group: no partitions assigned yet"
+    elif app.rebalancing:
+        reason = "rebalancing: partitions are being reassigned"
+    elif recovery.in_recovery:
+        reason = f"recovering the customer table from its changelog ({recovery.active_remaining_total()} records to go)"
+    elif not recovery.completed.is_set():
+        reason = "waiting for the customer table's first recovery"
+    elif (state := fetcher_state(app)) != "running":
+        reason = f"the fetcher is not running ({state})"
+    else:
+        return True, detail
+    detail["reason"] = reason
+    return False, detail

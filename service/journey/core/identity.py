@@ -1,0 +1,320 @@
+"""Identity: an anonymous visitor's journey becomes a known customer's, exactly, in the stream.
+
+The rules (which ids link, first link wins, junk ids never link) and the merge of two states,
+as plain functions over plain data; worker/pipeline.py carries them out with Kafka records
+(link and merge requests keyed by the id whose partition must act). Details: docs/identity.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from bisect import bisect_left
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from journey.core.clock import iso, utc_day
+from journey.core.stages import ADVOCACY, PURCHASE, RETENTION
+from journey.core.state import ADVOCACY_SIGNAL, RENEWAL_SIGNAL, CustomerState, id_hash
+from journey.errors import InputError
+
+#: Anonymous ids that name no one (SDK placeholders); configurable (JOURNEY_IDENTITY_JUNK_IDS).
+DEFAULT_JUNK_IDS = frozenset({"", "undefined", "null", "none", "nil", "anonymous", "unknown", "0", "-1"})
+
+#: The link-only touchpoint type (Segment's identify): links its two ids, moves no stage.
+IDENTIFY = "identify"
+
+#: CustomerState.extra keys: the customer's identity memory, and the alias of a linked anonymous id.
+IDS_KEY = "id"
+ALIAS_KEY = "alias"
+
+#: Kafka header of the worker's own records on the input topic, and its values; the signature
+#: header proves a record was written by a worker of this deployment (JOURNEY_CONTROL_SECRET).
+CONTROL_HEADER = "journey-control"
+SIGNATURE_HEADER = "journey-signature"
+LINK, MERGE, ALIASED = b"link", b"merge", b"alias"
+#: Event times a request may carry: the touchpoint schema's range (1900-01-01 to 2199-12-31).
+EARLIEST, LATEST = -2208988800.0, 7258118399.0
+
+
+def control_key(secret: str | None, app_id: str) -> bytes:
+    """The signing key: the configured secret, else one derived from the app id (any producer
+    that knows the app id can then forge; set JOURNEY_CONTROL_SECRET in production)."""
+    return hashlib.sha256((secret if secret is not None else f"journey-control:{app_id}").encode()).digest()
+
+
+def sign(key: bytes, control: bytes, record_key: bytes, value: bytes) -> bytes:
+    """The signature of one control record (key, kind and value all covered)."""
+    return hmac.new(key, b"\x1f".join((control, record_key, value)), hashlib.sha256).digest()[:16]
+
+
+def signed(key: bytes, signature: bytes | None, control: bytes, record_key: bytes | None, value: bytes | None) -> bool:
+    if signature is None or record_key is None or value is None:
+        return False
+    return hmac.compare_digest(signature, sign(key, control, record_key, value))
+
+
+def junk_ids(setting: str | None) -> frozenset[str]:
+    """The junk ids of a comma-separated setting (compared lower-cased, stripped)."""
+    if setting is None:
+        return DEFAULT_JUNK_IDS
+    return frozenset(part.strip().lower() for part in setting.split(",")) | {""}
+
+
+def linkable(anonymous_id: str | None, junk: frozenset[str]) -> bool:
+    return anonymous_id is not None and anonymous_id.strip().lower() not in junk
+
+
+# --- aliases: the anonymous id's record once it is linked --------------------------------------
+def make_alias(customer_id: str, at: float, trigger_event_id: str) -> CustomerState:
+    """The record an anonymous id keeps once linked: whom its events belong to now."""
+    st = CustomerState()
+    st.extra[ALIAS_KEY] = [customer_id, at, trigger_event_id]
+    return st
+
+
+def alias_of(state: CustomerState | None) -> str | None:
+    """The customer a linked anonymous id belongs to (None: not an alias)."""
+    if state is None or not state.extra:
+        return None
+    alias = state.extra.get(ALIAS_KEY)
+    return alias[0] if alias else None
+
+
+# --- the customer's identity memory (bounded) --------------------------------------------------
+def _memory(state: CustomerState) -> dict[str, list[int]]:
+    ids: dict[str, list[int]] | None = state.extra.get(IDS_KEY)
+    if ids is None:
+        ids = state.extra[IDS_KEY] = {"l": [], "m": []}
+    return ids
+
+
+def _remember(window: list[int], value: int, size: int) -> None:
+    window.append(value)
+    if len(window) > size:
+        del window[0]
+
+
+def needs_link(state: CustomerState, anonymous_id: str, window: int) -> bool:
+    """Whether a link request for ``anonymous_id`` must go out (and note that it does).
+
+    Each customer remembers the last ``window`` anonymous ids it asked to link; past that, a
+    request may go out again, which the anonymous id's side recognises and ignores."""
+    links = _memory(state)["l"]
+    h = id_hash(anonymous_id)
+    if h in links:
+        return False
+    _remember(links, h, window)
+    return True
+
+
+def already_merged(state: CustomerState | None, anonymous_id: str) -> bool:
+    if state is None or not state.extra or IDS_KEY not in state.extra:
+        return False
+    return id_hash(anonymous_id) in state.extra[IDS_KEY]["m"]
+
+
+# --- requests ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class LinkRequest:
+    """To the anonymous id's partition: ``anonymous_id`` is ``customer_id`` from ``at`` on."""
+
+    anonymous_id: str
+    customer_id: str
+    at: float
+    trigger_event_id: str
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({"anonymous_id": self.anonymous_id, "customer_id": self.customer_id,
+                             "at": self.at, "trigger_event_id": self.trigger_event_id})
+
+
+@dataclass(frozen=True, slots=True)
+class MergeRequest:
+    """To the customer's partition: the anonymous profile's state (None: it had none)."""
+
+    anonymous_id: str
+    customer_id: str
+    at: float
+    trigger_event_id: str
+    state: bytes | None
+
+    def to_bytes(self) -> bytes:
+        state = orjson.Fragment(self.state) if self.state is not None else None
+        return orjson.dumps({"anonymous_id": self.anonymous_id, "customer_id": self.customer_id, "at": self.at,
+                             "trigger_event_id": self.trigger_event_id, "state": state})
+
+
+class BadRequest(InputError):
+    """A control record that is not what this worker writes."""
+
+
+def _fields(raw: bytes | None) -> dict[str, Any]:
+    try:
+        data = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"not JSON: {exc}") from None
+    if type(data) is not dict:
+        raise BadRequest("not a JSON object")
+    for name in ("anonymous_id", "customer_id", "trigger_event_id"):
+        if type(data.get(name)) is not str or not data[name]:
+            raise BadRequest(f"{name} must be a non-empty string")
+    if type(data.get("at")) not in (int, float) or not EARLIEST <= data["at"] <= LATEST:
+        raise BadRequest("at must be a number of epoch seconds between 1900 and 2199")
+    return data
+
+
+def decode_link(raw: bytes | None) -> LinkRequest:
+    d = _fields(raw)
+    return LinkRequest(d["anonymous_id"], d["customer_id"], float(d["at"]), d["trigger_event_id"])
+
+
+def decode_merge(raw: bytes | None) -> MergeRequest:
+    d = _fields(raw)
+    state = d.get("state")
+    if state is not None and type(state) is not list:
+        raise BadRequest("state must be a customer state's encoding or null")
+    return MergeRequest(d["anonymous_id"], d["customer_id"], float(d["at"]), d["trigger_event_id"],
+                        orjson.dumps(state) if state is not None else None)
+
+
+def identity_event(kind: str, anonymous_id: str, customer_id: str, at: float, trigger_event_id: str,
+                   linked_customer_id: str | None = None) -> dict[str, Any]:
+    """An event of journey.identities (schemas/identity.schema.json)."""
+    event: dict[str, Any] = {"type": kind, "anonymous_id": anonymous_id, "customer_id": customer_id,
+                             "at": iso(at), "trigger_event_id": trigger_event_id}
+    if linked_customer_id is not None:
+        event["linked_customer_id"] = linked_customer_id
+    return event
+
+
+# --- the merge ---------------------------------------------------------------------------------
+def merge(into: CustomerState, other: CustomerState, anonymous_id: str, *, order_window: int, day_window: int,
+          dedupe_window: int, touch_window: int, alias_window: int) -> tuple[int, int]:
+    """Fold ``other`` (the anonymous profile) into ``into`` (the customer), in place, as if
+    ``into`` had seen both ids' events: the higher stage, each stage's first-reached time the
+    earlier, distinct orders and purchase days united, dedupe memories united, counts summed,
+    first and last touch by event time. Returns (stage before, stage after)."""
+    before = into.stage
+    _remember(_memory(into)["m"], id_hash(anonymous_id), alias_window)
+    into.events += other.events
+    for channel, n in other.channels.items():
+        into.channels[channel] = into.channels.get(channel, 0) + n
+    if other.first_seen is not None and (
+        into.first_seen is None or other.first_seen < into.first_seen
+        or (other.first_seen == into.first_seen and (other.first_channel or "") < (into.first_channel or ""))
+    ):
+        into.first_seen, into.first_channel = other.first_seen, other.first_channel
+    if other.last_seen is not None and (
+        into.last_seen is None or other.last_seen > into.last_seen
+        or (other.last_seen == into.last_seen and (other.last_channel or "") > (into.last_channel or ""))
+    ):
+        into.last_seen, into.last_channel = other.last_seen, other.last_channel
+    # Orders: distinct across both (an order happened at its earliest line).
+    times = dict(zip(into.orders, into.order_times, strict=True))
+    for order, ts in zip(other.orders, other.order_times, strict=True):
+        if order in times:
+            into.purchases -= 1  # the same order under both ids
+            known = times[order]
+            times[order] = ts if known is None else known if ts is None else min(known, ts)
+        else:
+            times[order] = ts
+    into.purchases += other.purchases
+    kept = sorted(times.items(), key=lambda kv: (kv[1] is None, kv[1] or 0.0))[-order_window:] if len(times) > order_window else list(times.items())
+    into.orders = [o for o, _ in kept]
+    into.order_times = [t for _, t in kept]
+    into.revenue += other.revenue
+    into.first_purchase = _min(into.first_purchase, other.first_purchase)
+    known_times = [t for t in into.order_times if t is not None]
+    if len(known_times) == into.purchases:
+        # Every order is still in the window with its time: days and the last purchase follow
+        # exactly (an order shared by both ids happened at its earlier line).
+        days = sorted({utc_day(t) for t in known_times})
+        into.purchase_days = len(days)
+        into.days = days[-day_window:]
+        into.last_purchase = max(known_times) if known_times else _max(into.last_purchase, other.last_purchase)
+    else:
+        shared_days = set(into.days) & set(other.days)
+        into.purchase_days += other.purchase_days - len(shared_days)
+        into.days = sorted(set(into.days) | set(other.days))[-day_window:]
+        into.last_purchase = _max(into.last_purchase, other.last_purchase)
+    into.renewal_max = _max(into.renewal_max, other.renewal_max)
+    into.advocacy_max = _max(into.advocacy_max, other.advocacy_max)
+    for kind, n in other.negatives.items():
+        into.negatives[kind] = into.negatives.get(kind, 0) + n
+    into.last_negative = _max(into.last_negative, other.last_negative)
+    seen = set(into.seen)
+    into.seen = ([h for h in other.seen if h not in seen] + into.seen)[-dedupe_window:]
+    into.reached = [_min(a, b) for a, b in zip(into.reached, other.reached, strict=True)]
+    # The touches before the first purchase, and the signals that count once a purchase is known.
+    pre = sorted({tuple(e) for e in (*into.pre_purchase, *other.pre_purchase)})
+    stage = max(into.stage, other.stage)
+    first = into.first_purchase
+    if first is not None:
+        stage = max(stage, PURCHASE)
+        _reach(into, PURCHASE, first)
+        order_times = sorted(t for t in into.order_times if t is not None)
+        if into.purchases >= 2:
+            stage = max(stage, RETENTION)
+            _reach(into, RETENTION, order_times[1] if len(order_times) >= 2 else (into.last_purchase or first))
+        for ts, _channel, code in pre[bisect_left(pre, (first,)):]:
+            if code == RENEWAL_SIGNAL:
+                _reach(into, RETENTION, ts)
+            elif code == ADVOCACY_SIGNAL:
+                _reach(into, ADVOCACY, ts)
+        if into.renewal_max is not None and into.renewal_max >= first:
+            stage = max(stage, RETENTION)
+            if into.reached[RETENTION] is None:  # the signal fell out of the window: its latest time
+                _reach(into, RETENTION, into.renewal_max)
+        if into.advocacy_max is not None and into.advocacy_max >= first:
+            stage = ADVOCACY
+            if into.reached[ADVOCACY] is None:
+                _reach(into, ADVOCACY, into.advocacy_max)
+        pre = [e for e in pre if e[0] <= first]
+    into.pre_purchase = [list(e) for e in pre[-touch_window:]]
+    if first is not None:
+        last_touch = into.pre_purchase[-1][1] if into.pre_purchase else into.first_channel
+        into.attribution = [into.first_channel, last_touch]
+    into.stage = stage
+    return before, stage
+
+
+def check_mergeable(st: CustomerState) -> None:
+    """Raise BadRequest unless ``st`` has the shape merge() relies on (a decoded state from a
+    request is journey's own encoding, but a forged or damaged one must cost one record)."""
+    def number(v: Any) -> bool:
+        return v is None or (type(v) in (int, float) and EARLIEST - 1e9 <= v <= LATEST + 1e9)
+
+    ok = (
+        type(st.stage) is int and -1 <= st.stage < len(st.reached)
+        and type(st.reached) is list and all(number(t) for t in st.reached)
+        and type(st.events) is int and type(st.purchases) is int and type(st.purchase_days) is int
+        and type(st.channels) is dict and all(type(n) is int for n in st.channels.values())
+        and type(st.negatives) is dict and all(type(n) is int for n in st.negatives.values())
+        and type(st.revenue) in (int, float)
+        and all(number(v) for v in (st.first_seen, st.last_seen, st.first_purchase, st.last_purchase,
+                                      st.renewal_max, st.advocacy_max, st.last_negative))
+        and type(st.orders) is list and type(st.order_times) is list and len(st.orders) == len(st.order_times)
+        and all(number(t) for t in st.order_times) and type(st.days) is list and type(st.seen) is list
+        and type(st.pre_purchase) is list
+        and all(type(e) is list and len(e) == 3 and number(e[0]) and e[0] is not None for e in st.pre_purchase)
+        and type(st.extra) is dict and ALIAS_KEY not in st.extra
+    )
+    if not ok:
+        raise BadRequest("the anonymous state in the merge request is not a customer state this journey writes")
+
+
+def _reach(st: CustomerState, stage: int, ts: float) -> None:
+    if st.reached[stage] is None or ts < st.reached[stage]:  # type: ignore[operator]
+        st.reached[stage] = ts
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+

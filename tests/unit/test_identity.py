@@ -1,0 +1,303 @@
+"""Identity: the merge of an anonymous journey into a customer's equals the state of all their
+events together (an independent reference), and the pipeline's link/merge protocol, run over an
+in-memory loop of partitions, gives the same final states and counts in every arrival order,
+merges nothing twice, keeps the first link of a shared device and never links junk ids."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import Counter
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from journey.core.aggregates import PartitionAggregate, summarize
+from journey.core.definition import load_definition
+from journey.core.events import validate
+from journey.core.identity import (
+    ALIASED,
+    LINK,
+    MERGE,
+    alias_of,
+    junk_ids,
+    merge,
+    sign,
+)
+from journey.core.machine import Limits, apply
+from journey.core.state import CustomerState
+from journey.worker.ingest import control_headers
+from journey.worker.pipeline import IdentityRules, Pipeline, Record
+from support.journey_reference import observable, reference
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFINITION = load_definition(ROOT / "schemas" / "journey.yaml")
+T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
+LIMITS = Limits()
+_ids = itertools.count()
+
+TYPES = ["ad_click", "page_view", "product_view", "add_to_cart", "purchase", "support_ticket", "review_submitted", "referral"]
+CHANNELS = ["ads", "email", "search", "social", "direct", None]
+
+
+def event(etype: str, minutes: float, *, customer: str | None = None, anonymous: str | None = None,
+          channel: str | None = None, **props: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"event_id": f"e{next(_ids)}", "type": etype, "timestamp": (T0 + timedelta(minutes=minutes)).isoformat()}
+    if customer is not None:
+        data["customer_id"] = customer
+    if anonymous is not None:
+        data["anonymous_id"] = anonymous
+    if channel is not None:
+        data["channel"] = channel
+    if props:
+        data["properties"] = props
+    return data
+
+
+def _merge(into: CustomerState, other: CustomerState, anonymous_id: str = "a1") -> tuple[int, int]:
+    return merge(into, other, anonymous_id, order_window=LIMITS.order_window, day_window=LIMITS.day_window,
+                 dedupe_window=LIMITS.dedupe_window, touch_window=LIMITS.touch_window, alias_window=16)
+
+
+def _run(events: list[Any]) -> CustomerState:
+    state = CustomerState()
+    for e in events:
+        state = apply(state, e, DEFINITION, LIMITS).state
+    return state
+
+
+def _random_events(rng: random.Random, n: int) -> list[dict[str, Any]]:
+    out = []
+    for _ in range(n):
+        etype = rng.choice(TYPES)
+        props: dict[str, Any] = {}
+        if etype == "purchase":
+            props = {"order_id": rng.choice(["o1", "o2", "o3"]), "amount": rng.choice([10.0, 2.5])}
+        if etype == "review_submitted":
+            props["rating"] = rng.randint(1, 5)
+        out.append(event(etype, rng.randint(0, 12) * 100, customer="c1", channel=rng.choice(CHANNELS), **props))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_merged_state_is_the_state_of_both_ids_events_together(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(150):
+        events = [validate(e) for e in _random_events(rng, rng.randint(2, 9))]
+        anonymous = [e for e in events if rng.random() < 0.5]
+        known = [e for e in events if e not in anonymous]
+        customer = _run(known)
+        _merge(customer, _run(anonymous))
+        expected = reference(events)
+        got = observable(customer)
+        diff = {k: (got[k], expected[k]) for k in expected if got[k] != expected[k]}
+        assert not diff, f"known {[(e.type, e.ts) for e in known]}, anonymous {[(e.type, e.ts) for e in anonymous]}: {diff}"
+
+
+def test_a_guest_order_and_a_logged_in_order_make_retention() -> None:
+    guest = _run([validate(event("purchase", 10, anonymous="a1", order_id="g1"))])
+    customer = _run([validate(event("purchase", 50, customer="c1", order_id="c1"))])
+    assert (guest.stage, customer.stage) == (3, 3)
+    assert _merge(customer, guest) == (3, 4)
+    assert customer.purchases == 2 and customer.reached[4] == (T0 + timedelta(minutes=50)).timestamp()
+
+
+# --- the protocol: the pipeline over an in-memory loop of partitions ---------------------------
+PARTITIONS = 4
+
+
+class Cluster:
+    """Partitions of the input topic with their states; records the pipeline writes back to the
+    input topic (re-keyed events, link and merge requests) are delivered in order, as Kafka does."""
+
+    def __init__(self, junk: frozenset[str] | None = None) -> None:
+        self.pipeline = Pipeline(DEFINITION, LIMITS, summarize=summarize,
+                                 identity=IdentityRules(junk=junk if junk is not None else junk_ids(None)))
+        self.states: dict[str, CustomerState] = {}
+        self.queue: list[Record] = []
+        self.transitions: list[dict[str, Any]] = []
+        self.identities: list[dict[str, Any]] = []
+        self.offset = 0
+
+    @staticmethod
+    def partition(key: str) -> int:
+        return sum(key.encode()) % PARTITIONS
+
+    def send(self, value: dict[str, Any] | bytes, key: str | None = None, control: bytes | None = None,
+             signature: bytes | None = None) -> None:
+        raw = value if isinstance(value, bytes) else orjson.dumps(value)
+        if key is None:
+            assert isinstance(value, dict)
+            key = value.get("customer_id") or value.get("anonymous_id")
+        self.offset += 1
+        self.queue.append(Record(key.encode(), raw, "tp", self.partition(key), self.offset, None, control, signature))  # type: ignore[union-attr]
+
+    def run(self, batch: int = 3) -> None:
+        """Process everything queued (and what it produces), ``batch`` records at a time."""
+        while self.queue:
+            records, self.queue = self.queue[:batch], self.queue[batch:]
+            result = self.pipeline.process(records, self.states)
+            for key, (_rec, state, _before) in result.writes.items():
+                self.states[key] = state
+            self.transitions += [t.to_event() for t in result.transitions]
+            self.identities += [orjson.loads(o.value) for o in result.identities]
+            for o in result.rekeyed:
+                control, signature = control_headers(o.headers or ())
+                self.send(o.value, o.key.decode(), control, signature)  # type: ignore[union-attr]
+
+    def counts(self) -> Counter[int]:
+        agg = PartitionAggregate()
+        for state in self.states.values():
+            agg.add(summarize(state))
+        slots = agg.slots()
+        return Counter({stage: n for stage, n in enumerate(slots, start=-1) if n})
+
+    def final(self) -> dict[str, Any]:
+        return {k: observable(s) for k, s in self.states.items() if alias_of(s) is None}
+
+
+def _shop(rng: random.Random) -> list[dict[str, Any]]:
+    """Two people: one browses anonymously on two devices, buys as a guest, logs in, buys again,
+    browses logged out; the other never logs in."""
+    return [
+        event("ad_click", 0, anonymous="dev-1", channel="ads"),
+        event("product_view", 5, anonymous="dev-1", channel="direct"),
+        event("add_to_cart", 6, anonymous="dev-1"),
+        event("purchase", 8, anonymous="dev-1", order_id="guest-1", amount=20.0),
+        event("page_view", 20, anonymous="dev-2", channel="social"),
+        event("identify", 30, customer="cust-1", anonymous="dev-1", channel="direct"),
+        event("identify", 31, customer="cust-1", anonymous="dev-2", channel="direct"),
+        event("purchase", 40, customer="cust-1", anonymous="dev-2", order_id="o-2", amount=5.0),
+        event("page_view", 60, anonymous="dev-1", channel="email"),
+        event("page_view", 3, anonymous="other-1", channel="search"),
+        event("product_view", 9, anonymous="other-1", channel="search"),
+    ]
+
+
+def _expected(events: list[dict[str, Any]]) -> dict[str, Any]:
+    person = [validate(e) for e in events if e["type"] != "identify"
+              and (e.get("anonymous_id") in ("dev-1", "dev-2") or e.get("customer_id") == "cust-1")]
+    other = [validate(e) for e in events if e.get("anonymous_id") == "other-1"]
+    return {"cust-1": reference(person), "other-1": reference(other)}
+
+
+def test_every_arrival_order_gives_the_merged_journey_and_counts_a_person_once() -> None:
+    rng = random.Random(3)
+    events = _shop(rng)
+    expected = _expected(events)
+    for attempt in range(60):
+        order = events if attempt == 0 else rng.sample(events, len(events))
+        cluster = Cluster()
+        for e in order:
+            cluster.send(e)
+        cluster.run(batch=rng.randint(1, 5))
+        got = cluster.final()
+        assert set(got) == {"cust-1", "other-1"}, f"profiles left: {sorted(got)}"
+        for person in expected:
+            diff = {k: (got[person][k], expected[person][k]) for k in expected[person] if got[person][k] != expected[person][k]}
+            assert not diff, f"{person} in arrival order {[e['event_id'] for e in order]}: {diff}"
+        assert cluster.counts() == Counter({4: 1, 1: 1}), "each person counted once: cust-1 in retention, other-1 in consideration"
+        merged = sorted(i["anonymous_id"] for i in cluster.identities if i["type"] == "identity_merged")
+        assert merged == ["dev-1", "dev-2"]
+
+
+def test_a_replayed_batch_merges_nothing_twice_and_emits_the_same_transition_ids() -> None:
+    events = _shop(random.Random(1))
+    cluster = Cluster()
+    for e in events:
+        cluster.send(e)
+    cluster.run()
+    first_states, first_ids = cluster.final(), {t["transition_id"] for t in cluster.transitions}
+    for e in events:  # the whole input again, as after a crash before any commit
+        cluster.send(e)
+    cluster.run()
+    assert cluster.final() == first_states
+    assert {t["transition_id"] for t in cluster.transitions} == first_ids
+
+
+def test_a_replayed_merge_request_is_ignored() -> None:
+    cluster = Cluster()
+    cluster.send(event("purchase", 1, anonymous="dev-9", order_id="g"))
+    cluster.send(event("identify", 2, customer="c9", anonymous="dev-9"))
+    cluster.run(batch=1)
+    before = cluster.final()["c9"]
+    guest = _run([validate(event("purchase", 1, anonymous="dev-9", order_id="g"))])
+    again = {"anonymous_id": "dev-9", "customer_id": "c9", "at": 2.0, "trigger_event_id": "x", "state": orjson.loads(guest.to_wire())}
+    raw = orjson.dumps(again)
+    cluster.send(raw, key="c9", control=MERGE, signature=sign(IdentityRules().key, MERGE, b"c9", raw))
+    cluster.run()
+    assert cluster.final()["c9"] == before
+
+
+def test_a_shared_device_keeps_its_first_link_and_reports_the_conflict() -> None:
+    cluster = Cluster()
+    cluster.send(event("page_view", 1, anonymous="kiosk", channel="ads"))
+    cluster.send(event("identify", 2, customer="alice", anonymous="kiosk"))
+    cluster.run(batch=1)
+    cluster.send(event("purchase", 3, customer="bob", anonymous="kiosk", order_id="b1"))
+    cluster.run(batch=1)
+    assert alias_of(cluster.states["kiosk"]) == "alice"
+    assert cluster.states["bob"].purchases == 1  # the event still went to the customer it named
+    conflicts = [i for i in cluster.identities if i["type"] == "identity_conflict"]
+    assert [(c["anonymous_id"], c["customer_id"], c["linked_customer_id"]) for c in conflicts] == [("kiosk", "bob", "alice")]
+
+
+def test_junk_anonymous_ids_never_link() -> None:
+    cluster = Cluster()
+    for i, junk in enumerate(["undefined", "NULL", " 0 ", "-1"]):
+        cluster.send(event("page_view", i, anonymous=junk))
+        cluster.send(event("identify", 10 + i, customer=f"c{i}", anonymous=junk))
+    cluster.run()
+    assert not cluster.identities
+    assert all(alias_of(s) is None for s in cluster.states.values())
+    assert junk_ids("a, B") == frozenset({"a", "b", ""})
+
+
+def test_bad_identity_requests_are_dead_lettered() -> None:
+    pipeline = Pipeline(DEFINITION, LIMITS)
+    key = pipeline.identity.key
+
+    def signed_record(k: bytes, value: bytes, control: bytes, offset: int) -> Record:
+        return Record(k, value, "tp", 0, offset, None, control, sign(key, control, k, value))
+
+    good_link = orjson.dumps({"anonymous_id": "dev-1", "customer_id": "c", "at": 1.0, "trigger_event_id": "e"})
+    records = [
+        signed_record(b"dev-1", b"{not json", LINK, 1),
+        signed_record(b"dev-1", good_link, MERGE, 2),  # a merge under the anonymous id's key
+        signed_record(b"c", orjson.dumps({"anonymous_id": "dev-1"}), MERGE, 3),
+        signed_record(b"\xff", orjson.dumps(event("page_view", 1, anonymous="a")), ALIASED, 4),
+        signed_record(b"dev-1", orjson.dumps({**orjson.loads(good_link), "at": 1e300}), LINK, 5),
+        Record(b"dev-1", good_link, "tp", 0, 6, None, LINK),  # forged: no signature
+        Record(b"dev-1", good_link, "tp", 0, 7, None, LINK, sign(b"another key", LINK, b"dev-1", good_link)),
+    ]
+    result = pipeline.process(records, {})
+    assert result.reasons == ["bad_identity_request"] * 7 and not result.writes and not result.rekeyed
+
+
+def test_touchpoint_replace_keeps_the_event() -> None:
+    tp = validate(event("page_view", 1, anonymous="dev-1", channel="ads"))
+    moved = replace(tp, customer_id="c1")
+    assert (moved.profile_id, moved.anonymous_id, moved.event_id) == ("c1", "dev-1", tp.event_id)
+
+
+def test_identity_events_match_their_schema() -> None:
+    import json
+
+    import jsonschema
+
+    schema = json.loads((ROOT / "schemas" / "identity.schema.json").read_text())
+    cluster = Cluster()
+    cluster.send(event("page_view", 1, anonymous="kiosk"))
+    cluster.send(event("identify", 2, customer="alice", anonymous="kiosk"))
+    cluster.run(batch=1)
+    cluster.send(event("purchase", 3, customer="bob", anonymous="kiosk", order_id="b1"))
+    cluster.run(batch=1)
+    assert [e["type"] for e in cluster.identities] == ["identity_merged", "identity_conflict"]
+    for e in cluster.identities:
+        jsonschema.validate(e, schema, format_checker=jsonschema.FormatChecker())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**cluster.identities[1], "linked_customer_id": None}, schema)
