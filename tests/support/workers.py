@@ -50,7 +50,7 @@ def namespaced_settings(bootstrap: str, name: str, **overrides: object) -> Setti
 ENV_FIELDS = (
     "bootstrap_servers", "app_id", "topic_touchpoints", "topic_transitions", "topic_dead_letter",
     "topic_churn_risk", "topic_pain_points", "topic_aggregates", "topic_identities", "partitions", "session_timeout_s",
-    "api_token", "batch_size",
+    "api_token", "batch_size", "churn_params_file",
 )
 
 

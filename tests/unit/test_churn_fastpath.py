@@ -8,12 +8,13 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from journey.churn import bgnbd
+from journey.churn import bgnbd, learned
 from journey.churn.calibration import Calibration
 from journey.churn.risk import (
     HIGH,
@@ -53,6 +54,8 @@ def ref_typical_s(times: StageTimes, stage: int) -> float:
 
 def ref_assess(state: CustomerState, at: float, model: ChurnModel, config: RiskConfig, stage_times: StageTimes | None) -> dict[str, Any]:
     at = max(at, state.last_seen if state.last_seen is not None else at)
+    if model.learned is not None:
+        return ref_learned_assess(state, at, model, config, stage_times)
     reasons: list[str] = []
     if state.first_purchase is not None:
         base_at, grid = ref_purchaser(state, model, config, reasons, at)
@@ -155,6 +158,119 @@ def ref_next_change(level, keep, expiry, base, grid, at, config):  # type: ignor
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if reaches(mid) else (mid, hi)
     return grid(hi)
+
+
+# --- the learned layer (journey.churn.learned), as plain formulas -----------------------------
+
+
+def ref_sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+def ref_time_values(layer: learned.Layer, p: float, repeat: int, span: int, t_days: int) -> list[float]:
+    knots = layer.spec.recency_knots
+    recency = t_days - span
+    u = math.log1p(recency / 7.0)
+    ramps = [min(max((u - lo) / (hi - lo), 0.0), 1.0) for lo, hi in pairwise(knots)]
+    q = min(max(p, 1e-9), 1 - 1e-9)
+    return [math.log(q / (1 - q)), *ramps, max(u - knots[-1], 0.0), *(r if repeat == 0 else 0.0 for r in ramps),
+            math.log1p(recency * repeat / span) if repeat > 0 and span > 0 else 0.0,
+            math.log1p(repeat), 1.0 if repeat == 0 else 0.0, math.log1p(span / 7.0)]
+
+
+def ref_customer_values(layer: learned.Layer, state: CustomerState, at: float) -> tuple[list[float], float | None, dict[str, int]]:
+    spec = layer.spec
+    window = spec.signal_window_days * DAY_S
+    orders, days = max(state.purchases, 1), max(state.purchase_days, 1)
+    negatives = sum(state.negatives.values())
+    values = [math.log1p(max(state.revenue / orders, 0.0)), math.log1p(max(state.revenue, 0.0)),
+              math.log(max(state.purchases / days, 1.0)), math.log(max((state.events - negatives) / orders, 1.0))]
+    values += [1.0 if state.stage >= 0 and STAGES[state.stage] == s else 0.0 for s in spec.stages]
+    values += [state.channels.get(c, 0) / max(state.events, 1) for c in spec.channels]
+    recent_negative = bool(state.negatives) and state.last_negative is not None and at - state.last_negative < window
+    carts, last_cart = painpoints.abandoned_carts(state)
+    recent_cart = carts > 0 and last_cart is not None and at - last_cart < window
+    counts = {k: n for k, n in state.negatives.items() if n > 0}
+    if carts:
+        counts[painpoints.CART_ABANDONED] = carts
+    for kind in spec.signals:
+        n = counts.get(kind, 0)
+        recent = recent_cart if kind == painpoints.CART_ABANDONED else (n > 0 and recent_negative)
+        values += [math.log1p(n), 1.0 if recent else 0.0]
+    expiries = ([state.last_negative + window] if recent_negative else []) + ([last_cart + window] if recent_cart else [])
+    return values, (min(expiries) if expiries else None), counts
+
+
+def ref_learned_assess(state, at, model, config, stage_times):  # type: ignore[no-untyped-def]
+    layer = model.learned
+    params, unit = model.params.params, model.params.time_unit_days
+    n_time = len(layer.spec.time_names)
+    customer, expiry, counts = ref_customer_values(layer, state, at)
+    if state.first_purchase is not None:
+        first = utc_day(state.first_purchase)
+        last = utc_day(state.last_purchase if state.last_purchase is not None else state.first_purchase)
+        repeat, span = max(state.purchase_days - 1, 0), last - first
+        z_customer = 0.0
+        for w, f in zip(layer.weights[n_time:], customer, strict=True):
+            z_customer += w * f
+
+        def p_within(t_days: int, horizon: float) -> float:
+            return bgnbd.p_no_purchase_within(params, float(repeat), span / unit, t_days / unit, horizon / unit)
+
+        def base(t: float) -> float:
+            t_days = max(utc_day(t) - first, span)
+            z = layer.intercept
+            for w, f in zip(layer.weights[:n_time], ref_time_values(layer, p_within(t_days, layer.horizon_days), repeat, span, t_days), strict=True):
+                z += w * f
+            return ref_sigmoid(z + z_customer)
+
+        day = utc_day(at)
+        t_days = max(day - first, span)
+        p_w = p_within(t_days, layer.horizon_days)
+        facts = {"days_silent": t_days - span, "repeat": repeat, "span": span, "p": p_w, "horizon": layer.horizon_days,
+                 "mean_value": state.revenue / max(state.purchases, 1), "revenue": state.revenue,
+                 "orders_per_day": state.purchases / max(state.purchase_days, 1),
+                 "touchpoints_per_order": (state.events - sum(state.negatives.values())) / max(state.purchases, 1),
+                 "stage": STAGES[state.stage] if state.stage >= 0 else "none",
+                 "channels": {c: n / max(state.events, 1) for c, n in state.channels.items()}, "signals": counts}
+        explained = learned.explain_purchaser(layer, ref_time_values(layer, p_w, repeat, span, t_days), customer, facts)
+        listed = any(r.code == "bgnbd_p_no_purchase" for r in explained) and layer.horizon_days == config.horizon_days
+        reasons = learned.reason_texts(explained, [] if listed else [f"model P(no purchase within {config.horizon_days:g} days)="
+                                                                     f"{p_within(t_days, config.horizon_days):.2f}"])
+        grid = lambda k: (day + k) * DAY_S  # noqa: E731
+    else:
+        stage = min(max(state.stage, AWARENESS), DECISION)
+        typical = ref_typical_s(stage_times or StageTimes(config), stage)
+        last_seen = state.last_seen if state.last_seen is not None else at
+        z_signals = 0.0
+        for w, f, name in zip(layer.weights[n_time:], customer, layer.spec.customer_names, strict=True):
+            if name.startswith("signal_"):
+                z_signals += w * f
+        odds = math.exp(z_signals)
+
+        def base(t: float) -> float:
+            b = config.silence_cap * (1.0 - 2.0 ** (-max(t - last_seen, 0.0) / typical))
+            return b if odds == 1.0 else odds * b / (1.0 - b + odds * b)
+
+        reasons = [f"silent {max(at - last_seen, 0.0) / DAY_S:.1f} days in {STAGES[stage]} "
+                   f"(customers typically move on within {typical / DAY_S:.1f} days)"]
+        now, silent = base(at), config.silence_cap * (1.0 - 2.0 ** (-max(at - last_seen, 0.0) / typical))
+        explained = []
+        for kind, n in sorted(counts.items()):
+            part = sum(w * f for w, f, name in zip(layer.weights[n_time:], customer, layer.spec.customer_names, strict=True)
+                       if name in (f"signal_count:{kind}", f"signal_recent:{kind}"))
+            without = math.exp(z_signals - part)
+            effect = now - (silent if without == 1.0 else without * silent / (1.0 - silent + without * silent))
+            explained.append(learned.Reason(learned.signal_code(kind), n, effect, learned.signal_text(kind, n)))
+        reasons += learned.reason_texts(explained)
+        grid = lambda k: at + 60.0 * k  # noqa: E731
+    score = base(at)
+    level = config.level(score)
+    next_change = ref_next_change(level, 1.0, expiry, base, grid, at, config)
+    return {"score": round(score, 6), "level": level, "reasons": reasons, "at": at, "next_change": next_change}
 
 
 def ref_evaluate(state: CustomerState, now: float, config: PainConfig) -> list[PainPoint]:
@@ -272,11 +388,22 @@ def random_events(rng: random.Random, start: float) -> list[tuple[str, float, di
     return events
 
 
+def random_layer(rng: random.Random) -> learned.Layer:
+    """A learned layer with every kind of feature and random effects (signs free, but the
+    silence features' >= 0), at a horizon of its own."""
+    knots = sorted(rng.sample([0.0, 0.4, 0.9, 1.5, 2.2, 3.0, 3.6], 4))
+    spec = learned.Spec(tuple(knots), stages=("consideration", "purchase", "retention"), channels=("ads", "email"),
+                        signals=("cart_abandoned", "complaint", "refund", "return", "review_submitted", "support_ticket",
+                                 "unsubscribe"), signal_window_days=rng.choice([10.0, 40.0]), horizon_days=rng.choice([60.0, 90.0]))
+    weights = tuple(rng.uniform(0, 1) if learned.non_negative(n) else rng.choice([0.0, rng.uniform(-1.5, 1.5)]) for n in spec.names)
+    return learned.Layer(spec, rng.uniform(-2, 1), weights, tuple(rng.uniform(0, 1) for _ in spec.names))
+
+
 def random_models(rng: random.Random) -> list[ChurnModel]:
     shipped = load_model(REPO / "schemas/churn-params.json")
     plain = ChurnModel(bgnbd.ChurnParams(bgnbd.BGNBDParams(0.243, 4.414, 0.793, 2.426), time_unit_days=7.0))
     cal = Calibration(intercept=rng.uniform(-1, 1), weights=(rng.uniform(0, 1), rng.uniform(0, 0.5), rng.uniform(-1.5, 0), rng.uniform(-0.5, 0.5)), horizon_days=90)
-    return [shipped, plain, ChurnModel(plain.params, cal)]
+    return [shipped, plain, ChurnModel(plain.params, cal), ChurnModel(plain.params, None, random_layer(rng))]
 
 
 def compare_stream(seed: int, check: Callable[[dict[str, Any], dict[str, Any], str], None]) -> int:

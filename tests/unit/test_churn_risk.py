@@ -289,7 +289,9 @@ def test_model_file_round_trip_and_errors(tmp_path):
     assert list(FEATURES) == ["log_odds_bgnbd", "log1p_recency", "log1p_repeat_days", "log1p_mean_order_value"]
 
 
-def test_shipped_params_are_calibrated_for_the_default_horizon():
+def test_shipped_params_are_learned_for_the_default_horizon():
     model = load_model(REPO / "schemas/churn-params.json")
-    assert model.calibration is not None
-    assert model.calibration.horizon_days == RiskConfig().horizon_days
+    assert model.learned is not None and model.calibration is None
+    assert model.learned.horizon_days == RiskConfig().horizon_days
+    assert model.learned.spec.signal_window_days == RiskConfig().signal_window_days
+    assert model.name == "bgnbd+learned"

@@ -218,3 +218,92 @@ async def test_score_batch_notes_only_the_applied_touchpoints_of_each_customer(t
     assert pain["b"] is None
     assert pain["c"] == {"r": T0 + 3600}
     assert worker.index.due_time("a") == pytest.approx(T0 + DAY_S)
+
+
+# --- the worker and `journey churn score` agree (learned layer, signals and all) ----------------
+
+
+def _history(n: int, seed: int) -> list[dict[str, Any]]:
+    """Buyers, browsers, carts and every negative signal, over a year, in event-time order."""
+    import random
+
+    rng = random.Random(seed)
+    types = ["purchase"] * 6 + ["page_view", "product_view", "add_to_cart", "complaint", "return", "refund",
+                                "support_ticket", "unsubscribe", "review_submitted"]
+    events = []
+    for c in range(n):
+        t = T0 + rng.uniform(0, 200) * DAY_S
+        for i in range(rng.randint(1, 12)):
+            t += rng.choice([3600.0, DAY_S, 7 * DAY_S, 30 * DAY_S]) * rng.random()
+            type_ = rng.choice(types)
+            props: dict[str, Any] = {}
+            if type_ == "purchase":
+                props = {"order_id": f"o{i}", "amount": round(rng.uniform(1, 300), 2)}
+            elif type_ == "review_submitted":
+                props = {"rating": rng.randint(1, 5)}
+            events.append({"event_id": f"c{c}-{i}", "customer_id": f"c{c}", "type": type_, "timestamp": iso(t),
+                           "channel": rng.choice(["ads", "email", "store"]), "properties": props})
+    return sorted(events, key=lambda e: e["timestamp"])
+
+
+def _learned_params(path: Path) -> Path:
+    import random
+
+    from journey.churn import bgnbd, learned
+    from journey.churn.risk import ChurnModel, save_model
+
+    rng = random.Random(1)
+    spec = learned.Spec((0.0, 0.5, 1.4, 2.6), stages=("decision", "purchase", "retention"), channels=("ads", "email"),
+                        signals=("cart_abandoned", "complaint", "refund", "return", "review_submitted", "support_ticket",
+                                 "unsubscribe"))
+    weights = tuple(rng.uniform(0, 1) if learned.non_negative(n) else rng.uniform(-1, 1) for n in spec.names)
+    layer = learned.Layer(spec, -0.5, weights, tuple(0.0 for _ in spec.names))
+    save_model(path, ChurnModel(bgnbd.ChurnParams(bgnbd.BGNBDParams(0.5, 6.0, 0.8, 2.4), 7.0), None, layer))
+    return path
+
+
+@pytest.mark.parametrize("params", ["shipped", "learned with signals"])
+async def test_worker_and_churn_score_agree(tmp_path: Path, params: str) -> None:
+    import csv
+    import dataclasses
+    import io
+    import json
+    from contextlib import redirect_stdout
+
+    from journey.cli import main as journey_cli
+
+    churn_settings = ChurnSettings.from_settings(Settings())
+    if params != "shipped":
+        churn_settings = dataclasses.replace(churn_settings, params_file=_learned_params(tmp_path / "params.json"))
+    japp = worker_app(tmp_path / "worker", topic_touchpoints="tp", topic_churn_risk=RISK, topic_pain_points=PAIN)
+    worker = ChurnWorker(japp, churn_settings)
+    events = _history(120, 7)
+    history = tmp_path / "history.jsonl"
+    history.write_text("\n".join(json.dumps(e) for e in events) + "\n")
+    pipeline = Pipeline(DEFINITION, Limits())
+    states: dict[str, CustomerState] = {}
+    for start in range(0, len(events), 40):  # batches of 40 touchpoints, in event-time order
+        records = [Record(e["customer_id"].encode(), json.dumps(e).encode(), "tp", 0, start + i)
+                   for i, e in enumerate(events[start:start + 40])]
+        result = pipeline.process(records, states)
+        worker.score_batch(result)
+        for key, (_rec, state, _before) in result.writes.items():
+            states[key] = state
+    by_time: dict[float, list[str]] = {}
+    for key, state in states.items():
+        by_time.setdefault(state.extra["churn"]["at"], []).append(key)
+    checked = 0
+    for at, keys in sorted(by_time.items())[-12:]:
+        out = io.StringIO()
+        args = ["churn", "score", str(history), "--format", "jsonl", "--as-of", iso(at)]
+        if params != "shipped":
+            args += ["--params", str(churn_settings.params_file)]
+        with redirect_stdout(out):
+            assert journey_cli(args) == 0
+        rows = {r["customer_id"]: r for r in csv.DictReader(io.StringIO(out.getvalue()))}
+        for key in keys:
+            churn = states[key].extra["churn"]
+            assert float(rows[key]["score"]) == pytest.approx(churn["s"], abs=1e-9), key
+            assert rows[key]["level"] == churn["l"], key
+            checked += 1
+    assert checked >= 30

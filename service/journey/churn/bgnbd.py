@@ -256,10 +256,15 @@ def fit(
     T: np.ndarray,
     *,
     bounds: Mapping[str, tuple[float, float]] | None = None,
+    starts: Iterable[BGNBDParams] = (),
+    quick: bool = False,
 ) -> FitResult:
     """Maximum-likelihood BG/NBD fit with every parameter kept inside ``bounds``.
 
-    L-BFGS-B over log-parameters from several starting points; the best optimum wins. The
+    L-BFGS-B over log-parameters, with the analytic gradient, from several starting points (and
+    any ``starts`` given, e.g. a neighbouring fit; ``quick``: those and one default start only);
+    the best optimum wins. Customers with the
+    same (x, t_x, T) are counted once with a weight, which changes nothing but the speed. The
     result always holds usable (bounded) params. ``degenerate`` is set when the optimum sits on
     a bound or the mean dropout probability a/(a+b) has collapsed towards zero: that happens
     when the data show no customer dropping out, so the likelihood keeps rising as p -> 0.
@@ -276,17 +281,24 @@ def fit(
             )
     log_box = [(math.log(box[n][0]), math.log(box[n][1])) for n in PARAM_NAMES]
     n = len(x)
+    rows, weight = np.unique(np.column_stack([x, t_x, T]), axis=0, return_counts=True)
+    ux, ut_x, uT = rows[:, 0], rows[:, 1], rows[:, 2]
+    weight = weight.astype(float)
 
-    def objective(theta: np.ndarray) -> float:
-        r, alpha, a, b = np.exp(theta)
-        value = -float(np.sum(log_likelihood((r, alpha, a, b), x, t_x, T))) / n
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        value, grad = _neg_log_likelihood_and_gradient(np.exp(theta), ux, ut_x, uT, weight)
+        value /= n
         # Outside the numerically safe region return a large finite value so L-BFGS-B backs off.
-        return value if math.isfinite(value) else 1e300
+        if not (math.isfinite(value) and np.all(np.isfinite(grad))):
+            return 1e300, np.zeros(4)
+        return value, grad / n
 
     best = None
-    for start in _starting_points(x, T):
+    defaults = _starting_points(x, T)
+    points = [tuple(p.to_dict()[k] for k in PARAM_NAMES) for p in starts] + (defaults[:1] if quick else defaults)
+    for start in points:
         theta0 = np.clip(np.log(start), [lo for lo, _ in log_box], [hi for _, hi in log_box])
-        res = minimize(objective, theta0, method="L-BFGS-B", bounds=log_box, options={"maxiter": 2000})
+        res = minimize(objective, theta0, jac=True, method="L-BFGS-B", bounds=log_box, options={"maxiter": 2000})
         if best is None or res.fun < best.fun:
             best = res
     assert best is not None
@@ -311,6 +323,41 @@ def fit(
         n_customers=n,
         bounds={k: (float(lo), float(hi)) for k, (lo, hi) in box.items()},
     )
+
+
+def _neg_log_likelihood_and_gradient(
+    theta: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, weight: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """-sum(weight * LL) and its gradient with respect to the log-parameters.
+
+    LL = common + logaddexp(A, B) (see :func:`log_likelihood`), with
+    d common = (psi(r+x) - psi(r) + log alpha, r/alpha, psi(a+b) - psi(a), psi(a+b) - psi(b)),
+    d A      = (-log(alpha+T), -(r+x)/(alpha+T), psi(a) - psi(a+b+x), psi(b+x) - psi(a+b+x)),
+    d B      = (-log(alpha+t_x), -(r+x)/(alpha+t_x), psi(a+1) - psi(a+b+x), psi(b+x-1) - psi(a+b+x)),
+    each term weighted by its share of exp(LL - common); d/d log(v) = v d/dv.
+    """
+    from scipy.special import betaln, digamma, gammaln
+
+    r, alpha, a, b = (float(v) for v in theta)
+    has_repeat = x > 0
+    log_aT = np.log(alpha + T)
+    log_atx = np.log(alpha + t_x)
+    common = gammaln(r + x) - gammaln(r) + r * math.log(alpha) - betaln(a, b)
+    A = betaln(a, b + x) - (r + x) * log_aT
+    bx1 = np.where(has_repeat, b + x - 1.0, 1.0)
+    B = np.where(has_repeat, betaln(a + 1.0, bx1) - (r + x) * log_atx, -np.inf)
+    lse = np.logaddexp(A, B)
+    ll = common + lse
+    wA = np.exp(A - lse)
+    wB = np.where(has_repeat, np.exp(B - lse), 0.0)
+    psi_abx = digamma(a + b + x)
+    d_r = digamma(r + x) - digamma(r) + math.log(alpha) - wA * log_aT - wB * log_atx
+    d_alpha = r / alpha - wA * (r + x) / (alpha + T) - wB * (r + x) / (alpha + t_x)
+    psi_ab = float(digamma(a + b))
+    d_a = psi_ab - float(digamma(a)) + wA * (float(digamma(a)) - psi_abx) + wB * (float(digamma(a + 1.0)) - psi_abx)
+    d_b = psi_ab - float(digamma(b)) + wA * (digamma(b + x) - psi_abx) + wB * (digamma(bx1) - psi_abx)
+    grad = -np.array([r * (weight @ d_r), alpha * (weight @ d_alpha), a * (weight @ d_a), b * (weight @ d_b)])
+    return -float(weight @ ll), grad
 
 
 def _starting_points(x: np.ndarray, T: np.ndarray) -> list[tuple[float, float, float, float]]:

@@ -14,9 +14,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from journey.churn import bgnbd
+from journey.churn import bgnbd, learned
 from journey.churn.calibration import Calibration, CalibrationError
 from journey.churn.calibration import features as calibration_features
+from journey.churn.learned import Layer, LayerError, Reason
 from journey.core import painpoints
 from journey.core.clock import DAY_S
 from journey.core.stages import AWARENESS, DECISION, STAGES
@@ -82,40 +83,60 @@ class RiskConfig:
         return HIGH if score >= self.high else MEDIUM if score >= self.medium else LOW
 
 
+#: Model names by what the learned layer ships (journey.churn.learned.SHIPPED).
+_SHIPPED_NAMES: Mapping[str, str] = {
+    "learned": "bgnbd+learned", "features": "learned-features", "bgnbd": "bgnbd+platt", "bgnbd-raw": "bgnbd",
+}
+
+
 @dataclass(frozen=True)
 class ChurnModel:
-    """The fitted BG/NBD parameters and, optionally, their backtest calibration (one params file)."""
+    """The fitted BG/NBD parameters and what turns them into the score (one params file): the
+    learned layer of `journey churn fit` (journey.churn.learned), or, in params files written
+    before it, an optional backtest calibration (journey.churn.calibration) with the hand-set
+    signal weights of RiskConfig."""
 
     params: bgnbd.ChurnParams
     calibration: Calibration | None = None
+    learned: Layer | None = None
 
-    # Cached: every churn event names the model, and the calibration's version is a hash.
+    # Cached: every churn event names the model, and the layer's version is a hash.
     @cached_property
     def name(self) -> str:
+        if self.learned is not None:
+            return _SHIPPED_NAMES[self.learned.shipped]
         return bgnbd.MODEL_NAME + ("+backtest" if self.calibration is not None else "")
 
     @cached_property
     def version(self) -> str:
+        if self.learned is not None:
+            return f"{self.params.version}+{self.learned.version}"
         return self.params.version + (f"+{self.calibration.version}" if self.calibration is not None else "")
 
     def to_dict(self) -> dict[str, Any]:
         data = self.params.to_dict()
         if self.calibration is not None:
             data["calibration"] = self.calibration.to_dict()
+        if self.learned is not None:
+            data["learned"] = self.learned.to_dict()
         return data
 
 
 def load_model(path: str | Path) -> ChurnModel:
-    """Read a params file: the BG/NBD part (journey.churn.bgnbd) and its optional calibration."""
+    """Read a params file: the BG/NBD part (journey.churn.bgnbd) and its learned layer, or (older
+    files) its optional backtest calibration."""
     params = bgnbd.load_params(path)
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     calibration = None
-    if data.get("calibration") is not None:
-        try:
+    layer = None
+    try:
+        if data.get("calibration") is not None:
             calibration = Calibration.from_dict(data["calibration"])
-        except CalibrationError as exc:
-            raise bgnbd.ChurnParamsError(f"churn params file {path}: {exc}") from None
-    return ChurnModel(params, calibration)
+        if data.get("learned") is not None:
+            layer = Layer.from_dict(data["learned"])
+    except (CalibrationError, LayerError) as exc:
+        raise bgnbd.ChurnParamsError(f"churn params file {path}: {exc}") from None
+    return ChurnModel(params, calibration, layer)
 
 
 def save_model(path: str | Path, model: ChurnModel) -> Path:
@@ -166,10 +187,11 @@ class StageTimes:
 
 
 class Risk:
-    """One assessment. The reasons are written out only when read (an event or the CLI needs
-    them; most assessments of a stream change nothing and are never shown)."""
+    """One assessment. The reasons (text, and machine-readable codes) are written out only when
+    read (an event or the CLI needs them; most assessments of a stream change nothing and are
+    never shown)."""
 
-    __slots__ = ("score", "level", "at", "next_change", "_reasons", "_why")
+    __slots__ = ("score", "level", "at", "next_change", "_reasons", "_codes", "_why")
 
     def __init__(
         self,
@@ -188,18 +210,33 @@ class Risk:
         #: happens; None when it cannot change any more.
         self.next_change = next_change
         self._reasons = reasons if reasons is not None or why is not None else []
+        self._codes: list[dict[str, Any]] | None = None if why is not None else []
         self._why = why
 
     @property
     def reasons(self) -> list[str]:
         reasons = self._reasons
         if reasons is None:
-            reasons = self._reasons = _write_reasons(*self._why)  # type: ignore[misc]
+            reasons = self._reasons = self._explain()[0]
         return reasons
 
     @reasons.setter
     def reasons(self, value: list[str]) -> None:
         self._reasons = value
+
+    @property
+    def reason_codes(self) -> list[dict[str, Any]]:
+        """``[{"code", "value", "effect"}]``: what raised (+) or lowered (-) the score, in
+        probability points (docs/churn-model.md)."""
+        codes = self._codes
+        if codes is None:
+            codes = self._codes = self._explain()[1]
+        return codes
+
+    def _explain(self) -> tuple[list[str], list[dict[str, Any]]]:
+        assert self._why is not None
+        texts, codes = _write_reasons(*self._why)
+        return texts, [r.as_code() for r in codes]
 
     @property
     def level_name(self) -> str:
@@ -231,6 +268,16 @@ def assess(
     last_seen = state.last_seen
     if last_seen is not None and last_seen > at:
         at = last_seen
+    layer = model.learned
+    if layer is not None:
+        # The learned layer: the signals' effects are its weights (no hand-set ones).
+        obs = learned.observe(state, at, layer.spec.signal_window_days)
+        values = learned.customer_features(layer.spec, obs)
+        seen = (obs, values)
+        if state.first_purchase is not None:
+            return _purchaser(state, model, config, at, 1.0, obs.expiry, _NO_SIGNALS, layer.customer_z(values), seen)
+        odds = math.exp(layer.signal_z(values))
+        return _non_purchaser(state, config, stage_times, at, 1.0, obs.expiry, _NO_SIGNALS, odds, layer, seen)
     keep, expiry, active = _signals(state, config, at)
     if state.first_purchase is not None:
         return _purchaser(state, model, config, at, keep, expiry, active)
@@ -266,6 +313,8 @@ def _purchaser(
     keep: float,
     expiry: float | None,
     active: Sequence[tuple[str, int]],
+    z_customer: float | None = None,
+    observed: tuple[learned.Observation, list[float]] | None = None,
 ) -> Risk:
     curve = _curve(model, config.horizon_days)
     first_purchase: float = state.first_purchase  # type: ignore[assignment]
@@ -274,11 +323,14 @@ def _purchaser(
     span = int(last_purchase // DAY_S) - first
     repeat = max(state.purchase_days - 1, 0)
     calibration = model.calibration
-    if calibration is not None:
+    if z_customer is not None:
+        z_value = z_customer  # the learned layer's customer terms
+    elif calibration is not None:
         mean_value = state.revenue / state.purchases if state.purchases else 0.0
         z_value = calibration.weights[3] * math.log1p(max(mean_value, 0.0))
     else:
         z_value = 0.0
+    logistic = z_customer is not None or calibration is not None
     values, get = curve.values, curve.get
     day = int(at // DAY_S)
 
@@ -287,7 +339,7 @@ def _purchaser(
         t_days = d - first
         key = (repeat, span, t_days if t_days > span else span)
         entry = values.get(key) or get(key)
-        if calibration is None:
+        if not logistic:
             return entry[0]
         z = entry[1] + z_value
         if z >= 0:
@@ -316,7 +368,11 @@ def _purchaser(
         next_change = _first_rise(reaches, lambda k: (day + k) * DAY_S, limit, hint)
         if next_change is not None and next_change < limit:
             curve.remember(crossing, int(next_change // DAY_S) - first)
-    why = (config, True, max(day - (first + span), 0), repeat + 1, p_at, active)
+    if observed is not None:
+        t_days = max(day - first, span)
+        why: tuple[Any, ...] = (config, "learned", model.learned, repeat, span, t_days, p_at, curve, observed)
+    else:
+        why = (config, True, max(day - (first + span), 0), repeat + 1, p_at, active, score, keep)
     return Risk(round(score, 6), level, None, at, next_change, why=why)
 
 
@@ -338,12 +394,20 @@ def _non_purchaser(
     keep: float,
     expiry: float | None,
     active: Sequence[tuple[str, int]],
+    odds: float = 1.0,
+    layer: Layer | None = None,
+    seen: tuple[learned.Observation, list[float]] | None = None,
 ) -> Risk:
     stage = min(max(state.stage, AWARENESS), DECISION)
     typical = stage_times.typical_s(stage) if stage_times is not None else config.move_on_days[stage] * DAY_S
     last_seen = state.last_seen if state.last_seen is not None else at
     cap = config.silence_cap
-    score = 1.0 - (1.0 - cap * (1.0 - 2.0 ** (-max(at - last_seen, 0.0) / typical))) * keep
+    if layer is not None:
+        # Learned signal effects multiply the odds of the silence score.
+        silence_score = cap * (1.0 - 2.0 ** (-max(at - last_seen, 0.0) / typical))
+        score = _with_odds(silence_score, odds)
+    else:
+        score = 1.0 - (1.0 - cap * (1.0 - 2.0 ** (-max(at - last_seen, 0.0) / typical))) * keep
     level, threshold, limit = _band(score, config, at, expiry)
     if threshold is None:
         next_change = expiry
@@ -351,20 +415,27 @@ def _non_purchaser(
 
         def reaches(k: int) -> bool:
             t = at + 60.0 * k
-            score_then: float = 1.0 - (1.0 - cap * (1.0 - 2.0 ** (-max(t - last_seen, 0.0) / typical))) * keep
+            base = cap * (1.0 - 2.0 ** (-max(t - last_seen, 0.0) / typical))
+            score_then: float = _with_odds(base, odds) if layer is not None else 1.0 - (1.0 - base) * keep
             return score_then >= threshold
 
         # The first minute the base score reaches what the threshold needs, solved for; the
         # search below checks it (and its neighbours) with the formula itself.
         hint = None
-        need = 1.0 - (1.0 - threshold) / keep if keep > 0.0 else math.inf
+        if layer is not None:
+            need = threshold / (odds * (1.0 - threshold) + threshold)
+        else:
+            need = 1.0 - (1.0 - threshold) / keep if keep > 0.0 else math.inf
         if 0.0 < need / cap < 1.0:
             silence = -typical * math.log2(1.0 - need / cap)
             steps = (silence - (at - last_seen)) / 60.0
             if steps < 1e15:
                 hint = max(math.ceil(steps), 1)
         next_change = _first_rise(reaches, lambda k: at + 60.0 * k, limit, hint)  # minute steps
-    why = (config, False, max(at - last_seen, 0.0), stage, typical, active)
+    if seen is not None:
+        why: tuple[Any, ...] = (config, "silent", layer, max(at - last_seen, 0.0), stage, typical, seen, odds, score, silence_score)
+    else:
+        why = (config, False, max(at - last_seen, 0.0), stage, typical, active, score, keep)
     return Risk(round(score, 6), level, None, at, next_change, why=why)
 
 
@@ -394,26 +465,95 @@ def _signals(state: CustomerState, config: RiskConfig, at: float) -> tuple[float
 
 
 _NO_SIGNALS: tuple[tuple[str, int], ...] = ()
+_with_odds = learned.with_odds
 
 
-def _write_reasons(config: RiskConfig, purchaser: bool, a: Any, b: Any, c: Any, active: Sequence[tuple[str, int]]) -> list[str]:
-    if purchaser:
+def _write_reasons(config: RiskConfig, kind: bool | str, *why: Any) -> tuple[list[str], list[Reason]]:
+    """(the reasons' text, their codes) of an assessment (``why``: what the scoring kept)."""
+    if kind == "learned":
+        return _learned_reasons(config, *why)
+    if kind == "silent":
+        return _learned_silence_reasons(config, *why)
+    a, b, c, active, score, keep = why
+    if kind:
         days_silent, days, p = a, b, c
         reasons = [
             f"no purchase for {days_silent} days",
             "one purchase day only" if days == 1 else f"{days} purchase days",
             f"model P(no purchase within {config.horizon_days:g} days)={p:.2f}",
         ]
+        codes = [Reason("no_purchase_days", days_silent, 0.0, reasons[0]),
+                 Reason("repeat_purchase_days", days - 1, 0.0, reasons[1]),
+                 Reason("bgnbd_p_no_purchase", round(p, 6), 0.0, reasons[2])]
     else:
         silence, stage, typical = a, b, c
         reasons = [
             f"silent {silence / DAY_S:.1f} days in {STAGES[stage]} "
             f"(customers typically move on within {typical / DAY_S:.1f} days)"
         ]
-    for kind, n in active:
-        name = SIGNAL_NAMES.get(kind, kind.replace("_", " "))
-        reasons.append(name if n == 1 else f"{name} x{n}")
-    return reasons
+        base = 1.0 - (1.0 - score) / keep if keep > 0.0 else score
+        codes = [Reason("silent_days", round(silence / DAY_S, 3), base, reasons[0])]
+    # Hand-set signal weights (params files from before the learned layer): a signal's effect is
+    # the score less the score without it.
+    for signal, n in active:
+        name = SIGNAL_NAMES.get(signal, signal.replace("_", " "))
+        text = name if n == 1 else f"{name} x{n}"
+        reasons.append(text)
+        w = config.signal_weights.get(signal, config.default_signal_weight)
+        part = (1.0 - w) ** min(n, config.max_signal_count)
+        without = 1.0 - (1.0 - score) / part if part > 0.0 else score
+        codes.append(Reason(learned.signal_code(signal), n, score - without, text))
+    return reasons, codes
+
+
+def _learned_reasons(
+    config: RiskConfig, layer: Layer, repeat: int, span: int, t_days: int, p_h: float, curve: _Curve,
+    seen: tuple[learned.Observation, list[float]],
+) -> tuple[list[str], list[Reason]]:
+    obs, values = seen
+    p_w = curve.p_layer(repeat, span, t_days)
+    orders = max(obs.purchases, 1)
+    facts = {
+        "days_silent": t_days - span, "repeat": repeat, "span": span, "p": p_w, "horizon": layer.horizon_days,
+        "mean_value": obs.revenue / orders, "revenue": obs.revenue, "orders_per_day": obs.purchases / max(obs.purchase_days, 1),
+        "touchpoints_per_order": (obs.events - sum(obs.negatives.values())) / orders, "stage": STAGES[obs.stage] if obs.stage >= 0 else "none",
+        "channels": {c: n / max(obs.events, 1) for c, n in obs.channels.items()},
+        "signals": {k: learned.signal_count(obs, k)[0] for k in _signal_kinds(obs)},
+    }
+    time_values = learned.time_features(layer.spec, p_w, repeat, span, t_days)
+    reasons = learned.explain_purchaser(layer, time_values, values, facts)
+    listed = any(r.code == "bgnbd_p_no_purchase" for r in reasons) and layer.horizon_days == config.horizon_days
+    tail = [] if listed else [f"model P(no purchase within {config.horizon_days:g} days)={p_h:.2f}"]
+    return learned.reason_texts(reasons, tail), reasons
+
+
+def _learned_silence_reasons(
+    config: RiskConfig, layer: Layer, silence: float, stage: int, typical: float,
+    seen: tuple[learned.Observation, list[float]], odds: float, score: float, base: float,
+) -> tuple[list[str], list[Reason]]:
+    obs, values = seen
+    text = (f"silent {silence / DAY_S:.1f} days in {STAGES[stage]} "
+            f"(customers typically move on within {typical / DAY_S:.1f} days)")
+    reasons = [Reason("silent_days", round(silence / DAY_S, 3), base, text)]
+    z = math.log(odds)
+    names = layer.spec.customer_names
+    for kind in _signal_kinds(obs):
+        n = learned.signal_count(obs, kind)[0]
+        if n <= 0:
+            continue
+        part = sum(layer.weights[len(layer.spec.time_names) + i] * values[i]
+                   for i, name in enumerate(names) if name in (f"signal_count:{kind}", f"signal_recent:{kind}"))
+        effect = score - learned.with_odds(base, math.exp(z - part))
+        reasons.append(Reason(learned.signal_code(kind), n, effect, learned.signal_text(kind, n)))
+    head, rest = reasons[0], reasons[1:]
+    return [head.text, *learned.reason_texts(rest)], reasons
+
+
+def _signal_kinds(obs: learned.Observation) -> list[str]:
+    kinds = sorted(k for k, n in obs.negatives.items() if n > 0)
+    if obs.carts > 0:
+        kinds.append(painpoints.CART_ABANDONED)
+    return sorted(kinds)
 
 
 def _first_rise(reaches: Callable[[int], bool], grid: Callable[[int], float], limit: float, hint: int | None = None) -> float:
@@ -467,7 +607,7 @@ class _Curve:
     the first), with the calibration's terms that need no more than those (all but the mean
     order value's). Exact memoization: a pure function of integers, shared by all customers."""
 
-    __slots__ = ("model", "params", "unit", "H", "values", "crossings")
+    __slots__ = ("model", "params", "unit", "H", "values", "crossings", "layer_H")
 
     #: Entries kept before the memo starts over (a few MB).
     MAX = 1 << 17
@@ -477,6 +617,9 @@ class _Curve:
         self.params = model.params.params
         self.unit = model.params.time_unit_days
         self.H = horizon_days / self.unit
+        layer = model.learned
+        #: The learned layer's own horizon (its BG/NBD term), in the params' unit.
+        self.layer_H = layer.horizon_days / self.unit if layer is not None else self.H
         self.values: dict[tuple[int, int, int], tuple[float, float]] = {}
         #: (repeat days, span, mean order value's term, signals' keep, threshold) -> the first
         #: day (since the first purchase) the score reached the threshold: search hints.
@@ -498,7 +641,11 @@ class _Curve:
         p = bgnbd.p_no_purchase_within(self.params, x, t_x, T, self.H)
         z = 0.0
         calibration = self.model.calibration
-        if calibration is not None:
+        layer = self.model.learned
+        if layer is not None:
+            p_w = p if self.layer_H == self.H else bgnbd.p_no_purchase_within(self.params, x, t_x, T, self.layer_H)
+            z = layer.time_z(p_w, repeat, span, T_days)
+        elif calibration is not None:
             # Calibration.apply's sum, in its order, up to (not with) the mean order value's term.
             f = calibration_features(p, x, T - t_x, 0.0)
             w = calibration.weights
@@ -510,6 +657,13 @@ class _Curve:
             self.values.clear()
         entry = self.values[key] = (p, z)
         return entry
+
+    def p_layer(self, repeat: int, span: int, t_days: int) -> float:
+        """BG/NBD P(no purchase within the learned layer's horizon) (the reasons' value)."""
+        p = self.get((repeat, span, t_days))[0]
+        if self.layer_H == self.H:
+            return p
+        return bgnbd.p_no_purchase_within(self.params, float(repeat), span / self.unit, t_days / self.unit, self.layer_H)
 
 
 _curves: dict[tuple[int, float], _Curve] = {}

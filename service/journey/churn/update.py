@@ -41,6 +41,7 @@ class Update:
             "level": r.level_name,
             "previous_level": LEVELS[self.previous_level] if self.previous_level is not None else None,
             "reasons": r.reasons,
+            "reason_codes": r.reason_codes,
             "at": _iso_at(r.at),
             "model": {"name": model.name, "version": model.version},
         }
