@@ -151,8 +151,8 @@ class Settings(BaseSettings):
         description="anonymous ids that never link to a customer (comma separated, case-insensitive)")
     identity_alias_window: Count = Field(16, description="anonymous ids each customer remembers having linked")
     control_secret: SecretStr | None = Field(
-        None, description="signs the workers' own identity records on the input topic, so no producer can forge a "
-        "link (secret; set it in production; unset: derived from the app id, which any producer can know)")
+        None, description="signs the workers' own identity records on the input topic, so no producer can write one "
+        "(secret; the same on every worker; set it in production; unset: derived from the app id, which any producer can know)")
     # --- logs
     log_level: LogLevel = Field("info", description="log level: " + ", ".join(LOG_LEVELS))
     log_format: LogFormat = Field("text", description="text, or json: one JSON object per line (worker, sidecar, access log)")

@@ -130,7 +130,9 @@ async def test_a_killed_workers_customers_are_recovered_by_the_survivor(broker: 
         # Settled: the survivor has committed all the input, so every output of it is on the topic.
         await wait_committed(broker, settings.app_id, settings.topic_touchpoints, timeout_s=90, check=b.check_alive)
         msgs = await read_all(broker, settings.topic_transitions, until=lambda m: False, timeout_s=2)
-        assert b.metric(DUPLICATES) == duplicates_b + N_CUSTOMERS  # each replayed first order, dropped
+        # Each replayed first order dropped; more only if the test's producer retried a send (the
+        # records are then twice in the topic, and dropped as duplicates too: at-least-once input).
+        assert b.metric(DUPLICATES) >= duplicates_b + N_CUSTOMERS
     finally:
         stop_all([a, b])
 

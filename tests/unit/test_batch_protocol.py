@@ -110,3 +110,19 @@ async def test_run_batch_applies_emits_and_makes_the_batch_durable(japp: Journey
     await asyncio.wait_for(stage.done, timeout=2)
     assert _stored(protocol, "c1").events == 1  # type: ignore[union-attr]
     assert acked == [{TP(INPUT, 0): (3, 3), TP(INPUT, 1): (7, 7)}] and not failures
+
+
+async def test_a_staged_state_is_read_back_even_when_the_cache_has_evicted_it(japp: JourneyApp) -> None:
+    producer = Producer()
+    protocol, _acked, _failures = attach_protocol(japp, producer)
+    protocol.store.cache = type(protocol.store.cache)(1)  # room for one decoded state only
+    states = {f"c{i}": _state(i) for i in range(3)}
+    stage = await protocol.stage([(k, 0, s) for k, s in states.items()], [])
+    assert len(protocol.store.cache) == 1
+    for key, state in states.items():  # the store has none of them yet: reads must not go there
+        assert protocol.store.read(key, 0) is state
+    await settle()
+    producer.ack(protocol.store.changelog_topic)
+    await asyncio.wait_for(stage.done, timeout=2)
+    assert not protocol.store.pending  # written: held no longer
+    assert protocol.store.read("c0", 0).events == 0  # type: ignore[union-attr]  # now from RocksDB

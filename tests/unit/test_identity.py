@@ -301,3 +301,28 @@ def test_identity_events_match_their_schema() -> None:
         jsonschema.validate(e, schema, format_checker=jsonschema.FormatChecker())
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**cluster.identities[1], "linked_customer_id": None}, schema)
+
+
+def test_an_identify_naming_one_id_twice_links_nothing() -> None:
+    cluster = Cluster()
+    cluster.send(event("page_view", 1, customer="same"))
+    cluster.send(event("identify", 2, customer="same", anonymous="same"))
+    cluster.send(event("page_view", 3, customer="same", anonymous="same"))
+    cluster.run()
+    assert alias_of(cluster.states["same"]) is None and not cluster.identities and not cluster.queue
+    assert cluster.states["same"].events == 2
+
+
+def test_a_known_customer_is_never_made_someones_alias_and_nothing_loops() -> None:
+    cluster = Cluster()
+    cluster.send(event("purchase", 1, customer="alice", order_id="a1"))
+    cluster.run()
+    cluster.send(event("page_view", 2, customer="bob", anonymous="alice"))  # bob's device sends alice's id
+    cluster.send(event("page_view", 3, customer="alice", anonymous="bob"))  # and alice's bob's
+    cluster.run()
+    assert alias_of(cluster.states["alice"]) is None and alias_of(cluster.states["bob"]) is None
+    assert cluster.states["alice"].purchases == 1 and cluster.counts() == Counter({3: 1, 0: 1})
+    assert sorted(i["type"] for i in cluster.identities) == ["identity_conflict", "identity_conflict"]
+    cluster.send(event("purchase", 4, customer="alice", order_id="a2"))
+    cluster.run()
+    assert cluster.states["alice"].purchases == 2 and not cluster.queue  # no record bounces between them

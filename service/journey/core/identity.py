@@ -17,7 +17,7 @@ import orjson
 
 from journey.core.clock import iso, utc_day
 from journey.core.stages import ADVOCACY, PURCHASE, RETENTION
-from journey.core.state import ADVOCACY_SIGNAL, RENEWAL_SIGNAL, CustomerState, id_hash
+from journey.core.state import ADVOCACY_SIGNAL, RENEWAL_SIGNAL, CustomerState
 from journey.errors import InputError
 
 #: Anonymous ids that name no one (SDK placeholders); configurable (JOURNEY_IDENTITY_JUNK_IDS).
@@ -26,7 +26,8 @@ DEFAULT_JUNK_IDS = frozenset({"", "undefined", "null", "none", "nil", "anonymous
 #: The link-only touchpoint type (Segment's identify): links its two ids, moves no stage.
 IDENTIFY = "identify"
 
-#: CustomerState.extra keys: the customer's identity memory, and the alias of a linked anonymous id.
+#: CustomerState.extra keys: the customer's identity memory (links asked for, ids merged, and
+#: whether the key was ever seen as a customer id), and the alias of a linked anonymous id.
 IDS_KEY = "id"
 ALIAS_KEY = "alias"
 
@@ -84,14 +85,28 @@ def alias_of(state: CustomerState | None) -> str | None:
 
 
 # --- the customer's identity memory (bounded) --------------------------------------------------
-def _memory(state: CustomerState) -> dict[str, list[int]]:
-    ids: dict[str, list[int]] | None = state.extra.get(IDS_KEY)
+def _memory(state: CustomerState) -> dict[str, Any]:
+    ids: dict[str, Any] | None = state.extra.get(IDS_KEY)
     if ids is None:
         ids = state.extra[IDS_KEY] = {"l": [], "m": []}
     return ids
 
 
-def _remember(window: list[int], value: int, size: int) -> None:
+def mark_customer(state: CustomerState) -> None:
+    """The state's key has come as a customer_id: no link may ever make it someone's alias."""
+    ids = _memory(state)
+    if "c" not in ids:
+        ids["c"] = 1
+
+
+def is_customer(state: CustomerState | None) -> bool:
+    if state is None or not state.extra:
+        return False
+    ids = state.extra.get(IDS_KEY)
+    return ids is not None and "c" in ids
+
+
+def _remember(window: list[Any], value: Any, size: int) -> None:
     window.append(value)
     if len(window) > size:
         del window[0]
@@ -103,17 +118,16 @@ def needs_link(state: CustomerState, anonymous_id: str, window: int) -> bool:
     Each customer remembers the last ``window`` anonymous ids it asked to link; past that, a
     request may go out again, which the anonymous id's side recognises and ignores."""
     links = _memory(state)["l"]
-    h = id_hash(anonymous_id)
-    if h in links:
+    if anonymous_id in links:  # the ids as they are: a short list, no hashing on the hot path
         return False
-    _remember(links, h, window)
+    _remember(links, anonymous_id, window)
     return True
 
 
 def already_merged(state: CustomerState | None, anonymous_id: str) -> bool:
     if state is None or not state.extra or IDS_KEY not in state.extra:
         return False
-    return id_hash(anonymous_id) in state.extra[IDS_KEY]["m"]
+    return anonymous_id in state.extra[IDS_KEY]["m"]
 
 
 # --- requests ----------------------------------------------------------------------------------
@@ -198,7 +212,7 @@ def merge(into: CustomerState, other: CustomerState, anonymous_id: str, *, order
     earlier, distinct orders and purchase days united, dedupe memories united, counts summed,
     first and last touch by event time. Returns (stage before, stage after)."""
     before = into.stage
-    _remember(_memory(into)["m"], id_hash(anonymous_id), alias_window)
+    _remember(_memory(into)["m"], anonymous_id, alias_window)
     into.events += other.events
     for channel, n in other.channels.items():
         into.channels[channel] = into.channels.get(channel, 0) + n

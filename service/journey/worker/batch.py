@@ -156,6 +156,7 @@ class BatchProtocol:
             if previous is not None:
                 await previous.done
             self.store.write((partition, kb, vb) for _topic, partition, kb, vb in changes)  # 8
+            self.store.written(kb.decode() for _topic, _partition, kb, _vb in changes)
             for c, meta in zip(changelog, acks, strict=True):
                 self.store.record_changelog_offset(c.partition, meta.offset + c.count - 1)
             if on_durable is not None:

@@ -24,7 +24,7 @@ from journey.churn.update import Update, note_touchpoint, update
 from journey.core.eventclock import EventClock
 from journey.core.identity import ALIAS_KEY
 from journey.core.state import CustomerState
-from journey.worker.batch import Output
+from journey.worker.batch import Output, exit_replaying
 from journey.worker.pipeline import BatchResult, Record
 
 if TYPE_CHECKING:
@@ -112,9 +112,12 @@ class ChurnWorker:
         # customer and our write (JourneyApp.state_lock), or one of the two would be lost. The
         # lock is taken per chunk of customers, so a tick with many due never stalls the stream.
         done, left = 0, self.settings.max_per_tick
+        generation = app.consumer_generation_id
         while left > 0:
             chunk = min(TICK_CHUNK, left)
             async with self.japp.state_lock:
+                if app.rebalancing or app.consumer_generation_id != generation:
+                    break  # partitions may be changing hands: the states may no longer be ours to write
                 n, popped = await self._tick(now, chunk)
             done += n
             left -= chunk
@@ -143,13 +146,24 @@ class ChurnWorker:
             if state is None or state.partition is None or ALIAS_KEY in state.extra:
                 continue  # moved away, written before partitions were recorded, or a linked anonymous id
             before = summarize(state) if summarize is not None else None
-            u = update(state, now, self.model, self.config, self.stage_times)
+            try:
+                u = update(state, now, self.model, self.config, self.stage_times)
+            except Exception:  # one customer's odd history must not stop the timer (as in score_batch)
+                log.exception("churn risk of a customer of partition %d could not be updated by the timer", state.partition)
+                changed.append((key, state))  # changed in place up to the failure: written as it is
+                written.writes[key] = (Record(key.encode(), None, topic, state.partition, -1), state, before)
+                continue
             self.index.schedule(key, u.due, state.partition)
             self._collect(key, u, outputs)
             changed.append((key, state))
             written.writes[key] = (Record(key.encode(), None, topic, state.partition, -1), state, before)
         self.japp.metrics.churn_timer_customers.set(len(self.index))
-        await batches.stage(((key, state.partition, state) for key, state in changed), outputs)  # type: ignore[misc]
+        try:
+            await batches.stage(((key, state.partition, state) for key, state in changed), outputs)  # type: ignore[misc]
+        except Exception:
+            # The states changed in place and the cache holds them: they must be written or the
+            # worker must go (a restart reads the store and the changelog again).
+            exit_replaying("the churn timer could not stage its writes")
         aggregates = self.japp.aggregates
         if aggregates is not None and summarize is not None:
             aggregates.observe([], written)  # same synchronous stretch as the states' staging

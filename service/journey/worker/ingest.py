@@ -175,7 +175,8 @@ class BatchIngest:
             room = self.max_records - n
             if len(chunk.records) > room:
                 rest = chunk.records[room:]
-                chunks.appendleft(_Chunk(chunk.tp, rest, chunk.generation, rest[0].offset))
+                # The rest completes from right after the last record taken (gaps in between included).
+                chunks.appendleft(_Chunk(chunk.tp, rest, chunk.generation, chunk.records[room - 1].offset + 1))
                 self._buffered += len(rest)
                 chunk = _Chunk(chunk.tp, chunk.records[:room], chunk.generation, chunk.ack_from)
             taken.append(chunk)

@@ -22,6 +22,7 @@ from journey.core.identity import (
     CONTROL_HEADER,
     DEFAULT_JUNK_IDS,
     IDENTIFY,
+    IDS_KEY,
     LINK,
     MERGE,
     SIGNATURE_HEADER,
@@ -35,8 +36,10 @@ from journey.core.identity import (
     decode_link,
     decode_merge,
     identity_event,
+    is_customer,
     linkable,
     make_alias,
+    mark_customer,
     merge,
     needs_link,
     sign,
@@ -209,16 +212,20 @@ class Pipeline:
                 before = self.summarize(stored) if self.summarize is not None else None
                 state = stored.copy() if stored is not None and self.copy_reads else stored
             if state is not None and state.extra and ALIAS_KEY in state.extra:
+                if control is not None:  # an aliased record reached an alias: never a second hop
+                    self._dead_letter(out, rec, "bad_identity_request", "an aliased touchpoint reached another alias")
+                    continue
                 # A linked anonymous id: its journey is the customer's now, whenever its events arrive.
                 out.rekeyed.append(identity.control_output(ALIASED, alias_of(state), rec.value))  # type: ignore[arg-type]
                 continue
             if tp.type == IDENTIFY:
                 # Link-only: no touch, no stage; the customer exists from now on.
-                if tp.customer_id is None or tp.anonymous_id is None or not linkable(tp.anonymous_id, junk):
+                if tp.customer_id is None or tp.anonymous_id is None or tp.anonymous_id == key or not linkable(tp.anonymous_id, junk):
                     continue
                 if state is None:
                     state = CustomerState()
                     state.partition = rec.partition
+                mark_customer(state)
                 if pending is None:
                     writes[key] = (rec, state, before)
                 if needs_link(state, tp.anonymous_id, alias_window):
@@ -241,6 +248,8 @@ class Pipeline:
             if pending is None:  # later events of the batch change the same object
                 outcome.state.partition = rec.partition
                 writes[key] = (rec, outcome.state, before)
+            if tp.customer_id is not None:
+                mark_customer(outcome.state)
             ts = tp.ts
             anonymous_id = tp.anonymous_id
             if anonymous_id is not None and tp.customer_id is not None and anonymous_id != key and linkable(anonymous_id, junk):
@@ -284,6 +293,8 @@ class Pipeline:
             linked = alias_of(state)
             if linked == customer_id:
                 return  # a repeated or replayed link
+            if linked is None and is_customer(state):
+                linked = anonymous_id  # the "anonymous" id is a customer's own: it is never anyone's alias
             if linked is not None:
                 # A shared device: the first link stands; the event already went to the customer it named.
                 event = identity_event("identity_conflict", anonymous_id, customer_id, req.at, req.trigger_event_id, linked)
@@ -301,6 +312,9 @@ class Pipeline:
             return
         if already_merged(state, anonymous_id):
             return  # a replayed merge request
+        if state is not None and state.extra and ALIAS_KEY in state.extra:
+            self._dead_letter(out, rec, "bad_identity_request", "a merge request for an id that is itself an alias")
+            return
         try:
             other = CustomerState.from_wire(req.state) if req.state is not None else CustomerState()
             check_mergeable(other)
@@ -309,6 +323,8 @@ class Pipeline:
             return
         # Merged into a copy: should the merge fail, the customer's state (cached) is untouched.
         state = state.copy() if state is not None else CustomerState()
+        if IDS_KEY in state.extra:  # copy() copies extra one level deep: the identity memory's lists too
+            state.extra[IDS_KEY] = {k: (v[:] if isinstance(v, list) else v) for k, v in state.extra[IDS_KEY].items()}
         limits = self.limits
         from_stage, to_stage = merge(
             state, other, anonymous_id, order_window=limits.order_window, day_window=limits.day_window,

@@ -110,13 +110,15 @@ async def _hand_over(
     previous: asyncio.Future[None] | None, producer: Any, batch: Any, topic: str, partition: int, acked: asyncio.Future[Any]
 ) -> None:
     """Give ``batch`` to the producer after ``previous`` (never raises: errors go to ``acked``)."""
-    if previous is not None:
-        await previous
     try:
+        if previous is not None:
+            await previous
         delivery = await producer.send_batch(batch, topic, partition=partition)
-    except Exception as exc:  # e.g. the producer is closed: the batch's owner must see it
+    except BaseException as exc:  # e.g. the producer closed, or cancelled at shutdown: the owner must see it
         if not acked.done():
-            acked.set_exception(exc)
+            acked.set_exception(exc if isinstance(exc, Exception) else RuntimeError(f"produce hand-over {exc!r}"))
+        if not isinstance(exc, Exception):
+            raise
         return
 
     def settle(fut: asyncio.Future[Any]) -> None:

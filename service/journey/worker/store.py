@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
+from typing import Any
 
 import rocksdict
 from faust.types import TP
@@ -62,6 +63,9 @@ class StateStore:
         self.store = table.data  # type: ignore[attr-defined]
         self.changelog_topic: str = table.changelog_topic.get_topic_name()  # type: ignore[attr-defined]
         self.cache = StateCache(cache_size)
+        #: States staged and not yet in the store, by key: [state, stages pending]. Never
+        #: evicted (the cache may be, under a slow broker): a read must not see the store behind.
+        self.pending: dict[str, list[Any]] = {}
 
     @staticmethod
     def min_cache_size(batch_size: int, timer_batch: int) -> int:
@@ -79,6 +83,10 @@ class StateStore:
         if state is not None:
             cache.hits += 1
             return state
+        staged = self.pending.get(key)
+        if staged is not None:
+            cache.hits += 1
+            return staged[0]
         cache.misses += 1
         raw = partition_db(self.table, partition).get(key.encode())
         if raw is None:
@@ -89,8 +97,24 @@ class StateStore:
         return state
 
     def keep(self, key: str, state: CustomerState) -> None:
-        """A staged state: reads see it from now on, before it reaches the store."""
+        """A staged state: reads see it from now on, until its stage has written the store."""
         self.cache.put(key, state)
+        staged = self.pending.get(key)
+        if staged is None:
+            self.pending[key] = [state, 1]
+        else:
+            staged[0] = state
+            staged[1] += 1
+
+    def written(self, keys: Iterable[str]) -> None:
+        """A stage's states are in the store: they need not be held for reads any longer."""
+        pending = self.pending
+        for key in keys:
+            staged = pending.get(key)
+            if staged is not None:
+                staged[1] -= 1
+                if staged[1] <= 0:
+                    del pending[key]
 
     def write(self, items: Iterable[tuple[int, bytes, bytes]]) -> None:
         """(partition, key, encoded state) into each partition's database, one WriteBatch each."""
@@ -108,5 +132,7 @@ class StateStore:
         self.store.set_persisted_offset(TP(self.changelog_topic, partition), offset)
 
     def forget(self) -> None:
-        """Empty the cache (partitions may be about to change hands)."""
+        """Empty the cache (partitions may be about to change hands; every stage is written by
+        then, so nothing is pending)."""
         self.cache.clear()
+        self.pending.clear()
