@@ -86,24 +86,30 @@ def alias_of(state: CustomerState | None) -> str | None:
 
 # --- the customer's identity memory (bounded) --------------------------------------------------
 def _memory(state: CustomerState) -> dict[str, Any]:
+    """The identity memory, created on first use: "l" links asked for, "m" ids merged, "a" set
+    on an anonymous visitor's profile (most customers never need any of it)."""
     ids: dict[str, Any] | None = state.extra.get(IDS_KEY)
     if ids is None:
-        ids = state.extra[IDS_KEY] = {"l": [], "m": []}
+        ids = state.extra[IDS_KEY] = {}
     return ids
 
 
-def mark_customer(state: CustomerState) -> None:
-    """The state's key has come as a customer_id: no link may ever make it someone's alias."""
-    ids = _memory(state)
-    if "c" not in ids:
-        ids["c"] = 1
+def mark_anonymous(state: CustomerState) -> None:
+    """The state's key has come as an anonymous_id only: a link may make it a customer's alias."""
+    ids = state.extra.get(IDS_KEY)
+    if ids is None:
+        state.extra[IDS_KEY] = {"a": 1}
+    elif "a" not in ids:
+        ids["a"] = 1
 
 
 def is_customer(state: CustomerState | None) -> bool:
-    if state is None or not state.extra:
+    """A profile that is not an anonymous visitor's (it came as a customer_id, by an identify or
+    a merge): never anyone's alias."""
+    if state is None:
         return False
-    ids = state.extra.get(IDS_KEY)
-    return ids is not None and "c" in ids
+    ids = state.extra.get(IDS_KEY) if state.extra else None
+    return ids is None or "a" not in ids
 
 
 def _remember(window: list[Any], value: Any, size: int) -> None:
@@ -117,7 +123,7 @@ def needs_link(state: CustomerState, anonymous_id: str, window: int) -> bool:
 
     Each customer remembers the last ``window`` anonymous ids it asked to link; past that, a
     request may go out again, which the anonymous id's side recognises and ignores."""
-    links = _memory(state)["l"]
+    links = _memory(state).setdefault("l", [])
     if anonymous_id in links:  # the ids as they are: a short list, no hashing on the hot path
         return False
     _remember(links, anonymous_id, window)
@@ -127,7 +133,7 @@ def needs_link(state: CustomerState, anonymous_id: str, window: int) -> bool:
 def already_merged(state: CustomerState | None, anonymous_id: str) -> bool:
     if state is None or not state.extra or IDS_KEY not in state.extra:
         return False
-    return anonymous_id in state.extra[IDS_KEY]["m"]
+    return anonymous_id in state.extra[IDS_KEY].get("m", ())
 
 
 # --- requests ----------------------------------------------------------------------------------
@@ -212,7 +218,9 @@ def merge(into: CustomerState, other: CustomerState, anonymous_id: str, *, order
     earlier, distinct orders and purchase days united, dedupe memories united, counts summed,
     first and last touch by event time. Returns (stage before, stage after)."""
     before = into.stage
-    _remember(_memory(into)["m"], anonymous_id, alias_window)
+    ids = _memory(into)
+    ids.pop("a", None)  # a customer now, whatever it was
+    _remember(ids.setdefault("m", []), anonymous_id, alias_window)
     into.events += other.events
     for channel, n in other.channels.items():
         into.channels[channel] = into.channels.get(channel, 0) + n

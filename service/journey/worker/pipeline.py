@@ -39,7 +39,7 @@ from journey.core.identity import (
     is_customer,
     linkable,
     make_alias,
-    mark_customer,
+    mark_anonymous,
     merge,
     needs_link,
     sign,
@@ -225,7 +225,6 @@ class Pipeline:
                 if state is None:
                     state = CustomerState()
                     state.partition = rec.partition
-                mark_customer(state)
                 if pending is None:
                     writes[key] = (rec, state, before)
                 if needs_link(state, tp.anonymous_id, alias_window):
@@ -248,8 +247,8 @@ class Pipeline:
             if pending is None:  # later events of the batch change the same object
                 outcome.state.partition = rec.partition
                 writes[key] = (rec, outcome.state, before)
-            if tp.customer_id is not None:
-                mark_customer(outcome.state)
+            if tp.customer_id is None:
+                mark_anonymous(outcome.state)
             ts = tp.ts
             anonymous_id = tp.anonymous_id
             if anonymous_id is not None and tp.customer_id is not None and anonymous_id != key and linkable(anonymous_id, junk):
