@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from journey.core.clock import iso, utc_day
+from journey.core.machine import signals_after
 from journey.core.stages import ADVOCACY, PURCHASE, RETENTION
 from journey.core.state import ADVOCACY_SIGNAL, RENEWAL_SIGNAL, CustomerState
 from journey.errors import InputError
@@ -286,14 +287,7 @@ def merge(into: CustomerState, other: CustomerState, anonymous_id: str, *, order
                 _reach(into, RETENTION, ts)
             elif code == ADVOCACY_SIGNAL:
                 _reach(into, ADVOCACY, ts)
-        if into.renewal_max is not None and into.renewal_max >= first:
-            stage = max(stage, RETENTION)
-            if into.reached[RETENTION] is None:  # the signal fell out of the window: its latest time
-                _reach(into, RETENTION, into.renewal_max)
-        if into.advocacy_max is not None and into.advocacy_max >= first:
-            stage = ADVOCACY
-            if into.reached[ADVOCACY] is None:
-                _reach(into, ADVOCACY, into.advocacy_max)
+        stage = signals_after(into, first, stage)
         pre = [e for e in pre if e[0] <= first]
     into.pre_purchase = [list(e) for e in pre[-touch_window:]]
     if first is not None:

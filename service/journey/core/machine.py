@@ -254,14 +254,7 @@ def _record_purchase(st: CustomerState, tp: Touchpoint, eid: int, limits: Limits
             elif code == ADVOCACY_SIGNAL:
                 _reach(st, ADVOCACY, signal_ts)
         del pre[bisect_right(pre, [first, _AFTER_EVERY_CHANNEL]):]
-    if st.renewal_max is not None and st.renewal_max >= first:
-        target = max(target, RETENTION)
-        if st.reached[RETENTION] is None:  # the signal fell out of the window: its latest time
-            _reach(st, RETENTION, st.renewal_max)
-    if st.advocacy_max is not None and st.advocacy_max >= first:
-        target = ADVOCACY
-        if st.reached[ADVOCACY] is None:
-            _reach(st, ADVOCACY, st.advocacy_max)
+    target = signals_after(st, first, target)
     st.attribution = _attribution(st)
     return target
 
@@ -288,6 +281,20 @@ def _note_touch(pre: list[list[Any]], entry: list[Any], size: int) -> None:
         pre.insert(i, entry)
     if len(pre) > size:
         del pre[0]
+
+
+def signals_after(st: CustomerState, first: float, target: int) -> int:
+    """The stage ``target`` rises to once renewals and advocacy signals at or after the first
+    purchase ``first`` count (a signal that fell out of the window counts at its latest time)."""
+    if st.renewal_max is not None and st.renewal_max >= first:
+        target = max(target, RETENTION)
+        if st.reached[RETENTION] is None:
+            _reach(st, RETENTION, st.renewal_max)
+    if st.advocacy_max is not None and st.advocacy_max >= first:
+        target = ADVOCACY
+        if st.reached[ADVOCACY] is None:
+            _reach(st, ADVOCACY, st.advocacy_max)
+    return target
 
 
 def _reach(st: CustomerState, stage: int, ts: float) -> None:

@@ -208,9 +208,7 @@ class Pipeline:
                 state: CustomerState | None = pending[1]
                 before = pending[2]
             else:
-                stored = read(key, rec.partition)
-                before = self.summarize(stored) if self.summarize is not None else None
-                state = stored.copy() if stored is not None and self.copy_reads else stored
+                state, before = self._read(key, rec.partition, read)
             if state is not None and state.extra and ALIAS_KEY in state.extra:
                 if control is not None:  # an aliased record reached an alias: never a second hop
                     self._dead_letter(out, rec, "bad_identity_request", "an aliased touchpoint reached another alias")
@@ -284,9 +282,7 @@ class Pipeline:
             state: CustomerState | None = pending[1]
             before = pending[2]
         else:
-            stored = read(key, rec.partition)
-            before = self.summarize(stored) if self.summarize is not None else None
-            state = stored.copy() if stored is not None and self.copy_reads else stored
+            state, before = self._read(key, rec.partition, read)
         anonymous_id, customer_id = req.anonymous_id, req.customer_id
         if isinstance(req, LinkRequest):
             linked = alias_of(state)
@@ -336,6 +332,12 @@ class Pipeline:
             out.transitions.append(transition)
             if rec.timestamp is not None:
                 out.trigger_timestamps.append(rec.timestamp)
+
+    def _read(self, key: str, partition: int, read: Callable[[str, int], CustomerState | None]) -> tuple[CustomerState | None, Any]:
+        """A customer's state for this batch (a copy with copy_reads) and its summary before."""
+        stored = read(key, partition)
+        before = self.summarize(stored) if self.summarize is not None else None
+        return (stored.copy() if stored is not None and self.copy_reads else stored), before
 
     @staticmethod
     def _dead_letter(out: BatchResult, rec: Record, reason: str, error: str) -> None:
