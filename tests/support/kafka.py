@@ -27,6 +27,17 @@ def touchpoint_record(event: dict[str, Any]) -> tuple[bytes, bytes]:
     return key.encode(), orjson.dumps(event)
 
 
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """The topic's partitions, once the consumer's metadata knows them (up to 10 s)."""
+    partitions = consumer.partitions_for_topic(topic)
+    deadline = time.monotonic() + 10
+    while not partitions and time.monotonic() < deadline:
+        await consumer.force_metadata_update()  # type: ignore[attr-defined]
+        partitions = consumer.partitions_for_topic(topic)
+        await asyncio.sleep(0.2)
+    return [TopicPartition(topic, p) for p in sorted(partitions or [])]
+
+
 async def read_all(
     bootstrap: str,
     topic: str,
@@ -45,13 +56,7 @@ async def read_all(
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        deadline = time.monotonic() + 10
-        while not partitions and time.monotonic() < deadline:
-            await consumer.force_metadata_update()  # type: ignore[attr-defined]
-            partitions = consumer.partitions_for_topic(topic)
-            await asyncio.sleep(0.2)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions or [])]
+        tps = await _partitions(consumer, topic)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         out: list[Any] = []
@@ -80,13 +85,7 @@ async def committed_and_ends(bootstrap: str, group: str, topic: str) -> tuple[di
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        deadline = time.monotonic() + 10
-        while not partitions and time.monotonic() < deadline:
-            await consumer.force_metadata_update()  # type: ignore[attr-defined]
-            partitions = consumer.partitions_for_topic(topic)
-            await asyncio.sleep(0.2)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions or [])]
+        tps = await _partitions(consumer, topic)
         # ListOffsets is wrong on the test broker: the highwater of a fetch is right on every broker.
         ends = await true_highwaters(consumer._client, await consumer.end_offsets(tps))
         committed = {tp.partition: await consumer.committed(tp) for tp in tps}
@@ -127,13 +126,7 @@ async def read_to_end(
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        deadline = time.monotonic() + 10
-        while not partitions and time.monotonic() < deadline:
-            await consumer.force_metadata_update()  # type: ignore[attr-defined]
-            partitions = consumer.partitions_for_topic(topic)
-            await asyncio.sleep(0.2)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions or [])]
+        tps = await _partitions(consumer, topic)
         ends = await true_highwaters(consumer._client, await consumer.end_offsets(tps))
     finally:
         await consumer.stop()
@@ -184,13 +177,7 @@ async def unreported_by_listoffsets(bootstrap: str, topic: str) -> dict[int, int
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        deadline = time.monotonic() + 10
-        while not partitions and time.monotonic() < deadline:
-            await consumer.force_metadata_update()  # type: ignore[attr-defined]
-            partitions = consumer.partitions_for_topic(topic)
-            await asyncio.sleep(0.2)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions or [])]
+        tps = await _partitions(consumer, topic)
         hints = await consumer.end_offsets(tps)
         ends = await true_highwaters(consumer._client, hints)
         return {tp.partition: ends[tp] - hints[tp] for tp in tps}
