@@ -110,14 +110,6 @@ class Run:
     cases: list[Any]
 
 
-def _readyz(worker: WorkerProcess) -> dict[str, Any]:
-    try:
-        with urllib.request.urlopen(f"{worker.url}/readyz", timeout=5) as r:
-            return json.loads(r.read())  # type: ignore[no-any-return]
-    except urllib.error.HTTPError as exc:
-        return json.loads(exc.read())  # type: ignore[no-any-return]
-
-
 async def _produce(bootstrap: str, topic: str, records: list[Sent]) -> list[tuple[int, int]]:
     """Send in order; the (partition, offset) of each."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=MAX_REQUEST)
@@ -137,7 +129,7 @@ async def run(broker: str, tmp_path_factory: pytest.TempPathFactory):
     try:
         await wait_until_processing(settings, [worker])
         for _ in range(60):  # settled in its group: what "never rejoined" is measured from
-            ready = await asyncio.to_thread(_readyz, worker)
+            ready = await asyncio.to_thread(worker.readyz)
             if ready["ready"]:
                 break
             await asyncio.sleep(0.5)
@@ -225,7 +217,7 @@ async def test_good_events_around_them_are_processed_exactly(run: Run):
 async def test_the_worker_never_stopped_or_restarted(run: Run):
     run.worker.check_alive()
     assert run.worker.process.pid == run.pid  # type: ignore[union-attr]
-    ready = _readyz(run.worker)
+    ready = run.worker.readyz()
     assert ready["ready"] and ready["rebalances"] == run.rebalances, ready  # never left and rejoined its group
     log = run.worker.log_text()
     assert "CRITICAL" not in log, run.worker.log_tail()

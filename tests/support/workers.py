@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -162,6 +164,16 @@ class WorkerProcess:
             if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
         )
 
+    def readyz(self) -> dict[str, Any]:
+        """The worker's /readyz answer (ready or not), or {} while it does not answer."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=5) as r:
+                return json.loads(r.read())  # type: ignore[no-any-return]
+        except urllib.error.HTTPError as exc:
+            return json.loads(exc.read())  # type: ignore[no-any-return]
+        except OSError:
+            return {}
+
     def view(self, customer: str, token: str) -> dict[str, Any] | None:
         """The worker's /customers/{id} answer, or None (unknown customer, or the worker is rebalancing)."""
         request = urllib.request.Request(f"{self.url}/customers/{customer}", headers={"Authorization": f"Bearer {token}"})
@@ -236,6 +248,20 @@ async def wait_until_processing(settings: Settings, workers: list[WorkerProcess]
     if missing:
         tails = "\n---\n".join(w.log_tail() for w in workers)
         raise AssertionError(f"no transition for {len(missing)} probes within {timeout_s}s; worker logs:\n{tails}")
+
+
+async def wait_owns_all(worker: WorkerProcess, partitions: int, timeout_s: float = 120) -> None:
+    """Wait until ``worker`` is ready (joined, recovered, fetching) with every input partition
+    assigned, without producing anything."""
+    deadline = time.monotonic() + timeout_s
+    ready: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        worker.check_alive()
+        ready = await asyncio.to_thread(worker.readyz)
+        if ready.get("ready") and ready.get("partitions") == list(range(partitions)):
+            return
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"the worker does not own all {partitions} partitions after {timeout_s:.0f}s: {ready}\n{worker.log_tail()}")
 
 
 def is_probe(customer_id: str | None) -> bool:

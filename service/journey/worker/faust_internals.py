@@ -239,6 +239,10 @@ class JourneyConsumer(faust_aiokafka.Consumer):
         if sink is not None:
             await sink.before_revoke()
         await super().wait_empty()
+        # Faust's closing commit is skipped when a periodic commit is in flight (it waits for that
+        # one, which may have gathered its offsets before the last batch was acked). Commit once
+        # more, so the new owner of a partition does not read a processed batch again.
+        await self.commit()
 
 
 class JourneyTransport(faust_aiokafka.Transport):
