@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,10 +32,12 @@ import loadgen  # noqa: E402
 from journey.core.aggregates import summarize  # noqa: E402
 from journey.core.definition import load_definition  # noqa: E402
 from journey.core.events import decode  # noqa: E402
+from journey.core.identity import CONTROL_HEADER, SIGNATURE_HEADER  # noqa: E402
 from journey.core.machine import Limits  # noqa: E402
 from journey.core.state import CustomerState  # noqa: E402
 from journey.settings import Settings  # noqa: E402
-from journey.worker.pipeline import Pipeline, Record  # noqa: E402
+from journey.sources.generator import IDENTITY_MIX  # noqa: E402
+from journey.worker.pipeline import BatchResult, Pipeline, Record  # noqa: E402
 from journey.worker.runner import tune_gc  # noqa: E402
 
 
@@ -56,12 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--customers", type=int, default=20_000)
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--identity", action="store_true",
+                   help="anonymous-first traffic (IDENTITY_MIX); the pipeline's own records (links, merges, linked "
+                        "anonymous events) are fed back as later records, as the input topic does")
     args = p.parse_args(argv)
 
     settings = Settings()
     definition = load_definition(settings.journey_path)
     limits = Limits(dedupe_window=settings.dedupe_window, order_window=settings.order_window)
-    data = loadgen.build_input(args.events, args.customers, seed=7, partitions=args.partitions, definition=definition, limits=limits)
+    mix = IDENTITY_MIX if args.identity else None
+    data = loadgen.build_input(args.events, args.customers, seed=7, partitions=args.partitions, definition=definition, limits=limits, mix=mix)
     # Interleave the partitions the way a fetch does: a run of records from each in turn.
     now = time.time()
     records = [Record(k, v, "touchpoints", p, off, now) for p, off, k, v in loadgen.fetch_order(data)]
@@ -73,21 +79,42 @@ def main(argv: list[str] | None = None) -> int:
     _timed("decode + validate", n, lambda: [decode(r.value) for r in records])  # type: ignore[arg-type]
 
     pipe = Pipeline(definition, limits, summarize=summarize, copy_reads=False)  # as the worker
+    looped: list[Record] = []  # what the last batch sent to the input topic
+    own = [0]
+
+    def feed() -> Iterator[list[Record]]:
+        """The batches, each with the records the batch before sent to the input topic."""
+        own[0] = 0
+        looped.clear()
+        for b in batches:
+            yield looped + b if looped else b
+        while looped:
+            yield list(looped)
+
+    def loop_back(result: BatchResult) -> None:
+        looped.clear()
+        for o in result.rekeyed:
+            headers = dict(o.headers or ())
+            looped.append(Record(o.key, o.value, "touchpoints", 0, 0, now, headers.get(CONTROL_HEADER), headers.get(SIGNATURE_HEADER)))
+        own[0] += len(looped)
 
     def run_dict() -> None:
         states: dict[str, CustomerState] = {}
-        for b in batches:
+        for b in feed():
             result = pipe.process(b, states)
             for key, (_rec, state, _before) in result.writes.items():
                 states[key] = state
+            loop_back(result)
 
     _timed("pipeline (dict store)", n, run_dict)
+    if own[0]:
+        print(f"  ({own[0]:,} own records fed back: {own[0] / n:.1%} of the input; times are per input event)")
 
     wire: dict[str, bytes] = {}
 
     def run_codec() -> None:
         wire.clear()
-        for b in batches:
+        for b in feed():
             states = {}
             for r in b:
                 key = r.key.decode()  # type: ignore[union-attr]
@@ -97,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             result = pipe.process(b, states)
             for key, (_rec, state, _before) in result.writes.items():
                 wire[key] = state.to_wire()
+            loop_back(result)
 
     _timed("pipeline + state decode/encode", n, run_codec)
     sizes = [len(v) for v in wire.values()]

@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
@@ -44,19 +42,16 @@ class _FakeWorker(BaseHTTPRequestHandler):
         pass
 
 
-def _worker() -> Iterator[str]:
+def _worker() -> str:
+    """A fake worker for the whole session. Its thread is a daemon and it is never shut down:
+    shutdown() from a generator's finally, run when the module is finalized at exit, could wait
+    for good on a serve_forever loop that no longer runs (seen as a hung pytest)."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeWorker)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
 
 
-_worker_gen = _worker()
-WORKER_URL = next(_worker_gen)
+WORKER_URL = _worker()
 APP = create_sidecar(Settings(partitions=PARTITIONS, api_token=TOKEN, worker_urls=WORKER_URL), consume=False)
 for _p in range(PARTITIONS):  # every partition reported: the aggregate endpoints answer with numbers
     _st = CustomerState()
@@ -83,12 +78,6 @@ def _shows_no_customer_without_the_token(ctx: Any, response: Any, case: Any) -> 
             f"Authorization {headers.get('authorization')!r}"
         )
     return True
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _stop_worker() -> Iterator[None]:
-    yield
-    _worker_gen.close()
 
 
 @schema.parametrize()

@@ -28,6 +28,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from journey.core import painpoints
@@ -75,14 +76,14 @@ class Spec:
         if unknown:
             raise LayerError(f"unknown stages {unknown} (stages are {', '.join(STAGES)})")
 
-    @property
+    @cached_property  # a frozen dataclass: cached in the instance __dict__
     def time_names(self) -> tuple[str, ...]:
         ramps = tuple(f"recency_ramp_{i + 1}" for i in range(len(self.recency_knots) - 1))
         once = tuple(f"recency_once_ramp_{i + 1}" for i in range(len(self.recency_knots) - 1))
         return (BGNBD_LOG_ODDS, *ramps, "recency_tail", *once, "overdue", "log1p_repeat_days", "one_time_buyer",
                 "log1p_purchase_span_weeks")
 
-    @property
+    @cached_property
     def customer_names(self) -> tuple[str, ...]:
         names = ["log1p_mean_order_value", "log1p_revenue", "log_orders_per_purchase_day", "log_touchpoints_per_order"]
         names += [f"stage:{s}" for s in self.stages]
@@ -91,7 +92,7 @@ class Spec:
             names += [f"signal_count:{kind}", f"signal_recent:{kind}"]
         return tuple(names)
 
-    @property
+    @cached_property
     def names(self) -> tuple[str, ...]:
         return self.time_names + self.customer_names
 
@@ -229,6 +230,7 @@ class Layer:
     _time_w: tuple[float, ...] = field(init=False, repr=False, compare=False)
     _customer_w: tuple[tuple[int, float], ...] = field(init=False, repr=False, compare=False)
     _signal_w: tuple[tuple[int, float], ...] = field(init=False, repr=False, compare=False)
+    explain_plan: ExplainPlan = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         names = self.spec.names
@@ -247,6 +249,7 @@ class Layer:
         object.__setattr__(self, "_customer_w", tuple((i, w) for i, w in enumerate(self.weights[n_time:]) if w != 0.0))
         object.__setattr__(self, "_signal_w", tuple(
             (i, w) for i, w in enumerate(self.weights[n_time:]) if w != 0.0 and customer[i].startswith("signal_")))
+        object.__setattr__(self, "explain_plan", ExplainPlan.of(self))
 
     @property
     def horizon_days(self) -> float:
@@ -387,6 +390,34 @@ def _groups(spec: Spec) -> list[tuple[str, tuple[str, ...]]]:
     return groups
 
 
+@dataclass(frozen=True, slots=True)
+class ExplainPlan:
+    """What explain_purchaser needs of a layer besides the customer, worked out once per layer:
+    each group's feature indices, whether any of its weights is learned, its signal kind."""
+
+    #: (code, feature indices, learned, signal kind or None), in _groups' order, groups without features left out.
+    groups: tuple[tuple[str, tuple[int, ...], bool, str | None], ...]
+    #: The effects' reference point: the fit's means, no signal (the silence features are set per customer).
+    reference: tuple[float, ...]
+    #: The time features that measure silence (recency ramps, overdue).
+    silence: tuple[int, ...]
+
+    @classmethod
+    def of(cls, layer: Layer) -> ExplainPlan:
+        names = layer.spec.names
+        index = {n: i for i, n in enumerate(names)}
+        groups = []
+        for code, members in _groups(layer.spec):
+            if not members:
+                continue
+            idx = tuple(index[m] for m in members)
+            kind = members[0].split(":", 1)[1] if members[0].startswith("signal_count:") else None
+            groups.append((code, idx, any(layer.weights[i] != 0.0 for i in idx), kind))
+        reference = tuple(0.0 if n.startswith("signal_") else m for n, m in zip(names, layer.means, strict=True))
+        silence = tuple(i for i, n in enumerate(layer.spec.time_names) if n.startswith("recency_") or n == "overdue")
+        return cls(tuple(groups), reference, silence)
+
+
 def explain_purchaser(
     layer: Layer,
     time_values: Sequence[float],
@@ -395,32 +426,27 @@ def explain_purchaser(
 ) -> list[Reason]:
     """One Reason per feature group with an effect (the recency, the purchase days and every
     signal the customer has are always listed), in a fixed order."""
-    names = layer.spec.names
-    values = list(time_values) + list(customer_values)
-    index = {n: i for i, n in enumerate(names)}
-    z = layer.intercept + sum(w * v for w, v in zip(layer.weights, values, strict=True))
+    plan, weights = layer.explain_plan, layer.weights
+    values = [*time_values, *customer_values]
+    z = layer.intercept + sum(w * v for w, v in zip(weights, values, strict=True))
     score = sigmoid(z)
     # What each effect is measured against: no silence (the silence features as on the last
     # purchase day), no signal, and otherwise the typical customer of the fit (the means).
-    reference = list(layer.means)
+    reference = list(plan.reference)
     silent_now = time_features(layer.spec, 0.5, facts["repeat"], facts["span"], facts["span"])
-    for i, name in enumerate(layer.spec.time_names):
-        if name.startswith("recency_") or name == "overdue":
-            reference[i] = silent_now[i]
-    for i, name in enumerate(names):
-        if name.startswith("signal_"):
-            reference[i] = 0.0
+    for i in plan.silence:
+        reference[i] = silent_now[i]
     reasons = []
     signals_seen: set[str] = set()
-    for code, members in _groups(layer.spec):
-        if not members:
-            continue
-        delta = sum(layer.weights[index[m]] * (values[index[m]] - reference[index[m]]) for m in members)
-        learned = any(layer.weights[index[m]] != 0.0 for m in members)
-        effect = score - sigmoid(z - delta) if learned else 0.0
-        kind = members[0].split(":", 1)[1] if members[0].startswith("signal_count:") else None
+    signals = facts["signals"]
+    for code, idx, learned, kind in plan.groups:
+        if learned:
+            delta = sum(weights[i] * (values[i] - reference[i]) for i in idx)
+            effect = score - sigmoid(z - delta)
+        else:
+            effect = 0.0
         if kind is not None:
-            n = int(facts["signals"].get(kind, 0))
+            n = int(signals.get(kind, 0))
             if n == 0 and abs(effect) < 0.005:
                 continue
             if n > 0:
@@ -431,7 +457,7 @@ def explain_purchaser(
             continue
         value, text = _fact(code, facts)
         reasons.append(Reason(code, value, effect, text))
-    for kind, n in sorted(facts["signals"].items()):
+    for kind, n in sorted(signals.items()):
         if n > 0 and kind not in signals_seen:  # a signal the history did not have: no effect
             reasons.append(Reason(signal_code(kind), int(n), 0.0, signal_text(kind, int(n))))
     return reasons

@@ -49,7 +49,7 @@ def control_key(secret: str | None, app_id: str) -> bytes:
 
 def sign(key: bytes, control: bytes, record_key: bytes, value: bytes) -> bytes:
     """The signature of one control record (key, kind and value all covered)."""
-    return hmac.new(key, b"\x1f".join((control, record_key, value)), hashlib.sha256).digest()[:16]
+    return hmac.digest(key, b"\x1f".join((control, record_key, value)), "sha256")[:16]
 
 
 def signed(key: bytes, signature: bytes | None, control: bytes, record_key: bytes | None, value: bytes | None) -> bool:

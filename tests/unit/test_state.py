@@ -1,0 +1,53 @@
+"""CustomerState.copy: equal, and independent in every container, whatever slot is added."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from journey.core.state import CustomerState
+
+
+def _filled() -> CustomerState:
+    st = CustomerState()
+    values: dict[str, Any] = {
+        "stage": 3, "reached": [1.0, 2.0, 3.0, 4.0, None, None], "events": 7, "channels": {"email": 2, "ads": 5},
+        "first_channel": "ads", "last_channel": "email", "first_seen": 1.0, "last_seen": 9.0, "purchases": 2,
+        "purchase_days": 2, "revenue": 12.5, "first_purchase": 4.0, "last_purchase": 8.0, "orders": [11, 12],
+        "days": [100, 101], "advocacy_max": 2.0, "renewal_max": 3.0, "negatives": {"return": 1}, "last_negative": 5.0,
+        "seen": [1, 2, 3], "recent": [[0, 1, 2.0, "product_view", "ads"]], "partition": 4, "attribution": ["ads", "email"],
+        "extra": {"id": {"l": ["d1"], "m": []}, "c": [1, 2], "n": 3}, "order_times": [4.0, 8.0],
+        "pre_purchase": [[1.0, "ads", 0], [2.0, "email", 0]],
+    }
+    assert set(values) == set(CustomerState.__slots__), "a new slot: give it a value here (and a line in copy())"
+    for name, value in values.items():
+        setattr(st, name, value)
+    return st
+
+
+def test_a_copy_is_equal_and_shares_no_container() -> None:
+    st = _filled()
+    new = st.copy()
+    assert new.to_wire() == st.to_wire()
+    for name in CustomerState.__slots__:
+        value = getattr(st, name)
+        assert getattr(new, name) == value, name
+        if isinstance(value, (list, dict)):
+            assert getattr(new, name) is not value, f"{name} is shared"
+            inner = value.values() if isinstance(value, dict) else value
+            copied = getattr(new, name).values() if isinstance(value, dict) else getattr(new, name)
+            for a, b in zip(inner, copied, strict=True):
+                if isinstance(a, (list, dict)):
+                    assert a is not b, f"a container inside {name} is shared"
+
+
+def test_changing_a_copy_leaves_the_original() -> None:
+    st = _filled()
+    before = st.to_wire()
+    new = st.copy()
+    new.recent[0][1] = 5
+    new.pre_purchase[0][1] = "other"
+    new.extra["id"]["l"] = ["x"]
+    new.extra["c"].append(3)
+    new.channels["ads"] = 0
+    new.seen.append(4)
+    assert st.to_wire() == before
