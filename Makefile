@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 LOCKS  := requirements/build.lock requirements/runtime.lock requirements/dev.lock
 UV_VERSION := 0.13.9
 
-.PHONY: install lock browser promtool run lint lint-deploy test test-unit test-integration bench bench-churn clean
+.PHONY: install lock browser promtool run lint lint-deploy test test-unit test-integration bench bench-churn bench-burst clean
 
 install: $(STAMP)
 
@@ -89,6 +89,11 @@ bench: install
 
 bench-churn: install
 	$(PY) bench/churn_auc.py
+
+# A million events already in the topic, then a worker (issue 14): peak RSS and its bound, the lag
+# curve, time to caught up; BURST_ARGS=--pause-broker 60 stops the broker for a minute in between.
+bench-burst: install
+	$(PY) bench/burst.py $(BURST_ARGS)
 
 clean:
 	rm -rf $(VENV) var test-output .pytest_cache

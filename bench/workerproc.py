@@ -7,14 +7,17 @@ as JOURNEY_* variables, so runs sharing the broker never meet.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from journey.kafka.broker import free_port
 from journey.settings import Settings
@@ -48,6 +51,17 @@ def _proc_stat(pid: int | None) -> list[str]:
         return fields if len(fields) > 12 else []
     except OSError:
         return []
+
+
+def _status_kib(pid: int | None, field_name: str) -> int | None:
+    """A "<field>: <n> kB" line of /proc/PID/status, in bytes (None when unreadable)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field_name):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 class WorkerDied(RuntimeError):
@@ -139,13 +153,11 @@ class Worker:
 
     def peak_rss_bytes(self) -> int | None:
         """VmHWM: the most resident memory the process has had (Linux)."""
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        except (OSError, ValueError):
-            pass
-        return None
+        return _status_kib(self.pid, "VmHWM:")
+
+    def rss_bytes(self) -> int | None:
+        """VmRSS: the resident memory now (Linux)."""
+        return _status_kib(self.pid, "VmRSS:")
 
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.pid)
@@ -158,6 +170,20 @@ class Worker:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:]) or "(empty log)"
         except FileNotFoundError:
             return "(no log)"
+
+    async def readyz(self) -> dict[str, Any]:
+        """The worker's GET /readyz answer (200 or 503 alike); {} while it does not answer."""
+        def get() -> dict[str, Any]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/readyz", timeout=5) as r:
+                    return json.loads(r.read())  # type: ignore[no-any-return]
+            except urllib.error.HTTPError as exc:
+                return json.loads(exc.read())  # type: ignore[no-any-return]
+
+        try:
+            return await asyncio.to_thread(get)
+        except (OSError, ValueError):
+            return {}
 
     async def metrics(self) -> dict[str, float]:
         """The worker's journey_* series (GET /metrics) by name, labels included as exposed

@@ -22,11 +22,17 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def embedded_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """The session's tansu broker process (its ``pid``: a test may pause it, and must resume it)."""
+    log_path = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(log_path=log_path) as embedded:
+        yield embedded
+
+
+@pytest.fixture(scope="session")
+def broker(embedded_broker: EmbeddedBroker) -> str:
     """Bootstrap servers ("host:port") of a tansu broker on a free port.
 
     In memory and shared by every test: give each test its own topic names.
     """
-    log_path = tmp_path_factory.mktemp("broker") / "tansu.log"
-    with EmbeddedBroker(log_path=log_path) as embedded:
-        yield embedded.bootstrap_servers
+    return embedded_broker.bootstrap_servers

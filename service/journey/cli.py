@@ -72,6 +72,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    from journey.forget import request_forget
+
+    settings = _settings(args)
+    if settings.control_secret is None:
+        print("journey: note: JOURNEY_CONTROL_SECRET is not set here, so the request is signed with the key derived from "
+              "the app id; workers that run with a secret ignore it (journey_privacy_requests_total{outcome=\"unsigned\"})",
+              file=sys.stderr)
+    request_id = asyncio.run(request_forget(settings, args.customer_id, undo=args.undo, reason=args.reason, source="cli"))
+    what = "undo of the forget (suppression lifted)" if args.undo else "forget"
+    print(f"{what} requested: request_id={request_id} (topic {settings.topic_privacy}); the worker owning the id "
+          "applies it within seconds, and confirms a forget with customer_forgotten on that topic")
+    return 0
+
+
 def cmd_sidecar(args: argparse.Namespace) -> int:
     from journey.sidecar.app import run_sidecar
 
@@ -204,6 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", default=None, help="target topic (default: JOURNEY_TOPIC_TOUCHPOINTS)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
+
+    p = command("forget", "forget a customer everywhere (GDPR art. 17), or lift a suppression with --undo", """
+        Publishes a signed request on JOURNEY_TOPIC_PRIVACY (journey.privacy). The worker owning the
+        customer deletes their state (changelog and store) and their linked anonymous ids, takes them
+        out of the live numbers, publishes customer_forgotten there for downstream services, and drops
+        every later touchpoint of those ids (counted in journey_suppressed_records_total). Needs the
+        deployment's JOURNEY_CONTROL_SECRET (the workers ignore requests it did not sign).""", parents=[common])
+    p.add_argument("customer_id", help="the id to forget (a customer id; an anonymous id works too)")
+    p.add_argument("--reason", default=None, help="why (kept with the request on the privacy topic, for the audit trail)")
+    p.add_argument("--undo", action="store_true",
+                   help="lift the suppression of an id forgotten before (its later touchpoints count again; nothing comes back)")
+    p.set_defaults(func=cmd_forget)
 
     p = command("churn", "fit the churn model, or score every customer of a file", """
         The worker's churn code run over a file: `fit` learns the model's parameters from a purchase

@@ -60,6 +60,7 @@ _EXPECT = {
     "bootstrap_servers": "host:port pairs, comma separated (e.g. kafka-0:9092,kafka-1:9092)",
     "worker_urls": "http:// or https:// URLs with a host, comma separated (e.g. http://worker-0:6066)",
     "retention_ms": "a whole number of milliseconds >= 1, or -1 (keep forever)",
+    "dead_letter_retention_ms": "a whole number of milliseconds >= 1 (e.g. 604800000 for 7 days)",
     "kafka_ssl_cafile": "the path of an existing CA bundle file (PEM)",
     "identity_junk_ids": "ids separated by commas (e.g. undefined,null,anonymous)",
 }
@@ -122,6 +123,9 @@ class Settings(BaseSettings):
     topic_pain_points: TopicName = Field("journey.pain-points", description="output topic: pain points")
     topic_aggregates: TopicName = Field("journey.aggregates", description="per-partition live aggregates for the sidecar")
     topic_identities: TopicName = Field("journey.identities", description="output topic: identity merges and conflicts")
+    topic_privacy: TopicName = Field(
+        "journey.privacy", description="compacted topic: forget requests (journey forget, DELETE /customers/{id}) and "
+        "customer_forgotten confirmations, key = the customer id")
     partitions: Count = Field(8, description="partitions of the topics `journey topics` creates (the most useful workers)")
     replication_factor: Count = Field(1, description="replication factor of the topics `journey topics` creates (3 on a real cluster)")
     kafka_security_protocol: SecurityProtocol = Field(
@@ -132,6 +136,9 @@ class Settings(BaseSettings):
         None, description="SASL password (secret: from the environment or a secret store, never a file in the repo)")
     kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for TLS (default: the system's CAs)")
     retention_ms: int = Field(7 * 24 * 3600 * 1000, description="retention of the input and output topics (-1: forever)")
+    dead_letter_retention_ms: int = Field(
+        7 * 24 * 3600 * 1000, ge=1, description="retention of the dead-letter topic, which holds rejected records' raw "
+        "values (personal data among them): always bounded")
     # --- worker
     data_dir: Path = Field(default_factory=Path.cwd, description="where a worker keeps its RocksDB state")
     web_port: Port = Field(6066, description="the worker's web port (/metrics, /healthz, /readyz, customer lookups)")
@@ -142,6 +149,12 @@ class Settings(BaseSettings):
     session_timeout_s: Positive = Field(30.0, description="how long a dead worker's partitions wait before they move")
     commit_interval_s: Positive = Field(1.0, description="offset commit interval")
     state_cache: Count = Field(100_000, description="customer states kept decoded in memory (~3 KiB each)")
+    rocksdb_write_buffer_mb: Count = Field(
+        16, description="RocksDB memtable size per partition database, MiB (at most two held: the one written, one being flushed)")
+    rocksdb_block_cache_mb: Count = Field(16, description="RocksDB block cache per partition database, MiB")
+    catching_up_lag: int = Field(
+        10_000, ge=0, description="/readyz says catching_up while the worker is more records than this behind "
+        "(summed over its input partitions); a catching-up worker is still ready")
     dedupe_window: Count = Field(32, description="event ids (hashed) each customer's dedupe memory keeps")
     order_window: Count = Field(16, description="order ids (hashed) each customer's purchase memory keeps")
     shutdown_timeout_s: Positive = Field(
@@ -153,6 +166,9 @@ class Settings(BaseSettings):
     control_secret: SecretStr | None = Field(
         None, description="signs the workers' own identity records on the input topic, so no producer can write one "
         "(secret; the same on every worker; set it in production; unset: derived from the app id, which any producer can know)")
+    privacy_salt: SecretStr | None = Field(
+        None, description="salts the hashes under which forgotten ids are suppressed (secret; the same on every worker; "
+        "set it in production; unset: derived from the app id)")
     # --- logs
     log_level: LogLevel = Field("info", description="log level: " + ", ".join(LOG_LEVELS))
     log_format: LogFormat = Field("text", description="text, or json: one JSON object per line (worker, sidecar, access log)")
@@ -213,7 +229,7 @@ class Settings(BaseSettings):
             return value.strip().upper()
         return value
 
-    @field_validator("kafka_sasl_password", "api_token", "control_secret", mode="before")
+    @field_validator("kafka_sasl_password", "api_token", "control_secret", "privacy_salt", mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: Any) -> Any:
         # A blank token would otherwise turn the customer endpoint on with an empty password.

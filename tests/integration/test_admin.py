@@ -61,6 +61,7 @@ def test_journey_topic_specs_follow_settings() -> None:
         settings.topic_pain_points,
         settings.topic_aggregates,
         settings.topic_identities,
+        settings.topic_privacy,
     }
     for name in ("tp-x", settings.topic_transitions, settings.topic_pain_points):
         assert specs[name].partitions == 5

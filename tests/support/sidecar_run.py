@@ -80,6 +80,7 @@ class Deployment:
             "JOURNEY_TOPIC_PAIN_POINTS": f"sc-{run}-pain-points",
             "JOURNEY_TOPIC_AGGREGATES": f"sc-{run}-aggregates",
             "JOURNEY_TOPIC_IDENTITIES": f"sc-{run}-identities",
+            "JOURNEY_TOPIC_PRIVACY": f"sc-{run}-privacy",
             "JOURNEY_PARTITIONS": str(partitions),
             # A killed worker's partitions move after this long.
             "JOURNEY_SESSION_TIMEOUT_S": "10",

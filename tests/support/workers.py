@@ -43,6 +43,7 @@ def namespaced_settings(bootstrap: str, name: str, **overrides: object) -> Setti
         topic_pain_points=f"{name}.pain-points",
         topic_aggregates=f"{name}.aggregates",
         topic_identities=f"{name}.identities",
+        topic_privacy=f"{name}.privacy",
         partitions=4,
         **overrides,  # type: ignore[arg-type]
     )
@@ -51,8 +52,9 @@ def namespaced_settings(bootstrap: str, name: str, **overrides: object) -> Setti
 #: The Settings fields a test worker gets from the environment.
 ENV_FIELDS = (
     "bootstrap_servers", "app_id", "topic_touchpoints", "topic_transitions", "topic_dead_letter",
-    "topic_churn_risk", "topic_pain_points", "topic_aggregates", "topic_identities", "partitions", "session_timeout_s",
-    "api_token", "batch_size", "churn_params_file",
+    "topic_churn_risk", "topic_pain_points", "topic_aggregates", "topic_identities", "topic_privacy", "partitions", "session_timeout_s",
+    "api_token", "batch_size", "churn_params_file", "state_cache", "churn_max_per_tick", "catching_up_lag",
+    "rocksdb_write_buffer_mb", "rocksdb_block_cache_mb",
 )
 
 

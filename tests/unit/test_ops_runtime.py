@@ -166,6 +166,7 @@ def test_readyz_says_why_a_worker_is_not_ready(tmp_path: Path, monkeypatch: pyte
     def reason() -> str | None:
         ok, detail = views.readiness(japp)
         assert ok == (detail["reason"] is None)
+        assert ok or (detail["lag"], detail["catching_up"]) == (None, None)  # not processing: no lag to tell
         return detail["reason"]
 
     assert reason() == "joining the consumer group: no partitions assigned yet"
@@ -181,6 +182,43 @@ def test_readyz_says_why_a_worker_is_not_ready(tmp_path: Path, monkeypatch: pyte
     assert reason() == "the fetcher is not running (init)"
     fetcher["state"] = "running"
     ready, detail = views.readiness(japp)
-    assert ready and detail == {"reason": None, "partitions": [0, 2], "generation": app.consumer_generation_id, "rebalances": 1}
+    assert ready and detail == {"reason": None, "partitions": [0, 2], "generation": app.consumer_generation_id, "rebalances": 1,
+                                "lag": 0, "catching_up": False}
     consumer.state = "stopping"
     assert reason() == "the Kafka consumer is not running (stopping)"
+
+
+def test_readyz_tells_catching_up_from_caught_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker behind by more than JOURNEY_CATCHING_UP_LAG, or with a partition whose end no
+    fetch has told yet, is catching up, and still ready; the lag is the live per-partition lag."""
+    from faust.types import TP
+
+    from journey.worker import views
+    from journey.worker.app import create_app
+
+    japp = create_app(Settings(data_dir=tmp_path, bootstrap_servers="127.0.0.1:1", catching_up_lag=100))
+    app, live = japp.app, japp.aggregates
+    assert live is not None
+    consumer = _Consumer(partitions=(0, 1))
+    monkeypatch.setattr(views, "built_consumer", lambda a: consumer)
+    monkeypatch.setattr(views, "fetcher_state", lambda a: "running")
+    app.rebalancing_count = 1
+    app.tables.recovery.completed.set()
+    # The lag itself: the partition's fetch highwater minus the next offset to process.
+    highwaters: dict[int, int | None] = {0: 150, 1: None}
+    monkeypatch.setattr(app, "_consumer", type("C", (), {"highwater": lambda self, tp: highwaters[tp.partition]})())
+    live.on_assigned({TP(live.topic, 0), TP(live.topic, 1)})
+    live.offsets[0] = 49  # offsets 0..49 processed: 100 to go
+    assert live.partition_lag() == {0: 100, 1: None}
+
+    def answer() -> tuple[bool, int, bool]:
+        ready, detail = views.readiness(japp)
+        return ready, detail["lag"], detail["catching_up"]
+
+    assert answer() == (True, 100, True)  # partition 1's end is not known yet
+    highwaters[1] = 0
+    assert answer() == (True, 100, False)  # at the threshold: caught up
+    highwaters[1] = 1
+    assert answer() == (True, 101, True)
+    live.offsets[0] = 149
+    assert answer() == (True, 1, False)

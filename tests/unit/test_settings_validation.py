@@ -12,7 +12,7 @@ from journey.errors import JourneyError
 from journey.settings import SECRET_FIELDS, Settings, SettingsError, describe, env_name, unknown_variables
 
 SECRETS = {"JOURNEY_API_TOKEN": "tok-do-not-show", "JOURNEY_KAFKA_SASL_PASSWORD": "pw-do-not-show",
-           "JOURNEY_CONTROL_SECRET": "ctl-do-not-show"}
+           "JOURNEY_CONTROL_SECRET": "ctl-do-not-show", "JOURNEY_PRIVACY_SALT": "salt-do-not-show"}
 
 
 def refused(env: dict[str, str]) -> str:
@@ -87,7 +87,7 @@ def test_a_secret_never_shows_in_a_repr_an_error_or_the_config() -> None:
     for text in shown:
         assert "do-not-show" not in text
     assert {r.value for r in describe(s, SECRETS) if r.secret} == {"********"}
-    assert SECRET_FIELDS == {"api_token", "kafka_sasl_password", "control_secret"}
+    assert SECRET_FIELDS == {"api_token", "kafka_sasl_password", "control_secret", "privacy_salt"}
     # A secret of the wrong kind is refused without its value.
     with pytest.raises(SettingsError) as info:
         Settings(api_token=12345678)

@@ -13,6 +13,7 @@ from typing import Any
 
 from journey.core import painpoints
 from journey.core.identity import ALIAS_KEY
+from journey.core.privacy import FORGOTTEN_KEY
 from journey.core.stages import STAGES
 from journey.core.state import CustomerState
 from journey.errors import EncodingError
@@ -64,8 +65,8 @@ def summarize(state: CustomerState | None) -> Summary | None:
     if state is None:
         return None
     extra = state.extra
-    if extra and ALIAS_KEY in extra:
-        return None  # a linked anonymous id: its journey is counted with the customer's
+    if extra and (ALIAS_KEY in extra or FORGOTTEN_KEY in extra):
+        return None  # a linked anonymous id (counted with the customer's journey), or a forgotten id's marker
     stage = state.stage
     attribution = state.attribution
     level = None

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 #: The aggregates topic only carries the latest snapshot per key; an hour is plenty.
 AGGREGATES_RETENTION_MS = 3600 * 1000
+#: Compacted topics that hold personal data (the customer table's changelog, the privacy topic)
+#: compact a record away at most this long after a newer one (a tombstone) replaced it.
+ERASURE_COMPACTION_LAG_MS = 24 * 3600 * 1000
 
 
 class TopicError(BrokerError):
@@ -47,7 +50,6 @@ def journey_topic_specs(settings: Settings) -> list[TopicSpec]:
     data_topics = [
         settings.topic_touchpoints,
         settings.topic_transitions,
-        settings.topic_dead_letter,
         settings.topic_churn_risk,
         settings.topic_pain_points,
         settings.topic_identities,
@@ -56,6 +58,15 @@ def journey_topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(name, settings.partitions, settings.replication_factor, settings.retention_ms)
         for name in data_topics
     ]
+    # Dead letters hold rejected records' raw values (personal data among them): never kept forever.
+    specs.insert(2, TopicSpec(settings.topic_dead_letter, settings.partitions, settings.replication_factor,
+                              settings.dead_letter_retention_ms))
+    # Forget requests and confirmations, the latest per customer kept (compacted): what was asked
+    # and done must outlive the input topic's retention. Partitioned like the input topic, so a
+    # customer's request is relayed by the worker that owns the customer.
+    specs.append(TopicSpec(settings.topic_privacy, settings.partitions, settings.replication_factor,
+                           settings.retention_ms, cleanup_policy="compact",
+                           extra_configs={"max.compaction.lag.ms": str(ERASURE_COMPACTION_LAG_MS)}))
     specs.append(
         TopicSpec(
             settings.topic_aggregates,

@@ -15,6 +15,7 @@ from journey.auth import bearer_ok
 from journey.core.clock import iso
 from journey.core.events import CHANNELS
 from journey.core.funnel import attribution, channel_report, funnel, no_stage_count, stage_counts
+from journey.errors import BrokerError, InputError
 from journey.sidecar.proxy import WorkersUnreachable, fetch_customer
 from journey.sidecar.state import SidecarState
 
@@ -98,9 +99,9 @@ async def live(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/customers/{customer_id}", summary="One customer's state and recent transitions (bearer token)")
-async def customer(request: Request, customer_id: str, authorization: str | None = Header(None)) -> JSONResponse:
-    state = _state(request)
+def _refused(state: SidecarState, authorization: str | None) -> JSONResponse | None:
+    """The answer to a customer request without the bearer token (None: it has it). The
+    endpoints are off (404) while no token is configured."""
     token = state.settings.api_token
     if not token:
         return JSONResponse(
@@ -112,11 +113,44 @@ async def customer(request: Request, customer_id: str, authorization: str | None
             {"error": "missing or wrong bearer token: send Authorization: Bearer <JOURNEY_API_TOKEN>"},
             status_code=401, headers={"WWW-Authenticate": "Bearer"},
         )
+    return None
+
+
+@router.get("/customers/{customer_id}", summary="One customer's state and recent transitions (bearer token)")
+async def customer(request: Request, customer_id: str, authorization: str | None = Header(None)) -> JSONResponse:
+    state = _state(request)
+    refused = _refused(state, authorization)
+    if refused is not None:
+        return refused
     try:
         status, body = await fetch_customer(state.worker_urls, customer_id, authorization or "")
     except WorkersUnreachable as exc:
         return JSONResponse({"error": str(exc)}, status_code=503)
     return JSONResponse(body, status_code=status)
+
+
+@router.delete("/customers/{customer_id}", status_code=202,
+               summary="Forget a customer everywhere: state, linked anonymous ids, later touchpoints (bearer token)")
+async def forget_customer(
+    request: Request, customer_id: str, authorization: str | None = Header(None),
+    reason: str | None = Query(None, max_length=500, description="why (kept with the request, for the audit trail)"),
+) -> JSONResponse:
+    state = _state(request)
+    refused = _refused(state, authorization)
+    if refused is not None:
+        return refused
+    try:
+        request_id = await state.forget(customer_id, reason)
+    except InputError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=422)
+    except BrokerError as exc:
+        return JSONResponse({"error": f"the request could not be published: {exc}"}, status_code=503, headers={"Retry-After": "5"})
+    return JSONResponse({
+        "request_id": request_id,
+        "status": "accepted",
+        "detail": (f"the worker owning the id applies it within seconds and publishes customer_forgotten with this "
+                   f"request_id on {state.settings.topic_privacy}; GET /customers/{{id}} answers 404 from then on"),
+    }, status_code=202)
 
 
 @router.get("/healthz", summary="The process is alive")

@@ -7,8 +7,10 @@ it and not on each other.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from journey.forget import request_forget
 from journey.settings import Settings
 from journey.sidecar.book import SnapshotBook
 from journey.sidecar.consumer import SnapshotConsumer
@@ -30,8 +32,11 @@ class SidecarState:
     book: SnapshotBook = field(default_factory=SnapshotBook)
     consumer: SnapshotConsumer = field(init=False)
     worker_urls: list[str] = field(default_factory=list)
+    #: Publishes a forget request (customer id, reason) and returns its request id; tests replace it.
+    forget: Callable[[str, str | None], Awaitable[str]] = field(init=False)
 
     def __post_init__(self) -> None:
+        self.forget = lambda customer_id, reason: request_forget(self.settings, customer_id, reason=reason, source="api")
         self.consumer = SnapshotConsumer(self.settings, self.book)
         if not self.worker_urls:
             self.worker_urls = worker_urls(self.settings)

@@ -125,18 +125,10 @@ class LiveAggregates:
         metrics.customers.labels(stage="none").set(total[0])
         for i, name in enumerate(STAGES):
             metrics.customers.labels(stage=name).set(total[i + 1])
-        # Consumer lag: the partition's end (from the last fetch) minus the next offset to process.
-        consumer = self.japp.app.consumer
-        for p in sorted(self.assigned):
-            try:
-                highwater = consumer.highwater(TP(self.topic, p))
-            except Exception:  # noqa: BLE001 - consumer not started or partition not fetched yet
-                highwater = None
-            if highwater is None:
+        for p, lag in self.partition_lag().items():
+            if lag is None:
                 continue
-            done = self.offsets.get(p)
-            position = done + 1 if done is not None else (self._committed(p) or 0)
-            metrics.lag.labels(topic=self.topic, partition=str(p)).set(max(0, highwater - position))
+            metrics.lag.labels(topic=self.topic, partition=str(p)).set(lag)
             self._lag_labels.add(p)
         for p in self._lag_labels - self.assigned:
             try:
@@ -144,6 +136,27 @@ class LiveAggregates:
             except KeyError:
                 pass
         self._lag_labels &= self.assigned
+
+    def partition_lag(self) -> dict[int, int | None]:
+        """Records not yet processed per assigned input partition: the partition's end minus the
+        next offset to process; None while its end is unknown (no fetch answered yet).
+
+        The end is the high watermark of the partition's last fetch response (the true log end
+        on every broker, tansu included; ListOffsets is not), refreshed with every fetch."""
+        consumer = self.japp.app.consumer
+        lags: dict[int, int | None] = {}
+        for p in sorted(self.assigned):
+            try:
+                highwater = consumer.highwater(TP(self.topic, p))
+            except Exception:  # noqa: BLE001 - consumer not started or partition not fetched yet
+                highwater = None
+            if highwater is None:
+                lags[p] = None
+                continue
+            done = self.offsets.get(p)
+            position = done + 1 if done is not None else (self._committed(p) or 0)
+            lags[p] = max(0, highwater - position)
+        return lags
 
     def _committed(self, p: int) -> int | None:
         consumer = self.japp.app.consumer

@@ -17,15 +17,17 @@ from journey.core.aggregates import summarize
 from journey.core.definition import JourneyDefinition, load_definition
 from journey.core.identity import control_key, junk_ids
 from journey.core.machine import Limits
+from journey.core.privacy import salt_key
 from journey.core.state import CustomerState
 from journey.kafka.security import faust_credentials
 from journey.settings import Settings
 from journey.worker import aggregates as live_aggregates
 from journey.worker import churn as churn_risk
-from journey.worker import ingest, views
+from journey.worker import ingest, privacy, views
 from journey.worker.faust_internals import install_transport
 from journey.worker.metrics import WorkerMetrics
 from journey.worker.pipeline import IdentityRules, Pipeline
+from journey.worker.privacy import Privacy
 
 if TYPE_CHECKING:
     from journey.worker.aggregates import LiveAggregates
@@ -35,6 +37,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TABLE_NAME = "customers"
+#: Memtables a partition database may hold: the one being written and one being flushed.
+ROCKSDB_WRITE_BUFFERS = 2
+#: Most bytes one fetch answer brings per partition (Faust's default, stated: journey.worker.memory counts it).
+FETCH_PARTITION_BYTES = 1024**2
 #: Largest produce batch (below the brokers' default 1 MiB message.max.bytes).
 PRODUCE_BATCH_BYTES = 512 * 1024
 
@@ -72,6 +78,18 @@ class CustomerTable(faust.Table):
         # registers the table and builds its changelog topic (and the topic's deserializers).
         self.key_serializer = "journey_text"
         self.value_serializer = "journey_state"
+
+
+def rocksdb_options(settings: Settings) -> dict[str, int]:
+    """The customer table's RocksDB options (Faust's RocksDBOptions), per partition database:
+    memtables and block cache bounded by settings (Faust's defaults, 3 x 64 MiB and 2 GiB each,
+    would let 8 partitions take over 17 GiB). journey.worker.memory counts them."""
+    mib = 2**20
+    return {
+        "write_buffer_size": settings.rocksdb_write_buffer_mb * mib,
+        "max_write_buffer_number": ROCKSDB_WRITE_BUFFERS,
+        "block_cache_size": settings.rocksdb_block_cache_mb * mib,
+    }
 
 
 def changelog_topic_name(settings: Settings) -> str:
@@ -123,6 +141,7 @@ def create_app(settings: Settings, definition: JourneyDefinition | None = None) 
         # The batch ingest sends a batch's records for a partition as one produce batch.
         producer_max_batch_size=PRODUCE_BATCH_BYTES,
         consumer_auto_offset_reset="earliest",
+        consumer_max_fetch_size=FETCH_PARTITION_BYTES,
         table_standby_replicas=0,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 10),
@@ -149,6 +168,7 @@ def create_app(settings: Settings, definition: JourneyDefinition | None = None) 
             beacon=app.tables.beacon,
             partitions=settings.partitions,
             extra_topic_configs={"retention.ms": str(settings.retention_ms)},
+            options=rocksdb_options(settings),
         )
     )
     metrics = WorkerMetrics(definition)
@@ -160,11 +180,14 @@ def create_app(settings: Settings, definition: JourneyDefinition | None = None) 
                     "which any producer that knows it can forge; set a secret in production")
     identity = IdentityRules(junk=junk_ids(settings.identity_junk_ids), alias_window=settings.identity_alias_window,
                              key=control_key(secret, settings.app_id))
-    pipeline = Pipeline(definition, limits, summarize=summarize, copy_reads=False, identity=identity)
+    salt = settings.privacy_salt.get_secret_value() if settings.privacy_salt is not None else None
+    pipeline = Pipeline(definition, limits, summarize=summarize, copy_reads=False, identity=identity,
+                        privacy=Privacy(salt_key(salt, settings.app_id)))
     japp = JourneyApp(app, settings, definition, touchpoints, customers, pipeline, metrics)
     japp.aggregates = live_aggregates.register(japp)
     japp.churn = churn_risk.register(japp)
     ingest.register(japp)
+    privacy.register(japp)
     views.register(japp)
     return japp
 

@@ -117,19 +117,22 @@ class BatchProtocol:
 
     async def stage(
         self,
-        states: Iterable[tuple[str, int, CustomerState]],
+        states: Iterable[tuple[str, int, CustomerState | None]],
         outputs: Sequence[Output],
         *,
         spans: Spans | None = None,
         on_durable: Callable[[], None] | None = None,
     ) -> Stage:
         """Steps 2 and 3 for (key, partition, state) and the outputs that record them; steps 5-9
-        follow in a task of the stage's own. Call it under JourneyApp.state_lock."""
+        follow in a task of the stage's own. Call it under JourneyApp.state_lock.
+
+        A state of None deletes the customer (a forget): a tombstone on the changelog (step 6) and
+        a delete in RocksDB (step 8), in the same order as any write; reads see None from now on."""
         sent = await self.sender.send((topic, None, key, value, headers) for topic, key, value, headers in outputs) if outputs else []
         topic, keep = self.store.changelog_topic, self.store.keep
-        changes: list[tuple[str, int, bytes, bytes]] = []
+        changes: list[tuple[str, int, bytes, bytes | None]] = []
         for key, partition, state in states:
-            changes.append((topic, partition, key.encode(), state.to_wire()))
+            changes.append((topic, partition, key.encode(), state.to_wire() if state is not None else None))
             keep(key, state)
         handed_over: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         durable = self._make_durable(self._last, handed_over, sent, changes, spans, on_durable)
@@ -141,7 +144,7 @@ class BatchProtocol:
         previous: Stage | None,
         handed_over: asyncio.Future[None],
         sent: list[Sent],
-        changes: list[tuple[str, int, bytes, bytes]],
+        changes: list[tuple[str, int, bytes, bytes | None]],
         spans: Spans | None,
         on_durable: Callable[[], None] | None,
     ) -> None:
@@ -185,6 +188,7 @@ def process(japp: JourneyApp, records: Sequence[Record], read: Callable[[str, in
         *((settings.topic_dead_letter, o.key, o.value, None) for o in result.dead_letters),
         *((settings.topic_touchpoints, o.key, o.value, o.headers) for o in result.rekeyed),
         *((settings.topic_identities, o.key, o.value, None) for o in result.identities),
+        *((settings.topic_privacy, o.key, o.value, None) for o in result.privacy),
     ]
     if japp.churn is not None:
         # Re-scores the batch's customers (their states change in place, for the writes).

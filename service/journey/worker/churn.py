@@ -23,6 +23,7 @@ from journey.churn.timers import DueIndex
 from journey.churn.update import Update, note_touchpoint, update
 from journey.core.eventclock import EventClock
 from journey.core.identity import ALIAS_KEY
+from journey.core.privacy import FORGOTTEN_KEY
 from journey.core.state import CustomerState
 from journey.worker.batch import Output, exit_replaying
 from journey.worker.pipeline import BatchResult, Record
@@ -74,8 +75,8 @@ class ChurnWorker:
         now = self.clock.now(wall)
         outputs: list[Output] = []
         for key, (rec, state, _before) in writes.items():
-            if state.extra and ALIAS_KEY in state.extra:
-                continue  # a linked anonymous id: nothing to score
+            if state is None or (state.extra and (ALIAS_KEY in state.extra or FORGOTTEN_KEY in state.extra)):
+                continue  # forgotten, a linked anonymous id, or a suppression marker: nothing to score
             try:
                 u = update(state, now if now is not None else state.last_seen or 0.0, self.model, self.config, self.stage_times)
             except Exception:  # one customer's odd history must not stop the stream (or crash-loop it)
@@ -88,7 +89,7 @@ class ChurnWorker:
         self.japp.metrics.churn_timer_customers.set(len(self.index))
         return outputs
 
-    def note_carts(self, applied: Sequence[tuple[str, str, str, Any, float]], writes: Mapping[str, tuple[Record, CustomerState, Any]]) -> None:
+    def note_carts(self, applied: Sequence[tuple[str, str, str, Any, float]], writes: Mapping[str, tuple[Record, CustomerState | None, Any]]) -> None:
         """Note the batch's applied carts and purchases (the pipeline's record of them: only
         correctly keyed, non-duplicate touchpoints; nothing decoded twice)."""
         types, config = self._note_types, self.config
@@ -96,7 +97,7 @@ class ChurnWorker:
             if applied_one[1] in types:  # most touchpoints are neither: no unpacking for them
                 key, event_type, channel, _kind, ts = applied_one
                 entry = writes.get(key)
-                if entry is not None:
+                if entry is not None and entry[1] is not None:  # None: forgotten later in the batch
                     note_touchpoint(entry[1], event_type, ts, channel, config)
 
     # --- the timer ------------------------------------------------------------------------
@@ -178,7 +179,8 @@ class ChurnWorker:
         entries = []
         newest: float | None = None
         for key, state in self.japp.customers.items():
-            if state is None or (state.partition is not None and state.partition not in actives) or ALIAS_KEY in state.extra:
+            if (state is None or (state.partition is not None and state.partition not in actives) or ALIAS_KEY in state.extra
+                    or FORGOTTEN_KEY in state.extra):
                 continue
             # A customer never assessed (state from before churn risk) is assessed on the next tick.
             due = stored_due(state) if RISK_KEY in state.extra else float("-inf")

@@ -46,6 +46,7 @@ from journey.core.identity import (
     signed,
 )
 from journey.core.machine import Limits, Transition, apply
+from journey.core.privacy import PRIVACY_CONTROLS
 from journey.core.stages import STAGES
 from journey.core.state import RECENT_TRANSITIONS, CustomerState
 from journey.worker.deadletter import dead_letter
@@ -105,11 +106,13 @@ class BatchResult:
     rekeyed: list[Output] = field(default_factory=list)
     #: identity_merged and identity_conflict events (journey.identities).
     identities: list[Output] = field(default_factory=list)
+    #: customer_forgotten events (the privacy topic; worker/privacy.py).
+    privacy: list[Output] = field(default_factory=list)
     merges: int = 0
     conflicts: int = 0
     #: Final state of every customer the batch changed, with a record of theirs (its partition)
-    #: and the summary of their state before the batch.
-    writes: dict[str, tuple[Record, CustomerState, Any]] = field(default_factory=dict)
+    #: and the summary of their state before the batch; None: the state is deleted (forgotten).
+    writes: dict[str, tuple[Record, CustomerState | None, Any]] = field(default_factory=dict)
     #: (customer key, type, channel, kind, event time) of every applied touchpoint, for metrics
     #: and the churn hook (which notes carts and purchases without decoding them again).
     applied: list[tuple[str, str, str, Kind, float]] = field(default_factory=list)
@@ -129,8 +132,11 @@ class Pipeline:
         summarize: Callable[[CustomerState | None], Any] | None = None,
         copy_reads: bool = True,
         identity: IdentityRules = IdentityRules(),
+        privacy: Any = None,
     ) -> None:
         self.definition = definition
+        #: Forget requests and suppressed ids (worker/privacy.Privacy); None: neither.
+        self.privacy = privacy
         self.limits = limits
         self.identity = identity
         # With copy_reads, a state read from ``states`` is copied before the batch changes it, so
@@ -173,7 +179,12 @@ class Pipeline:
                     continue
                 if control != ALIASED:
                     try:
-                        self._identity_request(out, rec, control, read)
+                        if control in PRIVACY_CONTROLS and self.privacy is not None:
+                            error = self.privacy.request(self, out, rec, control, read)
+                            if error is not None:
+                                self._dead_letter(out, rec, "bad_identity_request", error)
+                        else:
+                            self._identity_request(out, rec, control, read)
                     except Exception as exc:  # a bug must cost one record, not the worker
                         log.exception("identity request %s[%d]@%d could not be applied", rec.topic, rec.partition, rec.offset)
                         self._dead_letter(out, rec, "processing_error", f"{type(exc).__name__}: {exc}; this is a journey bug, please report it with this record")
@@ -209,6 +220,8 @@ class Pipeline:
                 before = pending[2]
             else:
                 state, before = self._read(key, rec.partition, read)
+            if state is None and self.privacy is not None and self.privacy.is_suppressed(out, key, rec.partition, read):
+                continue  # a forgotten id: dropped, counted, never dead-lettered (that would keep its data)
             if state is not None and state.extra and ALIAS_KEY in state.extra:
                 if control is not None:  # an aliased record reached an alias: never a second hop
                     self._dead_letter(out, rec, "bad_identity_request", "an aliased touchpoint reached another alias")
@@ -223,7 +236,7 @@ class Pipeline:
                 if state is None:
                     state = CustomerState()
                     state.partition = rec.partition
-                if pending is None:
+                if pending is None or pending[1] is None:
                     writes[key] = (rec, state, before)
                 if needs_link(state, tp.anonymous_id, alias_window):
                     link = LinkRequest(tp.anonymous_id, key, tp.ts, tp.event_id)
@@ -242,7 +255,7 @@ class Pipeline:
             if outcome.duplicate:
                 out.duplicates += 1
                 continue
-            if pending is None:  # later events of the batch change the same object
+            if pending is None or pending[1] is None:  # later events of the batch change the same object
                 outcome.state.partition = rec.partition
                 writes[key] = (rec, outcome.state, before)
             if tp.customer_id is None:
@@ -283,6 +296,8 @@ class Pipeline:
             before = pending[2]
         else:
             state, before = self._read(key, rec.partition, read)
+        if state is None and self.privacy is not None and self.privacy.is_suppressed(out, key, rec.partition, read):
+            return  # a link to a forgotten anonymous id, or a merge into a forgotten customer
         anonymous_id, customer_id = req.anonymous_id, req.customer_id
         if isinstance(req, LinkRequest):
             linked = alias_of(state)

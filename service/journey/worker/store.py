@@ -43,6 +43,9 @@ class StateCache:
         if len(states) > self.size:
             states.popitem(last=False)
 
+    def discard(self, key: str) -> None:
+        self._states.pop(key, None)
+
     def clear(self) -> None:
         self._states.clear()
 
@@ -96,9 +99,13 @@ class StateStore:
             cache.put(key, state)
         return state
 
-    def keep(self, key: str, state: CustomerState) -> None:
-        """A staged state: reads see it from now on, until its stage has written the store."""
-        self.cache.put(key, state)
+    def keep(self, key: str, state: CustomerState | None) -> None:
+        """A staged state: reads see it from now on, until its stage has written the store.
+        None: a staged deletion (reads see no state; the pending entry answers them)."""
+        if state is None:
+            self.cache.discard(key)
+        else:
+            self.cache.put(key, state)
         staged = self.pending.get(key)
         if staged is None:
             self.pending[key] = [state, 1]
@@ -116,14 +123,18 @@ class StateStore:
                 if staged[1] <= 0:
                     del pending[key]
 
-    def write(self, items: Iterable[tuple[int, bytes, bytes]]) -> None:
-        """(partition, key, encoded state) into each partition's database, one WriteBatch each."""
+    def write(self, items: Iterable[tuple[int, bytes, bytes | None]]) -> None:
+        """(partition, key, encoded state) into each partition's database, one WriteBatch each;
+        a state of None deletes the key."""
         batches: dict[int, rocksdict.WriteBatch] = {}
         for partition, kb, vb in items:
             wb = batches.get(partition)
             if wb is None:
                 wb = batches[partition] = rocksdict.WriteBatch(raw_mode=True)
-            wb.put(kb, vb)
+            if vb is None:
+                wb.delete(kb)
+            else:
+                wb.put(kb, vb)
         for partition, wb in batches.items():
             partition_db(self.table, partition).write(wb)
 

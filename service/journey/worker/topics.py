@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from journey.kafka.admin import TopicSpec, journey_topic_specs
+from journey.kafka.admin import ERASURE_COMPACTION_LAG_MS, TopicSpec, journey_topic_specs
 from journey.settings import Settings
 from journey.worker.app import changelog_topic_name
 
@@ -17,5 +17,7 @@ def all_topic_specs(settings: Settings) -> list[TopicSpec]:
             settings.replication_factor,
             settings.retention_ms,
             cleanup_policy="compact",
+            # A forgotten customer's older states are compacted away within a day (docs/privacy.md).
+            extra_configs={"max.compaction.lag.ms": str(ERASURE_COMPACTION_LAG_MS)},
         ),
     ]

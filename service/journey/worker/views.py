@@ -13,6 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from journey.auth import bearer_ok
 from journey.core.identity import alias_of
+from journey.core.privacy import is_marker
 from journey.worker.faust_internals import built_consumer, fetcher_state
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def register(japp: JourneyApp) -> None:
         if not bearer_ok(request.headers.get("Authorization"), settings.api_token):
             return web.json({"error": "missing or wrong bearer token"}, status=401)
         state = customers.get(customer_id)
-        if state is None:
+        if state is None or is_marker(state):  # a forgotten customer is as unknown as one never seen
             return web.json({"error": f"no customer {customer_id!r} has been seen"}, status=404)
         linked = alias_of(state)
         if linked is not None:  # a linked anonymous id: the sidecar asks for the customer next
@@ -53,11 +54,16 @@ def register(japp: JourneyApp) -> None:
 
 def readiness(japp: JourneyApp) -> tuple[bool, dict[str, Any]]:
     """Ready = the worker has joined its group and is not rebalancing, the customer table's
-    partitions are recovered, and its consumer and fetcher run. Otherwise the first reason why not."""
+    partitions are recovered, and its consumer and fetcher run. Otherwise the first reason why not.
+
+    A ready worker also says how far behind it is: ``lag``, the records not yet processed summed
+    over its input partitions whose end a fetch has told, and ``catching_up``: more than
+    JOURNEY_CATCHING_UP_LAG behind, or some partition's end not known yet. A catching-up worker
+    is ready (it is processing). Both are null while the worker is not ready."""
     app = japp.app
     consumer = built_consumer(app)
     detail: dict[str, Any] = {"reason": None, "partitions": [], "generation": app.consumer_generation_id,
-                              "rebalances": app.rebalancing_count}
+                              "rebalances": app.rebalancing_count, "lag": None, "catching_up": None}
     if consumer is not None and consumer.state == "running":
         detail["partitions"] = sorted(tp.partition for tp in consumer.assignment() if tp.topic == japp.settings.topic_touchpoints)
     recovery: Any = app.tables.recovery  # type: ignore[attr-defined]  # TableManagerT does not declare it
@@ -76,6 +82,9 @@ def readiness(japp: JourneyApp) -> tuple[bool, dict[str, Any]]:
     elif (state := fetcher_state(app)) != "running":
         reason = f"the fetcher is not running ({state})"
     else:
+        lags = japp.aggregates.partition_lag() if japp.aggregates is not None else {}
+        detail["lag"] = sum(lag for lag in lags.values() if lag is not None)
+        detail["catching_up"] = detail["lag"] > japp.settings.catching_up_lag or None in lags.values()
         return True, detail
     detail["reason"] = reason
     return False, detail

@@ -1,0 +1,231 @@
+"""Forgetting a customer (GDPR art. 17, CCPA): the rules, as plain functions over plain data.
+
+A forget request travels as journey's own signed control record on the input topic, keyed by the
+id to forget, so the worker that owns the id applies it in order with the id's events (the
+identity protocol's way: docs/identity.md). Applying it (worker/privacy.py carries this out):
+
+- the id's state is deleted (a tombstone on the changelog, a delete in RocksDB) and with it the
+  id's share of the live aggregates;
+- a *suppression marker* is written under a key derived from a salted hash of the id, on the
+  id's own partition (so it survives crashes and rebalances through the changelog); later
+  records for the id find no state, then the marker, and are dropped;
+- the anonymous ids the customer linked or merged (the identity memory) are forgotten in turn:
+  one forget record keyed by each, with the customer as its ``origin``;
+- ``customer_forgotten`` goes to the privacy topic for downstream services.
+
+An undo removes the marker. See docs/privacy.md for the protocol and its crash cases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from journey.core.clock import iso, parse_iso
+from journey.core.identity import EARLIEST, IDS_KEY, LATEST, SIGNATURE_HEADER, BadRequest, alias_of
+from journey.core.state import CustomerState
+
+#: journey-control header values of the forget and undo records on the input topic.
+FORGET, UNFORGET = b"forget", b"unforget"
+PRIVACY_CONTROLS = frozenset({FORGET, UNFORGET})
+#: The signature domain of requests on the privacy topic (see sign_request).
+REQUEST_CONTROL = b"privacy"
+#: The privacy topic's record types.
+FORGET_REQUESTED = "forget_requested"
+UNDO_REQUESTED = "forget_undo_requested"
+CUSTOMER_FORGOTTEN = "customer_forgotten"
+REQUEST_TYPES = frozenset({FORGET_REQUESTED, UNDO_REQUESTED})
+#: CustomerState.extra key of a suppression marker: [requested at, request id].
+FORGOTTEN_KEY = "forgotten"
+#: Marker keys: this prefix (with NUL bytes no real producer uses) and a salted hash's hex digest.
+MARKER_PREFIX = "\x00forgotten\x00"
+#: The longest reason kept in a request (free text, for the audit trail).
+MAX_REASON = 500
+MAX_ID = 200
+
+
+def salt_key(secret: str | None, app_id: str) -> bytes:
+    """The suppression salt: the configured secret, else one derived from the app id."""
+    return hashlib.sha256((secret if secret is not None else f"journey-privacy:{app_id}").encode()).digest()
+
+
+def marker_key(salt: bytes, profile_id: str) -> str:
+    """The key of ``profile_id``'s suppression marker in the customer table (no id in it)."""
+    return MARKER_PREFIX + hmac.new(salt, profile_id.encode(), hashlib.sha256).hexdigest()
+
+
+def make_marker(at: float, request_id: str) -> CustomerState:
+    """A suppression marker: a state with no journey (the live aggregates and the churn timer skip it)."""
+    st = CustomerState()
+    st.extra[FORGOTTEN_KEY] = [at, request_id]
+    return st
+
+
+def is_marker(state: CustomerState | None) -> bool:
+    return state is not None and bool(state.extra) and FORGOTTEN_KEY in state.extra
+
+
+def linked_ids(state: CustomerState | None, own_id: str) -> list[str]:
+    """The anonymous ids a customer's identity memory names: merged ("m") and asked to link
+    ("l"), in that order, once each, the customer's own id left out."""
+    if state is None or not state.extra:
+        return []
+    ids = state.extra.get(IDS_KEY)
+    if not isinstance(ids, dict):
+        return []
+    out: list[str] = []
+    for name in ("m", "l"):
+        for value in ids.get(name) or ():
+            if isinstance(value, str) and value != own_id and value not in out:
+                out.append(value)
+    return out
+
+
+# --- the control record on the input topic ----------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ForgetRequest:
+    """Forget (or, as an UNFORGET record, stop suppressing) ``profile_id``. ``origin``: the
+    customer whose forget this follows from (a linked anonymous id), None for a direct request."""
+
+    profile_id: str
+    request_id: str
+    at: float
+    origin: str | None = None
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({"id": self.profile_id, "request_id": self.request_id, "at": self.at, "origin": self.origin})
+
+
+def decode_forget(raw: bytes | None) -> ForgetRequest:
+    try:
+        data = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"a forget request that is not JSON: {exc}") from None
+    if type(data) is not dict:
+        raise BadRequest("a forget request that is not a JSON object")
+    for name in ("id", "request_id"):
+        if type(data.get(name)) is not str or not 0 < len(data[name]) <= MAX_ID:
+            raise BadRequest(f"a forget request whose {name} is not a string of 1 to {MAX_ID} characters")
+    origin = data.get("origin")
+    if origin is not None and (type(origin) is not str or not origin):
+        raise BadRequest("a forget request whose origin is neither null nor an id")
+    at: Any = data.get("at")
+    if type(at) not in (int, float) or not EARLIEST <= at <= LATEST:
+        raise BadRequest("a forget request whose at is not epoch seconds between 1900 and 2199")
+    return ForgetRequest(data["id"], data["request_id"], float(at), origin)
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetPlan:
+    """What applying a forget request does at the id's partition."""
+
+    #: Delete the id's state (it has one).
+    delete: bool
+    #: Write the suppression marker (there is none yet).
+    mark: bool
+    #: Anonymous ids to forget next (one forget record keyed by each, this id as their origin).
+    cascade: tuple[str, ...]
+    #: Publish customer_forgotten (a direct request that changed something or is new; a linked
+    #: id is part of its customer's).
+    announce: bool
+
+
+def plan_forget(state: CustomerState | None, request: ForgetRequest, marker: CustomerState | None) -> ForgetPlan:
+    """The effect of ``request`` on an id whose state is ``state`` and whose suppression marker is
+    ``marker`` (None: none). Idempotent: applied again to its own result it does nothing at all.
+
+    customer_forgotten is announced when the forget changes something, or when the id was
+    forgotten by another request (that request id gets its confirmation too). A replay of the
+    same request stays silent: its marker is durable only after the stage that wrote it had its
+    outputs, the announcement among them, acknowledged (the batch protocol's order)."""
+    own = request.profile_id
+    if request.origin is not None:
+        # A linked anonymous id of a forgotten customer: forget it only while it is that
+        # customer's (a shared device linked to someone else first stays theirs).
+        if state is not None and alias_of(state) != request.origin:
+            return ForgetPlan(delete=False, mark=False, cascade=(), announce=False)
+        return ForgetPlan(delete=state is not None, mark=marker is None, cascade=(), announce=False)
+    cascade = tuple(linked_ids(state, own)) if alias_of(state) is None else ()
+    announce = state is not None or marker is None or marked_by(marker) != request.request_id
+    return ForgetPlan(delete=state is not None, mark=marker is None, cascade=cascade, announce=announce)
+
+
+def marked_by(marker: CustomerState) -> str | None:
+    """The request id that wrote a suppression marker."""
+    value = marker.extra.get(FORGOTTEN_KEY)
+    return value[1] if isinstance(value, list) and len(value) == 2 and isinstance(value[1], str) else None
+
+
+# --- the privacy topic ------------------------------------------------------------------------
+def sign_request(key: bytes, record_key: bytes, value: bytes) -> bytes:
+    """The journey-signature of a request on the privacy topic (JOURNEY_CONTROL_SECRET's key)."""
+    return hmac.new(key, b"\x1f".join((REQUEST_CONTROL, record_key, value)), hashlib.sha256).digest()[:16]
+
+
+def request_signed(key: bytes, signature: bytes | None, record_key: bytes | None, value: bytes | None) -> bool:
+    if signature is None or record_key is None or value is None:
+        return False
+    return hmac.compare_digest(signature, sign_request(key, record_key, value))
+
+
+def request_event(kind: str, customer_id: str, request_id: str, at: float, *, reason: str | None = None,
+                  source: str = "cli") -> dict[str, Any]:
+    """A request on the privacy topic (schemas/privacy.schema.json)."""
+    if kind not in REQUEST_TYPES:
+        raise ValueError(f"unknown privacy request type {kind!r}")
+    event: dict[str, Any] = {"type": kind, "customer_id": customer_id, "request_id": request_id, "at": iso(at), "source": source}
+    if reason:
+        event["reason"] = reason[:MAX_REASON]
+    return event
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyRecord:
+    """A record of the privacy topic as the relay reads it."""
+
+    type: str
+    customer_id: str
+    request_id: str
+    at: float
+
+
+def parse_privacy_record(raw: bytes | None, record_key: bytes | None) -> PrivacyRecord:
+    """Decode a record of the privacy topic; BadRequest when it is not one of journey's."""
+    try:
+        data = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"not JSON: {exc}") from None
+    if type(data) is not dict or data.get("type") not in (*REQUEST_TYPES, CUSTOMER_FORGOTTEN):
+        raise BadRequest("not a privacy record (type must be forget_requested, forget_undo_requested or customer_forgotten)")
+    for name in ("customer_id", "request_id"):
+        if type(data.get(name)) is not str or not 0 < len(data[name]) <= MAX_ID:
+            raise BadRequest(f"{name} must be a string of 1 to {MAX_ID} characters")
+    if record_key is None or record_key != data["customer_id"].encode():
+        raise BadRequest("the record's key is not its customer_id")
+    try:
+        at = parse_iso(data["at"]) if isinstance(data.get("at"), str) else None
+    except ValueError:
+        at = None
+    if at is None or not EARLIEST <= at <= LATEST:
+        raise BadRequest("at must be an RFC 3339 time in the years 1900-2199")
+    return PrivacyRecord(data["type"], data["customer_id"], data["request_id"], at)
+
+
+def forgotten_event(customer_id: str, request_id: str, requested_at: float, at: float, anonymous_ids: list[str]) -> dict[str, Any]:
+    """customer_forgotten (the downstream contract: delete everything held under these ids)."""
+    return {"type": CUSTOMER_FORGOTTEN, "customer_id": customer_id, "request_id": request_id,
+            "at": iso(at), "requested_at": iso(requested_at), "anonymous_ids": anonymous_ids}
+
+
+def signed_request(signing_key: bytes, kind: str, customer_id: str, request_id: str, at: float, *,
+                   reason: str | None = None, source: str = "cli") -> tuple[bytes, bytes, tuple[tuple[str, bytes], ...]]:
+    """(key, value, headers) of a request for the privacy topic, signed so the relay applies it."""
+    if not 0 < len(customer_id) <= MAX_ID:
+        raise ValueError(f"a customer id is 1 to {MAX_ID} characters (got {len(customer_id)})")
+    key = customer_id.encode()
+    value = orjson.dumps(request_event(kind, customer_id, request_id, at, reason=reason, source=source))
+    return key, value, ((SIGNATURE_HEADER, sign_request(signing_key, key, value)),)

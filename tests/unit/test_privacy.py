@@ -1,0 +1,308 @@
+"""Forgetting a customer: the pure rules (core/privacy.py) and the pipeline carrying them out over
+an in-memory loop of partitions (worker/privacy.Privacy), no Kafka."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import orjson
+import pytest
+
+from journey.core.aggregates import PartitionAggregate, summarize
+from journey.core.definition import load_definition
+from journey.core.identity import MERGE, BadRequest, alias_of, control_key, make_alias, sign
+from journey.core.machine import Limits
+from journey.core.privacy import (
+    CUSTOMER_FORGOTTEN,
+    FORGET,
+    FORGET_REQUESTED,
+    UNDO_REQUESTED,
+    UNFORGET,
+    ForgetRequest,
+    decode_forget,
+    is_marker,
+    linked_ids,
+    make_marker,
+    marker_key,
+    parse_privacy_record,
+    plan_forget,
+    request_signed,
+    salt_key,
+    signed_request,
+)
+from journey.core.state import CustomerState
+from journey.worker.ingest import control_headers
+from journey.worker.pipeline import IdentityRules, Pipeline, Record
+from journey.worker.privacy import Privacy
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFINITION = load_definition(ROOT / "schemas" / "journey.yaml")
+SCHEMA = json.loads((ROOT / "schemas" / "privacy.schema.json").read_text())
+T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
+SALT = salt_key(None, "journey")
+_ids = itertools.count()
+
+
+def event(etype: str, minutes: float, *, customer: str | None = None, anonymous: str | None = None, **props: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"event_id": f"e{next(_ids)}", "type": etype, "timestamp": (T0 + timedelta(minutes=minutes)).isoformat()}
+    if customer is not None:
+        data["customer_id"] = customer
+    if anonymous is not None:
+        data["anonymous_id"] = anonymous
+    if props:
+        data["properties"] = props
+    return data
+
+
+# --- the pure rules ------------------------------------------------------------------------------
+def _customer(links: list[str] = (), merged: list[str] = ()) -> CustomerState:  # type: ignore[assignment]
+    st = CustomerState()
+    st.stage = 2
+    st.extra["id"] = {"l": list(links), "m": list(merged)}
+    return st
+
+
+def test_marker_keys_are_salted_hashes_that_name_nobody() -> None:
+    key = marker_key(SALT, "c-42")
+    assert key == marker_key(SALT, "c-42") and "c-42" not in key
+    assert key != marker_key(salt_key("another secret", "journey"), "c-42")
+    assert key != marker_key(SALT, "c-43")
+    assert is_marker(make_marker(1.0, "r")) and not is_marker(CustomerState()) and not is_marker(None)
+    assert summarize(make_marker(1.0, "r")) is None  # never counted in the live numbers
+
+
+def test_a_customer_forget_deletes_marks_cascades_to_linked_ids_and_announces() -> None:
+    st = _customer(links=["dev-1", "dev-2", "c"], merged=["dev-1"])
+    assert linked_ids(st, "c") == ["dev-1", "dev-2"]
+    plan = plan_forget(st, ForgetRequest("c", "r1", 1.0), None)
+    assert (plan.delete, plan.mark, plan.cascade, plan.announce) == (True, True, ("dev-1", "dev-2"), True)
+
+
+def test_a_replayed_forget_changes_nothing_and_a_new_request_is_confirmed() -> None:
+    marker = make_marker(1.0, "r1")
+    plan = plan_forget(None, ForgetRequest("c", "r1", 1.0), marker)
+    assert (plan.delete, plan.mark, plan.cascade, plan.announce) == (False, False, (), False)
+    again = plan_forget(None, ForgetRequest("c", "r2", 2.0), marker)  # asked again: confirmed again
+    assert (again.delete, again.mark, again.announce) == (False, False, True)
+    never_seen = plan_forget(None, ForgetRequest("x", "r3", 2.0), None)
+    assert (never_seen.delete, never_seen.mark, never_seen.announce) == (False, True, True)
+
+
+def test_a_linked_id_is_forgotten_only_while_it_is_the_customers() -> None:
+    follow = ForgetRequest("dev-1", "r1", 1.0, origin="c")
+    mine = plan_forget(make_alias("c", 1.0, "e"), follow, None)
+    assert (mine.delete, mine.mark, mine.cascade, mine.announce) == (True, True, (), False)
+    theirs = plan_forget(make_alias("someone-else", 1.0, "e"), follow, None)  # a shared device
+    assert (theirs.delete, theirs.mark) == (False, False)
+    a_customer = plan_forget(_customer(), follow, None)  # an id that came as a customer_id
+    assert (a_customer.delete, a_customer.mark) == (False, False)
+    gone = plan_forget(None, follow, make_marker(1.0, "r1"))
+    assert (gone.delete, gone.mark) == (False, False)
+
+
+def test_forgetting_an_alias_directly_does_not_reach_its_customer() -> None:
+    plan = plan_forget(make_alias("c", 1.0, "e"), ForgetRequest("dev-1", "r1", 1.0), None)
+    assert (plan.delete, plan.mark, plan.cascade) == (True, True, ())
+
+
+@pytest.mark.parametrize("raw", [
+    b"{", b"[]", b'{"id": "", "request_id": "r", "at": 1}', b'{"id": "c", "at": 1}',
+    b'{"id": "c", "request_id": "r", "at": 1e300}', b'{"id": "c", "request_id": "r", "at": 1, "origin": 5}',
+])
+def test_bad_forget_records_are_refused(raw: bytes) -> None:
+    with pytest.raises(BadRequest):
+        decode_forget(raw)
+
+
+def test_requests_are_signed_and_match_the_schema() -> None:
+    key = control_key(None, "journey")
+    k, v, headers = signed_request(key, FORGET_REQUESTED, "c-1", "r1", 1.7e9, reason="art. 17", source="api")
+    jsonschema.validate(orjson.loads(v), SCHEMA)
+    assert request_signed(key, headers[0][1], k, v)
+    assert not request_signed(key, headers[0][1], k, v.replace(b"c-1", b"c-2"))
+    assert not request_signed(control_key("other", "journey"), headers[0][1], k, v)
+    record = parse_privacy_record(v, k)
+    assert (record.type, record.customer_id, record.request_id, record.at) == (FORGET_REQUESTED, "c-1", "r1", 1.7e9)
+    with pytest.raises(BadRequest, match="key"):
+        parse_privacy_record(v, b"c-2")
+    with pytest.raises(ValueError):
+        signed_request(key, FORGET_REQUESTED, "x" * 201, "r", 1.0)
+    _, undo, _ = signed_request(key, UNDO_REQUESTED, "c-1", "r2", 1.7e9)
+    jsonschema.validate(orjson.loads(undo), SCHEMA)
+
+
+# --- the pipeline: a loop of partitions ---------------------------------------------------------------
+PARTITIONS = 4
+
+
+class Cluster:
+    """Input partitions with their states; records the pipeline writes back to the input topic are
+    delivered in order, as Kafka does. A state of None in a batch's writes deletes it."""
+
+    def __init__(self) -> None:
+        self.privacy = Privacy(SALT, clock=lambda: 2e9)
+        self.pipeline = Pipeline(DEFINITION, Limits(), summarize=summarize, identity=IdentityRules(), privacy=self.privacy)
+        self.states: dict[str, CustomerState] = {}
+        self.queue: list[Record] = []
+        self.transitions: list[dict[str, Any]] = []
+        self.announced: list[dict[str, Any]] = []
+        self.dead: list[str] = []
+        self.offset = 0
+        self.agg = PartitionAggregate()
+
+    @staticmethod
+    def partition(key: str) -> int:
+        return sum(key.encode()) % PARTITIONS
+
+    def send(self, value: dict[str, Any] | bytes, key: str | None = None, control: bytes | None = None,
+             signature: bytes | None = None) -> None:
+        raw = value if isinstance(value, bytes) else orjson.dumps(value)
+        if key is None:
+            assert isinstance(value, dict)
+            key = value.get("customer_id") or value.get("anonymous_id")
+        self.offset += 1
+        self.queue.append(Record(key.encode(), raw, "tp", self.partition(key), self.offset, None, control, signature))  # type: ignore[union-attr]
+
+    def forget(self, profile_id: str, request_id: str = "r1", *, undo: bool = False) -> None:
+        """What the relay puts on the input topic for a signed request."""
+        control = UNFORGET if undo else FORGET
+        output = self.pipeline.identity.control_output(control, profile_id, ForgetRequest(profile_id, request_id, 1.7e9).to_bytes())
+        self.send(output.value, profile_id, *control_headers(output.headers or ()))
+
+    def run(self, batch: int = 3) -> None:
+        while self.queue:
+            records, self.queue = self.queue[:batch], self.queue[batch:]
+            result = self.pipeline.process(records, self.states)
+            for key, (_rec, state, before) in result.writes.items():
+                if state is None:
+                    self.states.pop(key, None)
+                else:
+                    self.states[key] = state
+                self.agg.replace(before, summarize(state))
+            self.transitions += [t.to_event() for t in result.transitions]
+            self.announced += [orjson.loads(o.value) for o in result.privacy]
+            self.dead += result.reasons
+            for o in result.rekeyed:
+                self.send(o.value, o.key.decode(), *control_headers(o.headers or ()))  # type: ignore[union-attr]
+
+    def counted(self) -> int:
+        recount = PartitionAggregate()
+        for state in self.states.values():
+            recount.add(summarize(state))
+        assert recount.slots() == self.agg.slots(), "the live aggregate is not the recount of the states"
+        return sum(self.agg.slots())
+
+    def customers(self) -> set[str]:
+        return {k for k, s in self.states.items() if not is_marker(s)}
+
+
+def _linked_customer(cluster: Cluster) -> None:
+    cluster.send(event("product_view", 1, anonymous="dev-1"))
+    cluster.send(event("add_to_cart", 2, customer="c", anonymous="dev-1"))  # links dev-1 to c
+    cluster.send(event("page_view", 3, customer="bob"))
+    cluster.run()
+    assert alias_of(cluster.states["dev-1"]) == "c" and cluster.counted() == 2
+
+
+def test_forget_removes_the_customer_and_their_anonymous_id_and_suppresses_both() -> None:
+    cluster = Cluster()
+    _linked_customer(cluster)
+    cluster.forget("c")
+    cluster.run()
+    assert cluster.customers() == {"bob"} and cluster.counted() == 1
+    assert [(a["type"], a["customer_id"], a["request_id"], a["anonymous_ids"]) for a in cluster.announced] == [
+        (CUSTOMER_FORGOTTEN, "c", "r1", ["dev-1"])]
+    jsonschema.validate(cluster.announced[0], SCHEMA)
+    markers = {marker_key(SALT, "c"), marker_key(SALT, "dev-1")}
+    assert {k for k, s in cluster.states.items() if is_marker(s)} == markers
+    moved = len(cluster.transitions)
+    # Later: the customer, the anonymous id alone, and both together: all dropped and counted.
+    cluster.send(event("purchase", 10, customer="c", order_id="o1"))
+    cluster.send(event("purchase", 11, anonymous="dev-1", order_id="o2"))
+    cluster.send(event("page_view", 12, customer="c", anonymous="dev-1"))
+    cluster.run()
+    assert cluster.customers() == {"bob"} and len(cluster.transitions) == moved and not cluster.dead
+    assert cluster.privacy.suppressed == 3 and cluster.privacy.forgotten == 2
+
+
+def test_a_replayed_forget_is_harmless() -> None:
+    cluster = Cluster()
+    _linked_customer(cluster)
+    cluster.forget("c")
+    cluster.run()
+    states = {k: s.to_wire() for k, s in cluster.states.items()}
+    cluster.forget("c")  # the relay replayed the request after a crash
+    cluster.run()
+    assert {k: s.to_wire() for k, s in cluster.states.items()} == states
+    assert [a["request_id"] for a in cluster.announced] == ["r1"]  # the replay is silent
+    assert cluster.privacy.forgotten == 2 and cluster.privacy.marked == 2
+    cluster.forget("c", "r9")  # asked again by someone else: confirmed, nothing else
+    cluster.run()
+    assert [(a["request_id"], a["anonymous_ids"]) for a in cluster.announced] == [("r1", ["dev-1"]), ("r9", [])]
+    assert {k: s.to_wire() for k, s in cluster.states.items()} == states
+
+
+def test_a_merge_or_a_link_for_a_forgotten_id_is_dropped() -> None:
+    cluster = Cluster()
+    _linked_customer(cluster)
+    cluster.forget("c")
+    cluster.run()
+    # A merge request in flight when the customer was forgotten, and a new customer claiming the
+    # forgotten anonymous id: neither brings anything back.
+    raw = orjson.dumps({"anonymous_id": "dev-7", "customer_id": "c", "at": 1.0, "trigger_event_id": "x", "state": None})
+    cluster.send(raw, "c", MERGE, sign(cluster.pipeline.identity.key, MERGE, b"c", raw))
+    cluster.send(event("page_view", 20, customer="dora", anonymous="dev-1"))
+    cluster.run()
+    assert cluster.customers() == {"bob", "dora"} and "dev-1" not in cluster.states
+
+
+def test_undo_lifts_the_suppression() -> None:
+    cluster = Cluster()
+    _linked_customer(cluster)
+    cluster.forget("c")
+    cluster.run()
+    cluster.forget("c", "r2", undo=True)
+    cluster.run()
+    assert marker_key(SALT, "c") not in cluster.states and marker_key(SALT, "dev-1") in cluster.states
+    cluster.send(event("page_view", 30, customer="c"))
+    cluster.run()
+    assert cluster.customers() == {"bob", "c"} and cluster.states["c"].events == 1  # a fresh start
+    assert cluster.transitions[-1]["customer_id"] == "c" and cluster.transitions[-1]["from_stage"] is None
+
+
+def test_forget_undo_and_events_in_one_batch() -> None:
+    cluster = Cluster()
+    cluster.send(event("page_view", 1, customer="c"))
+    cluster.forget("c")
+    cluster.send(event("product_view", 2, customer="c"))  # suppressed
+    cluster.forget("c", "r2", undo=True)
+    cluster.send(event("add_to_cart", 3, customer="c"))  # applied to a fresh state
+    cluster.run(batch=10)
+    assert cluster.customers() == {"c"} and cluster.states["c"].events == 1 and cluster.states["c"].stage == 2
+    assert cluster.privacy.suppressed == 1 and cluster.counted() == 1
+
+
+def test_forged_and_malformed_forget_records_are_dead_lettered() -> None:
+    cluster = Cluster()
+    cluster.send(event("page_view", 1, customer="c"))
+    raw = ForgetRequest("c", "r", 1.0).to_bytes()
+    cluster.send(raw, "c", FORGET, None)  # no signature: a producer cannot forget anyone
+    key = cluster.pipeline.identity.key
+    cluster.send(raw, "bob", FORGET, sign(key, FORGET, b"bob", raw))  # under another key
+    cluster.send(b"{}", "c", FORGET, sign(key, FORGET, b"c", b"{}"))
+    cluster.run()
+    assert cluster.dead == ["bad_identity_request"] * 3 and cluster.customers() == {"c"}
+
+
+def test_a_pipeline_without_privacy_keeps_its_behaviour() -> None:
+    pipeline = Pipeline(DEFINITION, Limits())
+    rec = Record(b"c", orjson.dumps(event("page_view", 1, customer="c")), "tp", 0, 1)
+    result = pipeline.process([rec], {})
+    assert list(result.writes) == ["c"] and not result.privacy
+    assert Counter(result.reasons) == Counter()

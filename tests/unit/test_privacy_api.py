@@ -1,0 +1,66 @@
+"""The ways to ask for a forget (the sidecar's DELETE, `journey forget`) and the topics behind them."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from journey.cli import build_parser
+from journey.errors import BrokerError, SettingsError
+from journey.kafka.admin import journey_topic_specs
+from journey.settings import Settings
+from journey.sidecar.app import create_sidecar
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture()
+def client() -> TestClient:
+    app = create_sidecar(Settings(partitions=2, api_token=TOKEN), consume=False)
+    with TestClient(app) as c:
+        yield c
+
+
+def test_delete_needs_the_token_and_answers_202_with_a_request_id(client: TestClient) -> None:
+    asked: list[tuple[str, str | None]] = []
+
+    async def forget(customer_id: str, reason: str | None) -> str:
+        asked.append((customer_id, reason))
+        return "f" * 32
+
+    client.app.state.journey.forget = forget
+    assert client.delete("/customers/c-1").status_code == 401
+    assert client.delete("/customers/c-1", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert not asked
+    r = client.delete("/customers/c-1?reason=art.%2017", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 202 and r.json()["request_id"] == "f" * 32
+    assert asked == [("c-1", "art. 17")]
+
+
+def test_delete_says_when_the_request_cannot_be_published(client: TestClient) -> None:
+    async def forget(customer_id: str, reason: str | None) -> str:
+        raise BrokerError("topic 'journey.privacy' does not exist; run `journey topics`")
+
+    client.app.state.journey.forget = forget
+    r = client.delete("/customers/c-1", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 503 and "journey topics" in r.json()["error"]
+
+
+def test_delete_is_off_without_a_token() -> None:
+    with TestClient(create_sidecar(Settings(partitions=2), consume=False)) as c:
+        assert c.delete("/customers/c-1", headers={"Authorization": "Bearer x"}).status_code == 404
+
+
+def test_the_forget_command_parses() -> None:
+    args = build_parser().parse_args(["forget", "c-1", "--reason", "asked by mail", "--undo"])
+    assert (args.customer_id, args.reason, args.undo) == ("c-1", "asked by mail", True)
+
+
+def test_the_privacy_topic_is_compacted_and_dead_letters_are_never_kept_forever() -> None:
+    settings = Settings(retention_ms=-1, dead_letter_retention_ms=86_400_000)
+    specs = {s.name: s for s in journey_topic_specs(settings)}
+    assert specs[settings.topic_privacy].configs()["cleanup.policy"] == "compact"
+    assert specs[settings.topic_dead_letter].configs() == {"retention.ms": "86400000"}
+    assert specs[settings.topic_transitions].configs() == {"retention.ms": "-1"}
+    with pytest.raises(SettingsError, match="JOURNEY_DEAD_LETTER_RETENTION_MS"):
+        Settings(dead_letter_retention_ms=-1)
