@@ -150,8 +150,8 @@ class Settings(BaseSettings):
     commit_interval_s: Positive = Field(1.0, description="offset commit interval")
     state_cache: Count = Field(100_000, description="customer states kept decoded in memory (~3 KiB each)")
     rocksdb_write_buffer_mb: Count = Field(
-        16, description="RocksDB memtable size per partition database, MiB (at most two held: the one written, one being flushed)")
-    rocksdb_block_cache_mb: Count = Field(16, description="RocksDB block cache per partition database, MiB")
+        32, description="RocksDB memtable size per partition database, MiB (at most two held: the one written, one being flushed)")
+    rocksdb_block_cache_mb: Count = Field(32, description="RocksDB block cache per partition database, MiB")
     catching_up_lag: int = Field(
         10_000, ge=0, description="/readyz says catching_up while the worker is more records than this behind "
         "(summed over its input partitions); a catching-up worker is still ready")
