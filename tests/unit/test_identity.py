@@ -5,7 +5,6 @@ merges nothing twice, keeps the first link of a shared device and never links ju
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections import Counter
 from dataclasses import replace
@@ -16,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from journey.core.aggregates import PartitionAggregate, summarize
+from journey.core.aggregates import summarize
 from journey.core.definition import load_definition
 from journey.core.events import validate
 from journey.core.identity import (
@@ -30,32 +29,21 @@ from journey.core.identity import (
 )
 from journey.core.machine import Limits, apply
 from journey.core.state import CustomerState
-from journey.worker.ingest import control_headers
 from journey.worker.pipeline import IdentityRules, Pipeline, Record
 from support.journey_reference import observable, reference
+from support.loop import InputLoop, touchpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITION = load_definition(ROOT / "schemas" / "journey.yaml")
 T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
 LIMITS = Limits()
-_ids = itertools.count()
 
 TYPES = ["ad_click", "page_view", "product_view", "add_to_cart", "purchase", "support_ticket", "review_submitted", "referral"]
 CHANNELS = ["ads", "email", "search", "social", "direct", None]
 
 
-def event(etype: str, minutes: float, *, customer: str | None = None, anonymous: str | None = None,
-          channel: str | None = None, **props: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {"event_id": f"e{next(_ids)}", "type": etype, "timestamp": (T0 + timedelta(minutes=minutes)).isoformat()}
-    if customer is not None:
-        data["customer_id"] = customer
-    if anonymous is not None:
-        data["anonymous_id"] = anonymous
-    if channel is not None:
-        data["channel"] = channel
-    if props:
-        data["properties"] = props
-    return data
+def event(etype: str, minutes: float, **kwargs: Any) -> dict[str, Any]:
+    return touchpoint(T0, etype, minutes, **kwargs)
 
 
 def _merge(into: CustomerState, other: CustomerState, anonymous_id: str = "a1") -> tuple[int, int]:
@@ -107,53 +95,18 @@ def test_a_guest_order_and_a_logged_in_order_make_retention() -> None:
 
 
 # --- the protocol: the pipeline over an in-memory loop of partitions ---------------------------
-PARTITIONS = 4
 
 
-class Cluster:
-    """Partitions of the input topic with their states; records the pipeline writes back to the
-    input topic (re-keyed events, link and merge requests) are delivered in order, as Kafka does."""
+class Cluster(InputLoop):
+    """The input topic in memory (support.loop) with the identity rules."""
 
     def __init__(self, junk: frozenset[str] | None = None) -> None:
-        self.pipeline = Pipeline(DEFINITION, LIMITS, summarize=summarize,
-                                 identity=IdentityRules(junk=junk if junk is not None else junk_ids(None)))
-        self.states: dict[str, CustomerState] = {}
-        self.queue: list[Record] = []
-        self.transitions: list[dict[str, Any]] = []
-        self.identities: list[dict[str, Any]] = []
-        self.offset = 0
-
-    @staticmethod
-    def partition(key: str) -> int:
-        return sum(key.encode()) % PARTITIONS
-
-    def send(self, value: dict[str, Any] | bytes, key: str | None = None, control: bytes | None = None,
-             signature: bytes | None = None) -> None:
-        raw = value if isinstance(value, bytes) else orjson.dumps(value)
-        if key is None:
-            assert isinstance(value, dict)
-            key = value.get("customer_id") or value.get("anonymous_id")
-        self.offset += 1
-        self.queue.append(Record(key.encode(), raw, "tp", self.partition(key), self.offset, None, control, signature))  # type: ignore[union-attr]
-
-    def run(self, batch: int = 3) -> None:
-        """Process everything queued (and what it produces), ``batch`` records at a time."""
-        while self.queue:
-            records, self.queue = self.queue[:batch], self.queue[batch:]
-            result = self.pipeline.process(records, self.states)
-            for key, (_rec, state, _before) in result.writes.items():
-                self.states[key] = state
-            self.transitions += [t.to_event() for t in result.transitions]
-            self.identities += [orjson.loads(o.value) for o in result.identities]
-            for o in result.rekeyed:
-                control, signature = control_headers(o.headers or ())
-                self.send(o.value, o.key.decode(), control, signature)  # type: ignore[union-attr]
+        super().__init__(Pipeline(DEFINITION, LIMITS, summarize=summarize,
+                                  identity=IdentityRules(junk=junk if junk is not None else junk_ids(None))))
 
     def counts(self) -> Counter[int]:
-        agg = PartitionAggregate()
-        for state in self.states.values():
-            agg.add(summarize(state))
-        slots = agg.slots()
+        slots = self.recount().slots()
+        assert slots == self.agg.slots(), "the live aggregate is not the recount of the states"
         return Counter({stage: n for stage, n in enumerate(slots, start=-1) if n})
 
     def final(self) -> dict[str, Any]:

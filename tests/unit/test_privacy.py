@@ -3,10 +3,9 @@ an in-memory loop of partitions (worker/privacy.Privacy), no Kafka."""
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import jsonschema
 import orjson
 import pytest
 
-from journey.core.aggregates import PartitionAggregate, summarize
+from journey.core.aggregates import summarize
 from journey.core.definition import load_definition
 from journey.core.identity import MERGE, BadRequest, alias_of, control_key, make_alias, sign
 from journey.core.machine import Limits
@@ -40,24 +39,17 @@ from journey.core.state import CustomerState
 from journey.worker.ingest import control_headers
 from journey.worker.pipeline import IdentityRules, Pipeline, Record
 from journey.worker.privacy import Privacy
+from support.loop import InputLoop, touchpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITION = load_definition(ROOT / "schemas" / "journey.yaml")
 SCHEMA = json.loads((ROOT / "schemas" / "privacy.schema.json").read_text())
 T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
 SALT = salt_key(None, "journey")
-_ids = itertools.count()
 
 
-def event(etype: str, minutes: float, *, customer: str | None = None, anonymous: str | None = None, **props: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {"event_id": f"e{next(_ids)}", "type": etype, "timestamp": (T0 + timedelta(minutes=minutes)).isoformat()}
-    if customer is not None:
-        data["customer_id"] = customer
-    if anonymous is not None:
-        data["anonymous_id"] = anonymous
-    if props:
-        data["properties"] = props
-    return data
+def event(etype: str, minutes: float, **kwargs: Any) -> dict[str, Any]:
+    return touchpoint(T0, etype, minutes, **kwargs)
 
 
 # --- the pure rules ------------------------------------------------------------------------------
@@ -138,36 +130,14 @@ def test_requests_are_signed_and_match_the_schema() -> None:
 
 
 # --- the pipeline: a loop of partitions ---------------------------------------------------------------
-PARTITIONS = 4
 
 
-class Cluster:
-    """Input partitions with their states; records the pipeline writes back to the input topic are
-    delivered in order, as Kafka does. A state of None in a batch's writes deletes it."""
+class Cluster(InputLoop):
+    """The input topic in memory (support.loop) with the privacy hook."""
 
     def __init__(self) -> None:
         self.privacy = Privacy(SALT, clock=lambda: 2e9)
-        self.pipeline = Pipeline(DEFINITION, Limits(), summarize=summarize, identity=IdentityRules(), privacy=self.privacy)
-        self.states: dict[str, CustomerState] = {}
-        self.queue: list[Record] = []
-        self.transitions: list[dict[str, Any]] = []
-        self.announced: list[dict[str, Any]] = []
-        self.dead: list[str] = []
-        self.offset = 0
-        self.agg = PartitionAggregate()
-
-    @staticmethod
-    def partition(key: str) -> int:
-        return sum(key.encode()) % PARTITIONS
-
-    def send(self, value: dict[str, Any] | bytes, key: str | None = None, control: bytes | None = None,
-             signature: bytes | None = None) -> None:
-        raw = value if isinstance(value, bytes) else orjson.dumps(value)
-        if key is None:
-            assert isinstance(value, dict)
-            key = value.get("customer_id") or value.get("anonymous_id")
-        self.offset += 1
-        self.queue.append(Record(key.encode(), raw, "tp", self.partition(key), self.offset, None, control, signature))  # type: ignore[union-attr]
+        super().__init__(Pipeline(DEFINITION, Limits(), summarize=summarize, identity=IdentityRules(), privacy=self.privacy))
 
     def forget(self, profile_id: str, request_id: str = "r1", *, undo: bool = False) -> None:
         """What the relay puts on the input topic for a signed request."""
@@ -175,27 +145,8 @@ class Cluster:
         output = self.pipeline.identity.control_output(control, profile_id, ForgetRequest(profile_id, request_id, 1.7e9).to_bytes())
         self.send(output.value, profile_id, *control_headers(output.headers or ()))
 
-    def run(self, batch: int = 3) -> None:
-        while self.queue:
-            records, self.queue = self.queue[:batch], self.queue[batch:]
-            result = self.pipeline.process(records, self.states)
-            for key, (_rec, state, before) in result.writes.items():
-                if state is None:
-                    self.states.pop(key, None)
-                else:
-                    self.states[key] = state
-                self.agg.replace(before, summarize(state))
-            self.transitions += [t.to_event() for t in result.transitions]
-            self.announced += [orjson.loads(o.value) for o in result.privacy]
-            self.dead += result.reasons
-            for o in result.rekeyed:
-                self.send(o.value, o.key.decode(), *control_headers(o.headers or ()))  # type: ignore[union-attr]
-
     def counted(self) -> int:
-        recount = PartitionAggregate()
-        for state in self.states.values():
-            recount.add(summarize(state))
-        assert recount.slots() == self.agg.slots(), "the live aggregate is not the recount of the states"
+        assert self.recount().slots() == self.agg.slots(), "the live aggregate is not the recount of the states"
         return sum(self.agg.slots())
 
     def customers(self) -> set[str]:
