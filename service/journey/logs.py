@@ -22,7 +22,8 @@ __all__ = ["JsonFormatter", "MaskCustomerIds", "TEXT_FORMAT", "identity", "loggi
 TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 #: What the access log shows instead of a customer id.
 MASK = "***"
-_CUSTOMER_PATH = re.compile(r"(/customers/)[^/?#\s]+")
+#: The id in a customer path, and its query (DELETE's ?reason= is free text about the person).
+_CUSTOMER_PATH = re.compile(r"(/customers/)[^/?#\s]+(\?[^#\s]*)?")
 #: LogRecord attributes that are not "extra" fields (uvicorn adds a copy of its message with
 #: terminal colors).
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName", "color_message"}
@@ -81,8 +82,8 @@ class MaskCustomerIds(logging.Filter):
 
 
 def mask_path(path: str) -> str:
-    """``/customers/c-42?x=1`` -> ``/customers/***?x=1``."""
-    return _CUSTOMER_PATH.sub(rf"\g<1>{MASK}", path)
+    """``/customers/c-42?reason=...`` -> ``/customers/***?***``."""
+    return _CUSTOMER_PATH.sub(lambda m: m.group(1) + MASK + ("?" + MASK if m.group(2) else ""), path)
 
 
 def logging_config(

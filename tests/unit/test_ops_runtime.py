@@ -59,7 +59,9 @@ def test_a_json_line_per_record_with_identity(restore_logging: None) -> None:
 
 
 def test_the_access_log_masks_customer_ids(restore_logging: None) -> None:
-    assert mask_path("/customers/c-42?x=1") == "/customers/***?x=1"
+    assert mask_path("/customers/c-42?x=1") == "/customers/***?***"
+    assert mask_path("DELETE /customers/c-42?reason=asked%20by%20jane%40example.com HTTP/1.1") == "DELETE /customers/***?*** HTTP/1.1"
+    assert mask_path("/customers/c-42") == "/customers/***"
     assert mask_path("/stages") == "/stages"
     out = io.StringIO()
     _capture(logging_config("json", "info", identity("sidecar", port=8000), uvicorn=True), out)

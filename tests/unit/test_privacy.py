@@ -29,11 +29,13 @@ from journey.core.privacy import (
     linked_ids,
     make_marker,
     marker_key,
+    merged_ids,
     parse_privacy_record,
     plan_forget,
     request_signed,
     salt_key,
     signed_request,
+    undo_lifts,
 )
 from journey.core.state import CustomerState
 from journey.worker.ingest import control_headers
@@ -67,6 +69,20 @@ def test_marker_keys_are_salted_hashes_that_name_nobody() -> None:
     assert key != marker_key(SALT, "c-43")
     assert is_marker(make_marker(1.0, "r")) and not is_marker(CustomerState()) and not is_marker(None)
     assert summarize(make_marker(1.0, "r")) is None  # never counted in the live numbers
+
+
+def test_only_merged_ids_are_named_as_forgotten_with_the_customer() -> None:
+    # dev-2 was only asked to link: it may be another customer's device, which its partition keeps.
+    assert merged_ids(_customer(links=["dev-1", "dev-2"], merged=["dev-1"]), "c") == ["dev-1"]
+    assert merged_ids(None, "c") == [] and merged_ids(CustomerState(), "c") == []
+
+
+def test_only_an_undo_asked_after_the_forget_lifts_its_marker() -> None:
+    marker = make_marker(100.0, "r1")
+    assert undo_lifts(marker, ForgetRequest("c", "u1", 101.0))
+    assert not undo_lifts(marker, ForgetRequest("c", "u0", 99.0)), "a stale undo sent again must not lift a later forget"
+    assert not undo_lifts(marker, ForgetRequest("c", "u1", 100.0))
+    assert not undo_lifts(None, ForgetRequest("c", "u1", 101.0))
 
 
 def test_a_customer_forget_deletes_marks_cascades_to_linked_ids_and_announces() -> None:
@@ -139,10 +155,10 @@ class Cluster(InputLoop):
         self.privacy = Privacy(SALT, clock=lambda: 2e9)
         super().__init__(Pipeline(DEFINITION, Limits(), summarize=summarize, identity=IdentityRules(), privacy=self.privacy))
 
-    def forget(self, profile_id: str, request_id: str = "r1", *, undo: bool = False) -> None:
+    def forget(self, profile_id: str, request_id: str = "r1", *, undo: bool = False, at: float | None = None) -> None:
         """What the relay puts on the input topic for a signed request."""
         control = UNFORGET if undo else FORGET
-        output = self.pipeline.identity.control_output(control, profile_id, ForgetRequest(profile_id, request_id, 1.7e9).to_bytes())
+        output = self.pipeline.identity.control_output(control, profile_id, ForgetRequest(profile_id, request_id, 1.7e9 + self.offset if at is None else at).to_bytes())
         self.send(output.value, profile_id, *control_headers(output.headers or ()))
 
     def counted(self) -> int:

@@ -64,3 +64,40 @@ def test_the_privacy_topic_is_compacted_and_dead_letters_are_never_kept_forever(
     assert specs[settings.topic_transitions].configs() == {"retention.ms": "-1"}
     with pytest.raises(SettingsError, match="JOURNEY_DEAD_LETTER_RETENTION_MS"):
         Settings(dead_letter_retention_ms=-1)
+
+
+# --- the relay's send: never lose a request ------------------------------------------------------
+class _FlakyProducer:
+    def __init__(self, failures: int) -> None:
+        self.failures, self.sent = failures, 0
+
+    async def send_and_wait(self, *args: object) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("broker away")
+        self.sent += 1
+
+
+async def test_the_relay_retries_a_failed_send_until_it_is_acknowledged() -> None:
+    from types import SimpleNamespace
+
+    from journey.worker.pipeline import Output
+    from journey.worker.privacy import relay_send
+
+    app = SimpleNamespace(producer=_FlakyProducer(failures=2))
+    exits: list[str] = []
+    await relay_send(app, "tp", Output(b"c1", b"{}", None), tries=4, first_wait_s=0.0, on_failure=exits.append)
+    assert app.producer.sent == 1 and not exits
+
+
+async def test_a_relay_send_that_keeps_failing_exits_so_the_request_is_read_again() -> None:
+    from types import SimpleNamespace
+
+    from journey.worker.pipeline import Output
+    from journey.worker.privacy import relay_send
+
+    app = SimpleNamespace(producer=_FlakyProducer(failures=10))
+    exits: list[str] = []
+    await relay_send(app, "tp", Output(b"c1", b"{}", None), tries=3, first_wait_s=0.0, on_failure=exits.append)
+    assert app.producer.sent == 0
+    assert len(exits) == 1 and "could not be relayed" in exits[0] and "c1" not in exits[0]

@@ -80,10 +80,20 @@ def _shows_no_customer_without_the_token(ctx: Any, response: Any, case: Any) -> 
     return True
 
 
+def _forgets_no_one_without_the_token(ctx: Any, response: Any, case: Any) -> bool:
+    """A DELETE (a forget) is never accepted without the token."""
+    headers = {k.lower(): v for k, v in (case.headers or {}).items()}
+    if case.method.upper() == "DELETE" and 200 <= response.status_code < 300:
+        assert headers.get("authorization") == f"Bearer {TOKEN}", (
+            f"DELETE {case.formatted_path} answered {response.status_code} to Authorization {headers.get('authorization')!r}"
+        )
+    return True
+
+
 @schema.parametrize()
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_500_and_no_customer_without_the_token(case: Any) -> None:
-    case.call_and_validate(checks=[_no_server_error, _shows_no_customer_without_the_token])
+    case.call_and_validate(checks=[_no_server_error, _shows_no_customer_without_the_token, _forgets_no_one_without_the_token])
 
 
 def test_the_fake_worker_and_the_token_do_show_a_customer() -> None:
@@ -96,3 +106,4 @@ def test_the_fake_worker_and_the_token_do_show_a_customer() -> None:
         for header in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"Authorization": f"bearer {TOKEN}"}):
             refused = client.get("/customers/c-1", headers=header)
             assert refused.status_code == 401 and MARKER not in refused.text
+            assert client.delete("/customers/c-1", headers=header).status_code == 401

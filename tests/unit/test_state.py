@@ -24,7 +24,7 @@ def _filled() -> CustomerState:
     return st
 
 
-def test_a_copy_is_equal_and_shares_no_container() -> None:
+def test_a_copy_is_equal_and_shares_no_container_one_level_down() -> None:
     st = _filled()
     new = st.copy()
     assert new.to_wire() == st.to_wire()

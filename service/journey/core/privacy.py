@@ -69,7 +69,7 @@ def is_marker(state: CustomerState | None) -> bool:
     return state is not None and bool(state.extra) and FORGOTTEN_KEY in state.extra
 
 
-def linked_ids(state: CustomerState | None, own_id: str) -> list[str]:
+def linked_ids(state: CustomerState | None, own_id: str, names: tuple[str, ...] = ("m", "l")) -> list[str]:
     """The anonymous ids a customer's identity memory names: merged ("m") and asked to link
     ("l"), in that order, once each, the customer's own id left out."""
     if state is None or not state.extra:
@@ -78,11 +78,17 @@ def linked_ids(state: CustomerState | None, own_id: str) -> list[str]:
     if not isinstance(ids, dict):
         return []
     out: list[str] = []
-    for name in ("m", "l"):
+    for name in names:
         for value in ids.get(name) or ():
             if isinstance(value, str) and value != own_id and value not in out:
                 out.append(value)
     return out
+
+
+def merged_ids(state: CustomerState | None, own_id: str) -> list[str]:
+    """The anonymous ids whose journeys were merged into the customer's: certainly theirs (an id
+    only asked to link may be another customer's device, which its partition keeps)."""
+    return linked_ids(state, own_id, ("m",))
 
 
 # --- the control record on the input topic ----------------------------------------------------
@@ -152,6 +158,16 @@ def plan_forget(state: CustomerState | None, request: ForgetRequest, marker: Cus
     cascade = tuple(linked_ids(state, own)) if alias_of(state) is None else ()
     announce = state is not None or marker is None or marked_by(marker) != request.request_id
     return ForgetPlan(delete=state is not None, mark=marker is None, cascade=cascade, announce=announce)
+
+
+def undo_lifts(marker: CustomerState | None, request: ForgetRequest) -> bool:
+    """Whether an undo lifts ``marker``: only one asked after the forget that wrote it, so a
+    stale undo (an old signed record sent again) cannot lift a later forget's suppression."""
+    if marker is None:
+        return False
+    value = marker.extra.get(FORGOTTEN_KEY)
+    marked_at = value[0] if isinstance(value, list) and value and isinstance(value[0], (int, float)) else None
+    return marked_at is None or request.at > marked_at
 
 
 def marked_by(marker: CustomerState) -> str | None:

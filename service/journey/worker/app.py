@@ -176,11 +176,14 @@ def create_app(settings: Settings, definition: JourneyDefinition | None = None) 
     # The pipeline hands the live aggregates each customer's summary from before the batch.
     secret = settings.control_secret.get_secret_value() if settings.control_secret is not None else None
     if secret is None:
-        log.warning("JOURNEY_CONTROL_SECRET is not set: identity records are signed with a key derived from the app id, "
-                    "which any producer that knows it can forge; set a secret in production")
+        log.warning("JOURNEY_CONTROL_SECRET is not set: identity records and forget requests are signed with a key "
+                    "derived from the app id, which any producer that knows it can forge; set a secret in production")
     identity = IdentityRules(junk=junk_ids(settings.identity_junk_ids), alias_window=settings.identity_alias_window,
                              key=control_key(secret, settings.app_id))
     salt = settings.privacy_salt.get_secret_value() if settings.privacy_salt is not None else None
+    if salt is None:
+        log.warning("JOURNEY_PRIVACY_SALT is not set: forgotten ids are suppressed under hashes salted with the app id; "
+                    "set a secret salt in production (and never change it: that lifts every suppression)")
     pipeline = Pipeline(definition, limits, summarize=summarize, copy_reads=False, identity=identity,
                         privacy=Privacy(salt_key(salt, settings.app_id)))
     japp = JourneyApp(app, settings, definition, touchpoints, customers, pipeline, metrics)

@@ -240,8 +240,11 @@ class JourneyConsumer(faust_aiokafka.Consumer):
             await sink.before_revoke()
         await super().wait_empty()
         # Faust's closing commit is skipped when a periodic commit is in flight (it waits for that
-        # one, which may have gathered its offsets before the last batch was acked). Commit once
-        # more, so the new owner of a partition does not read a processed batch again.
+        # one, which may have gathered its offsets before the last batch was acked). Wait until no
+        # commit is in flight, then commit: nothing runs between the last check and commit()'s own,
+        # so this one cannot be skipped, and the new owner does not read a processed batch again.
+        while await self.maybe_wait_for_commit_to_finish():
+            pass
         await self.commit()
 
 

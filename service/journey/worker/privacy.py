@@ -18,6 +18,7 @@ See docs/privacy.md.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -38,11 +39,14 @@ from journey.core.privacy import (
     forgotten_event,
     make_marker,
     marker_key,
+    merged_ids,
     parse_privacy_record,
     plan_forget,
     request_signed,
+    undo_lifts,
 )
 from journey.core.state import CustomerState
+from journey.worker.batch import exit_replaying
 from journey.worker.pipeline import BatchResult, Output, Pipeline, Record
 
 if TYPE_CHECKING:
@@ -93,7 +97,7 @@ class Privacy:
         pending_marker = writes.get(mk)
         marker = pending_marker[1] if pending_marker is not None else read(mk, rec.partition)
         if control == UNFORGET:
-            if marker is not None:
+            if undo_lifts(marker, req):
                 writes[mk] = (rec, None, None)  # a tombstone for the marker: suppression lifted
                 self.unmarked += 1
             return None
@@ -106,7 +110,9 @@ class Privacy:
             before = pipeline.summarize(state) if pipeline.summarize is not None else None
             first = rec
         plan = plan_forget(state, req, marker)
-        anonymous = list(plan.cascade)
+        # Announced: the merged ids only. The cascade also reaches ids the customer asked to link;
+        # their partition forgets them only if they are this customer's (a shared device is not).
+        anonymous = [a for a in merged_ids(state, key) if a in plan.cascade]
         if plan.delete:
             writes[key] = (first, None, before)  # the batch protocol writes a tombstone and deletes it
             self.forgotten += 1
@@ -175,7 +181,6 @@ class Relay:
             return None
         control = FORGET if record.type == FORGET_REQUESTED else UNFORGET
         request = ForgetRequest(record.customer_id, record.request_id, record.at)
-        self.counts["relayed"] += 1
         return identity.control_output(control, record.customer_id, request.to_bytes())
 
     def collect(self) -> Any:
@@ -184,6 +189,29 @@ class Relay:
         for outcome, n in self.counts.items():
             family.add_metric([outcome], n)
         yield family
+
+
+#: Tries of a relayed record's send before the worker exits to replay it (about a minute).
+RELAY_TRIES = 8
+
+
+async def relay_send(app: Any, topic: str, output: Output, *, tries: int = RELAY_TRIES, first_wait_s: float = 0.5,
+                     on_failure: Callable[[str], None] = exit_replaying) -> None:
+    """Send the control record and wait for its acknowledgement, with retries. If it cannot be
+    sent, exit so the request is read again: an exception in the agent would end its stream, and
+    Faust acks the record a stream ends on (the request would be lost)."""
+    wait = first_wait_s
+    for attempt in range(1, tries + 1):
+        try:
+            await app.producer.send_and_wait(topic, output.key, output.value, None, None, list(output.headers or ()))
+            return
+        except Exception as exc:  # noqa: BLE001 - any send failure: retried, then the worker exits
+            if attempt == tries:
+                on_failure(f"a privacy request could not be relayed to {topic} after {tries} tries ({exc!r})")
+                return
+            log.warning("relaying a privacy request to %s failed (%r); retrying in %.1f s", topic, exc, wait)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 15.0)
 
 
 def _header_items(headers: Any) -> list[tuple[str, Any]]:
@@ -213,10 +241,8 @@ def register(japp: JourneyApp) -> Relay:
             message = event.message
             output = relay.control_record(message.key, message.value, message.headers)
             if output is not None:
-                # Acknowledged before the relay's offset moves on: a crash replays the request.
-                await app.producer.send_and_wait(
-                    settings.topic_touchpoints, output.key, output.value, None, None, list(output.headers or ()),
-                )
+                await relay_send(app, settings.topic_touchpoints, output)
+                relay.counts["relayed"] += 1
                 log.info("relayed a privacy request %s to the input topic", output.headers[0][1].decode() if output.headers else "")
 
     return relay
