@@ -214,12 +214,7 @@ class Pipeline:
                 out.rekeyed.append(Output(key.encode(), rec.value))
                 continue
             # dedupe + apply
-            pending = writes.get(key)
-            if pending is not None:
-                state: CustomerState | None = pending[1]
-                before = pending[2]
-            else:
-                state, before = self._read(key, rec.partition, read)
+            pending, state, before = self.state_of(out, key, rec.partition, read)
             if state is None and self.privacy is not None and self.privacy.is_suppressed(out, key, rec.partition, read):
                 continue  # a forgotten id: dropped, counted, never dead-lettered (that would keep its data)
             if state is not None and state.extra and ALIAS_KEY in state.extra:
@@ -290,12 +285,7 @@ class Pipeline:
             self._dead_letter(out, rec, "bad_identity_request", "an identity request under the wrong key or header; journey writes these itself")
             return
         writes = out.writes
-        pending = writes.get(key)
-        if pending is not None:
-            state: CustomerState | None = pending[1]
-            before = pending[2]
-        else:
-            state, before = self._read(key, rec.partition, read)
+        _pending, state, before = self.state_of(out, key, rec.partition, read)
         if state is None and self.privacy is not None and self.privacy.is_suppressed(out, key, rec.partition, read):
             return  # a link to a forgotten anonymous id, or a merge into a forgotten customer
         anonymous_id, customer_id = req.anonymous_id, req.customer_id
@@ -347,6 +337,17 @@ class Pipeline:
             out.transitions.append(transition)
             if rec.timestamp is not None:
                 out.trigger_timestamps.append(rec.timestamp)
+
+    def state_of(
+        self, out: BatchResult, key: str, partition: int, read: Callable[[str, int], CustomerState | None]
+    ) -> tuple[tuple[Record, CustomerState | None, Any] | None, CustomerState | None, Any]:
+        """(the batch's pending write of ``key`` or None, its state, its summary before the batch):
+        what an earlier record of the batch left, else the store (read once per batch)."""
+        pending = out.writes.get(key)
+        if pending is not None:
+            return pending, pending[1], pending[2]
+        state, before = self._read(key, partition, read)
+        return None, state, before
 
     def _read(self, key: str, partition: int, read: Callable[[str, int], CustomerState | None]) -> tuple[CustomerState | None, Any]:
         """A customer's state for this batch (a copy with copy_reads) and its summary before."""

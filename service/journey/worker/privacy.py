@@ -101,14 +101,8 @@ class Privacy:
                 writes[mk] = (rec, None, None)  # a tombstone for the marker: suppression lifted
                 self.unmarked += 1
             return None
-        pending = writes.get(key)
-        if pending is not None:
-            state, before = pending[1], pending[2]
-            first = pending[0]
-        else:
-            state = read(key, rec.partition)
-            before = pipeline.summarize(state) if pipeline.summarize is not None else None
-            first = rec
+        pending, state, before = pipeline.state_of(out, key, rec.partition, read)
+        first = pending[0] if pending is not None else rec
         plan = plan_forget(state, req, marker)
         # Announced: the merged ids only. The cascade also reaches ids the customer asked to link;
         # their partition forgets them only if they are this customer's (a shared device is not).
