@@ -34,7 +34,7 @@ GOOD: dict[str, Any] = {
 
 @pytest.fixture(autouse=True)
 def cold_caches() -> Iterator[None]:
-    caches = (events._VALID_TYPES, events._VALID_CURRENCIES, events._HOURS, events._MINUTE_SECONDS, events._TAILS)
+    caches = (events._VALID_TYPES, events._VALID_CURRENCIES, events._HOURS, events._MINUTE_SECONDS, events._TAILS, events._ZONES)
     for c in caches:
         c.clear()
     yield

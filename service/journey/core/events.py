@@ -89,6 +89,8 @@ _VALID_CURRENCIES: set[str] = set()
 _HOURS: dict[str, int] = {}
 _MINUTE_SECONDS: dict[str, int] = {}
 _TAILS: dict[str, int] = {}
+#: 'Z' or '+HH:MM' -> the offset in microseconds, for the tails not remembered whole.
+_ZONES: dict[str, int] = {}
 _EPOCH_ORDINAL: Final[int] = date(1970, 1, 1).toordinal()
 # The properties _check_properties looks at, by what they must be (exact types here: a bool, or
 # a float rating like 4.0, is for the strict path to judge); all others are free-form.
@@ -144,12 +146,22 @@ def validate(data: Any) -> Touchpoint:
     ):
         return _validate_strict(data)
     try:
-        us = _HOURS[timestamp[:13]] + _MINUTE_SECONDS[timestamp[13:19]] + _TAILS[timestamp[19:]]
+        us = _HOURS[timestamp[:13]] + _MINUTE_SECONDS[timestamp[13:19]]
     except KeyError:
         parsed = _epoch_us(timestamp)
         if parsed is None:
             return _validate_strict(data)
         us = parsed
+    else:
+        # The tail apart, with .get: microsecond fractions are never remembered whole, and a
+        # KeyError on every such event would cost more than the rest of this function.
+        rest = timestamp[19:]
+        tail = _TAILS.get(rest)
+        if tail is None:
+            tail = _tail_us(rest)
+            if tail is None:
+                return _validate_strict(data)
+        us += tail
     tp = _new(Touchpoint)  # skips __init__: these slot stores cost less than the call
     tp.event_id = event_id
     tp.customer_id = customer_id
@@ -208,26 +220,46 @@ def _epoch_us(ts: str) -> int | None:
 
 def _tail_us(rest: str) -> int | None:
     """'[.f](Z|+HH:MM)' -> the fraction's microseconds less the offset's; None if it is not that."""
+    if not rest or not rest.isascii():  # ASCII: isdigit() then means 0-9 only
+        return None
     if rest[-1] in "Zz":
-        frac, offset = rest[:-1], 0
+        frac, zone = rest[:-1], rest[-1:]
     else:
         frac, zone = rest[:-6], rest[-6:]
+    offset = _ZONES.get(zone)
+    if offset is None:
+        offset = _offset_us(zone)
+        if offset is None:
+            return None
+    if not frac:
+        _remember(_TAILS, rest, -offset)
+        return -offset
+    digits = frac[1:]
+    if not (frac[0] == "." and 0 < len(digits) <= 9 and digits.isdigit()):
+        return None
+    # Truncated to microseconds, as fromisoformat does.
+    tail = (int(digits) if len(digits) == 6 else int(digits[:6].ljust(6, "0"))) - offset
+    if len(digits) <= 3:  # whole seconds and milliseconds repeat; remembering microseconds would only churn
+        _remember(_TAILS, rest, tail)
+    return tail
+
+
+def _offset_us(zone: str) -> int | None:
+    """'Z' or '+HH:MM' -> the offset in microseconds (remembered); None if it is neither."""
+    if zone in ("Z", "z"):
+        offset = 0
+    else:
         hh, mm = zone[1:3], zone[4:6]
         if not (
             len(zone) == 6 and zone[0] in "+-" and zone[3] == ":" and hh.isdigit() and mm.isdigit()
             and int(hh) <= 23 and int(mm) <= 59
         ):
             return None
-        offset = int(hh) * 3_600 + int(mm) * 60
+        offset = (int(hh) * 3_600 + int(mm) * 60) * 1_000_000
         if zone[0] == "-":
             offset = -offset
-    digits = frac[1:]
-    if frac and not (frac[0] == "." and 0 < len(digits) <= 9 and digits.isdigit()):
-        return None
-    tail = (int(digits[:6].ljust(6, "0")) if digits else 0) - offset * 1_000_000  # truncated, as fromisoformat does
-    if len(digits) <= 3:  # whole seconds and milliseconds repeat; remembering microseconds would only churn
-        _remember(_TAILS, rest, tail)
-    return tail
+    _remember(_ZONES, zone, offset)
+    return offset
 
 
 def _remember(cache: dict[str, int], key: str, value: int) -> None:
