@@ -144,7 +144,10 @@ class Settings(BaseSettings):
     web_port: Port = Field(6066, description="the worker's web port (/metrics, /healthz, /readyz, customer lookups)")
     web_host: NonEmpty = Field("127.0.0.1", description="the name other workers and the sidecar reach this worker's web port by")
     web_bind: NonEmpty = Field("127.0.0.1", description="the interface the worker's web server listens on (0.0.0.0 in a container)")
-    batch_size: Count = Field(1000, description="most records per batch")
+    batch_size: Count = Field(10_000, description="most records per batch (a backlog's batches grow toward it)")
+    batch_target_ms: Positive = Field(
+        500.0, description="the event-loop time one batch's processing aims at: batches grow under a backlog while "
+        "they take less (bigger batches cost less per record), shrink when they take more")
     fetch_max_wait_ms: int = Field(50, ge=0, description="the consumer's fetch wait: bounds the latency of a quiet stream")
     session_timeout_s: Positive = Field(30.0, description="how long a dead worker's partitions wait before they move")
     commit_interval_s: Positive = Field(1.0, description="offset commit interval")

@@ -71,12 +71,12 @@ def test_config_shows_values_sources_and_masks_secrets(monkeypatch: pytest.Monke
     assert "JOURNEY_INGEST is set but is no journey setting" in err
     assert main(["config", "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["settings"]["JOURNEY_BATCH_SIZE"] == {"value": "1000", "source": "default"}
+    assert data["settings"]["JOURNEY_BATCH_SIZE"] == {"value": "10000", "source": "default"}
     assert data["settings"]["JOURNEY_API_TOKEN"] == {"value": "********", "source": "environment", "secret": True}
     assert data["unknown_variables"] == ["JOURNEY_INGEST"]
     assert main(["config", "--format", "env", "--all"]) == 0
     out = capsys.readouterr().out
-    assert "JOURNEY_BATCH_SIZE=1000" in out and "tok-do-not-show" not in out
+    assert "JOURNEY_BATCH_SIZE=10000" in out and "tok-do-not-show" not in out
 
 
 def test_config_refuses_a_bad_setting_without_showing_a_secret(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

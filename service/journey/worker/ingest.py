@@ -10,13 +10,14 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
-from time import monotonic
+from time import monotonic, thread_time
 from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
 
 from journey.core.identity import CONTROL_HEADER, SIGNATURE_HEADER
 from journey.worker.batch import BatchProtocol, Spans, Stage, exit_replaying
+from journey.worker.batchsize import BatchSizer
 from journey.worker.faust_internals import JourneyConsumer, install_transport
 from journey.worker.pipeline import Record
 from journey.worker.produce import BatchSender
@@ -39,7 +40,7 @@ def control_headers(headers: Any) -> tuple[bytes | None, bytes | None]:
     return control, signature
 
 #: Records buffered ahead of processing, in batches: more stops the fetcher (back-pressure).
-BUFFER_BATCHES = 4
+BUFFER_BATCHES = 2
 #: Batches whose steps 5-9 (worker/batch.py) may be pending at once: the one written, the next.
 STAGES_IN_FLIGHT = 2
 
@@ -67,7 +68,7 @@ class BatchIngest:
     def __init__(self, japp: JourneyApp, *, max_records: int, buffer_records: int) -> None:
         self.japp = japp
         self.topic = japp.settings.topic_touchpoints
-        self.max_records = max_records
+        self.sizer = BatchSizer(max_records, japp.settings.batch_target_ms / 1000)
         self.buffer_records = buffer_records
         self._chunks: deque[_Chunk] = deque()
         self._buffered = 0
@@ -139,10 +140,12 @@ class BatchIngest:
                         store.forget()
                         generation = app.consumer_generation_id
                     records, spans = self._records(chunks)
+                    busy = thread_time()  # this thread's CPU: the loop's, not the fetcher's, nor waits
                     try:
                         stages.append(await batches.run_batch(records, spans))
                     except Exception:  # bad records never get here: the pipeline dead-letters them
                         exit_replaying("a batch could not be completed")
+                    self.sizer.observe(len(records), thread_time() - busy)
                 finally:
                     self._idle.set()
 
@@ -159,7 +162,7 @@ class BatchIngest:
         return ack
 
     def _take(self, consumer: JourneyConsumer) -> list[_Chunk]:
-        """Up to max_records buffered records of the current generation; marks the loop busy."""
+        """Up to the sizer's limit of buffered records of the current generation; marks the loop busy."""
         if not consumer.flow_active:
             self.drop()
             return []
@@ -167,12 +170,13 @@ class BatchIngest:
         taken: list[_Chunk] = []
         n = 0
         chunks = self._chunks
-        while chunks and n < self.max_records:
+        limit = self.sizer.limit
+        while chunks and n < limit:
             chunk = chunks.popleft()
             self._buffered -= len(chunk.records)
             if chunk.generation != generation:
                 continue  # fetched before a rebalance: read again from the committed offsets
-            room = self.max_records - n
+            room = limit - n
             if len(chunk.records) > room:
                 rest = chunk.records[room:]
                 # The rest completes from right after the last record taken (gaps in between included).

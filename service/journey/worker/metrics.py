@@ -48,7 +48,7 @@ class WorkerMetrics:
         )
         self.batch_size = Histogram(
             "journey_batch_records", "Records per processed batch",
-            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000), registry=r,
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000), registry=r,
         )
         self.lag = Gauge("journey_consumer_lag", "Records not yet processed, per input partition", ["topic", "partition"], registry=r)
         self.event_time = Gauge("journey_event_time_seconds", "Highest touchpoint event time seen (the event-time clock), epoch seconds", registry=r)

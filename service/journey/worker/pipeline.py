@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -209,7 +209,7 @@ class Pipeline:
                 except UnicodeDecodeError:
                     self._dead_letter(out, rec, "bad_identity_request", "an aliased touchpoint whose key is not UTF-8")
                     continue
-                tp = replace(tp, customer_id=key)
+                tp.customer_id = tp.profile_id = key  # tp is this loop's own, just decoded: no copy needed
             elif rec.key is None or rec.key != key.encode():
                 out.rekeyed.append(Output(key.encode(), rec.value))
                 continue

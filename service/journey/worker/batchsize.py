@@ -1,0 +1,35 @@
+"""How many records the next batch takes: as many as keep one batch's work on the event loop
+near a time target, up to JOURNEY_BATCH_SIZE.
+
+A bigger batch costs less per record (a customer's many events of it are scored, encoded and
+written once), but the event loop also answers /readyz, /metrics and customer lookups and is
+held for the whole of step 1. Under a backlog the size grows toward the most; when the worker
+is caught up batches are small anyway (they take what has arrived), so latency does not suffer.
+"""
+
+from __future__ import annotations
+
+#: The smallest limit the sizer goes down to, and where it starts (it grows from there).
+LEAST_RECORDS = 500
+
+
+class BatchSizer:
+    """The records limit of the next batch, from the busy time of the last full ones."""
+
+    __slots__ = ("least", "limit", "most", "target_s")
+
+    def __init__(self, most: int, target_s: float) -> None:
+        self.most = most
+        self.least = min(LEAST_RECORDS, most)
+        self.target_s = target_s
+        self.limit = self.least
+
+    def observe(self, records: int, busy_s: float) -> None:
+        """A batch of ``records`` held the loop for ``busy_s`` (CPU seconds of the loop's thread)."""
+        if records <= 0 or busy_s <= 0:
+            return
+        fit = int(records * self.target_s / busy_s)
+        if fit > self.limit and records < self.limit:
+            return  # a batch short of the limit says nothing about a bigger one
+        # Halfway toward the fit: one slow batch (a GC pause, a cold cache) does not halve the size.
+        self.limit = max(self.least, min(self.most, (self.limit + fit) // 2))
