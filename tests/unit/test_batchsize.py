@@ -28,10 +28,13 @@ def test_a_slow_batch_shrinks_the_next_but_not_below_the_least() -> None:
     assert sizer.limit == LEAST_RECORDS
 
 
-def test_a_short_batch_does_not_grow_the_limit_but_a_slow_short_one_shrinks_it() -> None:
+def test_a_short_batch_moves_the_limit_only_when_it_overran_the_target() -> None:
     sizer = BatchSizer(10_000, target_s=0.5)
     sizer.limit = 4_000
     sizer.observe(10, busy_s=1e-4)  # caught up: small, quick batches say nothing about big ones
+    assert sizer.limit == 4_000
+    for _ in range(10):
+        sizer.observe(5, busy_s=0.003)  # nor do a few records with the batch's fixed costs
     assert sizer.limit == 4_000
     sizer.observe(1_000, busy_s=1.0)  # but a short batch that took 1 s is evidence enough
     assert sizer.limit == 2_250

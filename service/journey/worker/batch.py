@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
@@ -73,6 +74,8 @@ class BatchProtocol:
         self.ack_offsets = ack_offsets
         self.on_failure = on_failure
         self._last: Stage | None = None
+        #: How long the last batch's steps 1-4 took, wall clock.
+        self.last_busy_s = 0.0
 
     async def run_batch(self, records: Sequence[Record], spans: Spans) -> Stage:
         """One batch of input records. Steps 1-4 run under the state lock and return; 5-9 run
@@ -104,6 +107,7 @@ class BatchProtocol:
         """
         japp = self.japp
         async with japp.state_lock:
+            started = perf_counter()
             result, outputs = process(japp, records, self.store.read)  # 1
             stage = await self.stage(  # 2, 3 (and 5-9 in the stage's task)
                 ((key, rec.partition, state) for key, (rec, state, _before) in result.writes.items()),
@@ -113,6 +117,9 @@ class BatchProtocol:
             )
             if japp.aggregates is not None:
                 japp.aggregates.observe(records, result)  # 4
+            # Steps 1-4 hold the event loop (nothing in them waits but a first metadata request):
+            # what the next batch's size is sized by (worker/batchsize.py).
+            self.last_busy_s = perf_counter() - started
         return stage
 
     async def stage(

@@ -25,11 +25,13 @@ class BatchSizer:
         self.limit = self.least
 
     def observe(self, records: int, busy_s: float) -> None:
-        """A batch of ``records`` held the loop for ``busy_s`` (CPU seconds of the loop's thread)."""
+        """A batch of ``records`` held the event loop for ``busy_s`` seconds (wall clock)."""
         if records <= 0 or busy_s <= 0:
             return
+        if records < self.limit and busy_s <= self.target_s:
+            # A short batch within the target says nothing either way: a bigger one may cost more
+            # per record or less (a caught-up worker's few records carry the batch's fixed costs).
+            return
         fit = int(records * self.target_s / busy_s)
-        if fit > self.limit and records < self.limit:
-            return  # a batch short of the limit says nothing about a bigger one
         # Halfway toward the fit: one slow batch (a GC pause, a cold cache) does not halve the size.
         self.limit = max(self.least, min(self.most, (self.limit + fit) // 2))

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
-from time import monotonic, thread_time
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
@@ -140,12 +140,11 @@ class BatchIngest:
                         store.forget()
                         generation = app.consumer_generation_id
                     records, spans = self._records(chunks)
-                    busy = thread_time()  # this thread's CPU: the loop's, not the fetcher's, nor waits
                     try:
                         stages.append(await batches.run_batch(records, spans))
                     except Exception:  # bad records never get here: the pipeline dead-letters them
                         exit_replaying("a batch could not be completed")
-                    self.sizer.observe(len(records), thread_time() - busy)
+                    self.sizer.observe(len(records), batches.last_busy_s)
                 finally:
                     self._idle.set()
 
