@@ -1,11 +1,7 @@
-"""How many records the next batch takes: as many as keep one batch's work on the event loop
-near a time target, up to JOURNEY_BATCH_SIZE.
-
-A bigger batch costs less per record (a customer's many events of it are scored, encoded and
-written once), but the event loop also answers /readyz, /metrics and customer lookups and is
-held for the whole of step 1. Under a backlog the size grows toward the most; when the worker
-is caught up batches are small anyway (they take what has arrived), so latency does not suffer.
-"""
+"""How many records the next batch takes: under a backlog, more each time while a batch holds the
+event loop (which also answers /readyz, /metrics and lookups) for less than a time target, up to
+JOURNEY_BATCH_SIZE, since a customer's several events in one batch are scored, encoded and
+written once; a caught-up worker's batches are what arrived, so latency does not pay for it."""
 
 from __future__ import annotations
 
