@@ -172,13 +172,19 @@ class BadRequest(InputError):
     """A control record that is not what this worker writes."""
 
 
-def _fields(raw: bytes | None) -> dict[str, Any]:
+def json_object(raw: bytes | None, what: str = "") -> dict[str, Any]:
+    """A control record's value as a JSON object, or BadRequest saying ``what`` it is not."""
     try:
         data = orjson.loads(raw or b"")
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"not JSON: {exc}") from None
+        raise BadRequest(f"{what}not JSON: {exc}") from None
     if type(data) is not dict:
-        raise BadRequest("not a JSON object")
+        raise BadRequest(f"{what}not a JSON object")
+    return data
+
+
+def _fields(raw: bytes | None) -> dict[str, Any]:
+    data = json_object(raw)
     for name in ("anonymous_id", "customer_id", "trigger_event_id"):
         if type(data.get(name)) is not str or not data[name]:
             raise BadRequest(f"{name} must be a non-empty string")

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from journey.core.clock import iso, parse_iso
-from journey.core.identity import EARLIEST, IDS_KEY, LATEST, SIGNATURE_HEADER, BadRequest, alias_of
+from journey.core.identity import EARLIEST, IDS_KEY, LATEST, SIGNATURE_HEADER, BadRequest, alias_of, json_object
 from journey.core.state import CustomerState
 
 #: journey-control header values of the forget and undo records on the input topic.
@@ -107,12 +107,7 @@ class ForgetRequest:
 
 
 def decode_forget(raw: bytes | None) -> ForgetRequest:
-    try:
-        data = orjson.loads(raw or b"")
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"a forget request that is not JSON: {exc}") from None
-    if type(data) is not dict:
-        raise BadRequest("a forget request that is not a JSON object")
+    data = json_object(raw, "a forget request that is ")
     for name in ("id", "request_id"):
         if type(data.get(name)) is not str or not 0 < len(data[name]) <= MAX_ID:
             raise BadRequest(f"a forget request whose {name} is not a string of 1 to {MAX_ID} characters")
