@@ -9,7 +9,6 @@ input is then replayed: the numbers stay exact and no anonymous id is merged twi
 
 from __future__ import annotations
 
-import urllib.request
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +16,6 @@ from typing import Any
 
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from journey.core.events import validate
 from journey.sources.generator import IDENTITY_MIX, generate
@@ -55,13 +53,6 @@ def expected(events: list[dict[str, Any]]) -> tuple[dict[str, int], dict[str, in
     first_touch = Counter(r["attribution"][0] for r in refs.values() if r["attribution"] is not None)
     final = {p: r["stage"] for p, r in refs.items() if "-c" in p}  # known customers (generator ids s<seed>-c<n>)
     return {s: stages.get(s, 0) for s in STAGES}, dict(first_touch), final
-
-
-def _metric(port: int, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == name and labels.items() <= s.labels.items())
 
 
 def _numbers(base: str) -> tuple[bool, Any]:
@@ -132,10 +123,5 @@ async def test_anonymous_journeys_merge_exactly_across_workers_a_kill_and_a_repl
         twice = {a: v for a, v in merged.items() if len(v) > 1}
         assert not twice, f"anonymous ids merged twice: {list(twice.items())[:3]}"
         assert not [m for m in msgs if m["type"] == "identity_conflict"]
-        # Linked devices' later events took both routes: applied where they arrived (the worker
-        # owned the customer too) and forwarded to the other worker's partition.
-        routes = {r: sum(_metric(w.port, "journey_identity_aliased_touchpoints_total", route=r) for w in workers)
-                  for r in ("here", "forwarded")}
-        assert routes["here"] > 0 and routes["forwarded"] > 0, routes
     finally:
         dep.stop()

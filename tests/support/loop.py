@@ -38,11 +38,8 @@ class InputLoop:
     """Partitions of the input topic with their states. A state of None in a batch's writes
     deletes it (a forget); the live aggregate follows every write, as the worker's does."""
 
-    def __init__(self, pipeline: Pipeline, owned: frozenset[int] | None = None) -> None:
+    def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
-        #: Partitions "this worker" owns: a linked anonymous id's event whose customer is in one
-        #: is applied directly (Pipeline.process's ``local``); None: every event takes the topic.
-        self.owned = owned
         self.states: dict[str, CustomerState] = {}
         self.queue: list[Record] = []
         self.transitions: list[dict[str, Any]] = []
@@ -73,7 +70,7 @@ class InputLoop:
             if not self.queue:
                 break
             records, self.queue = self.queue[:batch], self.queue[batch:]
-            result = self.pipeline.process(records, self.states, local=self._local if self.owned is not None else None)
+            result = self.pipeline.process(records, self.states)
             for key, (_rec, state, before) in result.writes.items():
                 if state is None:
                     self.states.pop(key, None)
@@ -87,10 +84,6 @@ class InputLoop:
             for o in result.rekeyed:
                 assert o.key is not None
                 self.send(o.value, o.key.decode(), *control_headers(o.headers or ()))
-
-    def _local(self, key: str) -> int | None:
-        partition = self.partition(key)
-        return partition if self.owned is not None and partition in self.owned else None
 
     def recount(self) -> PartitionAggregate:
         """The aggregate of the states as they are (the live one must equal it)."""

@@ -23,17 +23,15 @@ from journey.core.identity import (
     LINK,
     MERGE,
     alias_of,
-    already_merged,
     junk_ids,
     merge,
     sign,
 )
 from journey.core.machine import Limits, apply
 from journey.core.state import CustomerState
-from journey.worker.ingest import control_headers
 from journey.worker.pipeline import IdentityRules, Pipeline, Record
 from support.journey_reference import observable, reference
-from support.loop import PARTITIONS, InputLoop, touchpoint
+from support.loop import InputLoop, touchpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITION = load_definition(ROOT / "schemas" / "journey.yaml")
@@ -102,9 +100,9 @@ def test_a_guest_order_and_a_logged_in_order_make_retention() -> None:
 class Cluster(InputLoop):
     """The input topic in memory (support.loop) with the identity rules."""
 
-    def __init__(self, junk: frozenset[str] | None = None, owned: frozenset[int] | None = None) -> None:
+    def __init__(self, junk: frozenset[str] | None = None) -> None:
         super().__init__(Pipeline(DEFINITION, LIMITS, summarize=summarize,
-                                  identity=IdentityRules(junk=junk if junk is not None else junk_ids(None))), owned)
+                                  identity=IdentityRules(junk=junk if junk is not None else junk_ids(None))))
 
     def counts(self) -> Counter[int]:
         slots = self.recount().slots()
@@ -147,15 +145,14 @@ def test_every_arrival_order_gives_the_merged_journey_and_counts_a_person_once()
     delivered = [*events, events[1]]  # a late duplicate delivery of an anonymous event
     for attempt in range(60):
         order = delivered if attempt == 0 else rng.sample(delivered, len(delivered))
-        # Some partitions "ours": aliased events applied where they arrive or after a trip, alike.
-        cluster = Cluster(owned=frozenset(p for p in range(PARTITIONS) if rng.random() < 0.5))
+        cluster = Cluster()
         sent = 0
-        while sent < len(order):  # a few at a time: later ones may find the link made (and merged)
+        while sent < len(order):  # a few at a time: later ones may find the link made, a merge in flight
             step = rng.randint(1, len(order))
             for e in order[sent:sent + step]:
                 cluster.send(e)
             sent += step
-            cluster.run(batch=rng.randint(1, 5), rounds=rng.randint(1, 4))  # a merge may still be in flight
+            cluster.run(batch=rng.randint(1, 5), rounds=rng.randint(1, 4))
         cluster.run(batch=rng.randint(1, 5))
         got = cluster.final()
         assert set(got) == {"cust-1", "other-1"}, f"profiles left: {sorted(got)}"
@@ -179,28 +176,6 @@ def test_a_replayed_batch_merges_nothing_twice_and_emits_the_same_transition_ids
     cluster.run()
     assert cluster.final() == first_states
     assert {t["transition_id"] for t in cluster.transitions} == first_ids
-
-
-def test_a_linked_devices_event_is_applied_here_only_once_the_customer_has_merged_it() -> None:
-    cluster = Cluster(owned=frozenset(range(PARTITIONS)))
-    cluster.send(event("product_view", 1, anonymous="dev-5", channel="ads"))
-    cluster.send(event("identify", 2, customer="c5", anonymous="dev-5"))
-    cluster.run(batch=1)
-    assert already_merged(cluster.states["c5"], "dev-5")
-    late = event("add_to_cart", 3, anonymous="dev-5")
-    records = [Record(b"dev-5", orjson.dumps(late), "tp", cluster.partition("dev-5"), 99)]
-    result = cluster.pipeline.process(records, cluster.states, local=cluster._local)
-    assert not result.rekeyed, "applied here, not re-sent as an aliased record"
-    home, state, _before = result.writes["c5"]
-    assert (home.partition, state.partition) == (cluster.partition("c5"), cluster.partition("c5")), "written to the customer's partition"
-    assert [a[0] for a in result.applied] == ["c5"] and state.events == 2
-    # Not ours, or the merge still in flight (the customer has not merged the device): the trip.
-    merged = cluster.states["c5"]
-    for local, customer in ((lambda _key: None, merged), (cluster._local, CustomerState())):
-        cluster.states["c5"] = customer
-        result = cluster.pipeline.process(records, cluster.states, local=local)
-        assert [(o.key, control_headers(o.headers or ())[0]) for o in result.rekeyed] == [(b"c5", ALIASED)]
-        assert "c5" not in result.writes
 
 
 def test_a_replayed_merge_request_is_ignored() -> None:

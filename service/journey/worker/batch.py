@@ -77,11 +77,9 @@ class BatchProtocol:
         #: How long the last batch's steps 1-4 took, wall clock.
         self.last_busy_s = 0.0
 
-    async def run_batch(self, records: Sequence[Record], spans: Spans, *, owned: frozenset[int] = frozenset()) -> Stage:
+    async def run_batch(self, records: Sequence[Record], spans: Spans) -> Stage:
         """One batch of input records. Steps 1-4 run under the state lock and return; 5-9 run
         in the stage's own task while the next batch runs its steps 1-4 (at most one ahead).
-        ``owned``: the input partitions this worker owns (recovered) for the whole batch; a
-        linked anonymous id's event whose customer lives in one of them is applied here.
 
         1. Process (pure): decode, validate, dedupe, apply; re-score churn for the customers
            the batch touched. States change in place (nothing is written yet).
@@ -109,9 +107,8 @@ class BatchProtocol:
         """
         japp = self.japp
         async with japp.state_lock:
-            local = await self._locator(owned)
             started = perf_counter()
-            result, outputs = process(japp, records, self.store.read, local)  # 1
+            result, outputs = process(japp, records, self.store.read)  # 1
             stage = await self.stage(  # 2, 3 (and 5-9 in the stage's task)
                 ((key, rec.partition, state) for key, (rec, state, _before) in result.writes.items()),
                 outputs,
@@ -124,19 +121,6 @@ class BatchProtocol:
             # what the next batch's size is sized by (worker/batchsize.py).
             self.last_busy_s = perf_counter() - started
         return stage
-
-    async def _locator(self, owned: frozenset[int]) -> Callable[[str], int | None] | None:
-        """local(key): the partition of a customer key if it is one of ``owned``, else None."""
-        if not owned:
-            return None
-        partition_of = self.sender.partition_of
-        parts = await self.sender.partitions(self.japp.settings.topic_touchpoints)
-
-        def local(key: str) -> int | None:
-            partition = partition_of(key.encode(), parts)
-            return partition if partition in owned else None
-
-        return local
 
     async def stage(
         self,
@@ -202,11 +186,9 @@ class BatchProtocol:
             await asyncio.wait([last.done])
 
 
-def process(
-    japp: JourneyApp, records: Sequence[Record], read: Callable[[str, int], Any], local: Callable[[str], int | None] | None = None,
-) -> tuple[BatchResult, list[Output]]:
+def process(japp: JourneyApp, records: Sequence[Record], read: Callable[[str, int], Any]) -> tuple[BatchResult, list[Output]]:
     """Step 1, the pure part: the pipeline, then the churn hook; the outputs to send."""
-    result = japp.pipeline.process(records, read=read, local=local)
+    result = japp.pipeline.process(records, read=read)
     settings = japp.settings
     outputs: list[Output] = [
         *((settings.topic_transitions, o.key, o.value, None) for o in map(transition_output, result.transitions)),

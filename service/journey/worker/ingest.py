@@ -121,7 +121,6 @@ class BatchIngest:
         japp.metrics.watch_state_cache(store.cache)
         batches = japp.batches = BatchProtocol(japp, store, BatchSender(app.producer), ack_offsets=self._acker(consumer))
         generation = None
-        owned: frozenset[int] = frozenset()
         stages: deque[Stage] = deque()
         while True:
             await self._arrived.wait()
@@ -140,12 +139,9 @@ class BatchIngest:
                         await batches.idle()
                         store.forget()
                         generation = app.consumer_generation_id
-                        # Records flow only once every active partition is recovered (Faust's
-                        # recovery resumes them together), and a revocation waits for us.
-                        owned = frozenset(tp.partition for tp in consumer.assignment() if tp.topic == self.topic)
                     records, spans = self._records(chunks)
                     try:
-                        stages.append(await batches.run_batch(records, spans, owned=owned))
+                        stages.append(await batches.run_batch(records, spans))
                     except Exception:  # bad records never get here: the pipeline dead-letters them
                         exit_replaying("a batch could not be completed")
                     self.sizer.observe(len(records), batches.last_busy_s)

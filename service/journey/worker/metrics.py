@@ -65,16 +65,8 @@ class WorkerMetrics:
             "Link requests refused because the anonymous id is already linked to another customer (shared devices)",
             registry=r,
         )
-        self.identity_aliased = Counter(
-            "journey_identity_aliased_touchpoints_total",
-            "A linked anonymous id's touchpoints, by route: applied to the customer where they arrived (here: "
-            "this worker owns the customer and the merge has landed) or forwarded to the customer's partition",
-            ["route"], registry=r,
-        )
         self.churn_timer_customers = Gauge("journey_churn_timer_customers", "Customers in the churn timer index (this worker)", registry=r)
 
-        for route in ("here", "forwarded"):
-            self.identity_aliased.labels(route=route)
         for name in (*STAGES, "none"):
             self.customers.labels(stage=name)
         for ch in CHANNELS:
@@ -116,10 +108,6 @@ class WorkerMetrics:
             self.identity_merges.inc(result.merges)
         if result.conflicts:
             self.identity_conflicts.inc(result.conflicts)
-        if result.aliased_here:
-            self.identity_aliased.labels(route="here").inc(result.aliased_here)
-        if result.aliased_forwarded:
-            self.identity_aliased.labels(route="forwarded").inc(result.aliased_forwarded)
         for (from_stage, to_stage), n in Tally(map(_move, result.transitions)).items():
             move = (STAGES[from_stage] if from_stage >= 0 else "none", STAGES[to_stage])
             self._child(self._transition_children, self.transitions, move).inc(n)

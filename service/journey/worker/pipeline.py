@@ -110,10 +110,6 @@ class BatchResult:
     privacy: list[Output] = field(default_factory=list)
     merges: int = 0
     conflicts: int = 0
-    #: A linked anonymous id's touchpoints applied to the customer in this batch (the customer's
-    #: partition is this worker's), and those forwarded as aliased records.
-    aliased_here: int = 0
-    aliased_forwarded: int = 0
     #: Final state of every customer the batch changed, with a record of theirs (its partition)
     #: and the summary of their state before the batch; None: the state is deleted (forgotten).
     writes: dict[str, tuple[Record, CustomerState | None, Any]] = field(default_factory=dict)
@@ -159,12 +155,9 @@ class Pipeline:
         states: Mapping[str, CustomerState] | None = None,
         *,
         read: Callable[[str, int], CustomerState | None] | None = None,
-        local: Callable[[str], int | None] | None = None,
     ) -> BatchResult:
         """Run a batch. Customers are read from ``states`` or, with ``read``, as
-        ``read(key, partition of their record)`` (a store per partition), once per batch each.
-        ``local(key)``: the partition of ``key`` if this worker owns it for the whole batch, else
-        None; a linked anonymous id's event is then applied to its customer here, not re-sent."""
+        ``read(key, partition of their record)`` (a store per partition), once per batch each."""
         out = BatchResult()
         definition, limits = self.definition, self.limits
         if read is None:
@@ -220,8 +213,7 @@ class Pipeline:
             elif rec.key is None or rec.key != key.encode():
                 out.rekeyed.append(Output(key.encode(), rec.value))
                 continue
-            # dedupe + apply; ``home``: the record whose partition holds the state written
-            home = rec
+            # dedupe + apply
             pending, state, before = self.state_of(out, key, rec.partition, read)
             if state is None and self.privacy is not None and self.privacy.is_suppressed(out, key, rec.partition, read):
                 continue  # a forgotten id: dropped, counted, never dead-lettered (that would keep its data)
@@ -230,19 +222,8 @@ class Pipeline:
                     self._dead_letter(out, rec, "bad_identity_request", "an aliased touchpoint reached another alias")
                     continue
                 # A linked anonymous id: its journey is the customer's now, whenever its events arrive.
-                customer: str = alias_of(state)  # type: ignore[assignment]
-                here = self._merged_here(out, customer, key, local, read) if local is not None else None
-                if here is None:
-                    out.rekeyed.append(identity.control_output(ALIASED, customer, rec.value))
-                    out.aliased_forwarded += 1
-                    continue
-                out.aliased_here += 1
-                # The customer's partition is ours and their state holds the merge: applied here,
-                # as the aliased record would be there (docs/identity.md, step 4).
-                partition, pending, state, before = here
-                home = Record(rec.key, rec.value, rec.topic, partition, rec.offset, rec.timestamp)
-                key = customer
-                tp.customer_id = tp.profile_id = key
+                out.rekeyed.append(identity.control_output(ALIASED, alias_of(state), rec.value))  # type: ignore[arg-type]
+                continue
             if tp.type == IDENTIFY:
                 # Link-only: no touch, no stage; the customer exists from now on.
                 if tp.customer_id is None or tp.anonymous_id is None or tp.anonymous_id == key or not linkable(tp.anonymous_id, junk):
@@ -251,7 +232,7 @@ class Pipeline:
                     state = CustomerState()
                     state.partition = rec.partition
                 if pending is None or pending[1] is None:
-                    writes[key] = (home, state, before)
+                    writes[key] = (rec, state, before)
                 if needs_link(state, tp.anonymous_id, alias_window):
                     link = LinkRequest(tp.anonymous_id, key, tp.ts, tp.event_id)
                     out.rekeyed.append(identity.control_output(LINK, tp.anonymous_id, link.to_bytes()))
@@ -264,14 +245,14 @@ class Pipeline:
                 if pending is None and state is not None and not self.copy_reads:
                     # The state was changed in place up to the failure and the caller's cache
                     # holds that object: write it, so the store agrees with what later reads see.
-                    writes[key] = (home, state, before)
+                    writes[key] = (rec, state, before)
                 continue
             if outcome.duplicate:
                 out.duplicates += 1
                 continue
             if pending is None or pending[1] is None:  # later events of the batch change the same object
-                outcome.state.partition = home.partition
-                writes[key] = (home, outcome.state, before)
+                outcome.state.partition = rec.partition
+                writes[key] = (rec, outcome.state, before)
             if tp.customer_id is None:
                 mark_anonymous(outcome.state)
             ts = tp.ts
@@ -356,21 +337,6 @@ class Pipeline:
             out.transitions.append(transition)
             if rec.timestamp is not None:
                 out.trigger_timestamps.append(rec.timestamp)
-
-    def _merged_here(
-        self, out: BatchResult, customer: str, anonymous_id: str, local: Callable[[str], int | None],
-        read: Callable[[str, int], CustomerState | None],
-    ) -> tuple[int, tuple[Record, CustomerState | None, Any] | None, CustomerState, Any] | None:
-        """(partition, *state_of()) of the customer when their partition is this worker's and their state has
-        merged ``anonymous_id`` (so the event cannot be counted before the anonymous state it
-        may duplicate); else None: the event travels as an aliased record, behind the merge."""
-        partition = local(customer)
-        if partition is None:
-            return None
-        pending, state, before = self.state_of(out, customer, partition, read)
-        if state is None or not already_merged(state, anonymous_id) or ALIAS_KEY in state.extra:
-            return None
-        return partition, pending, state, before
 
     def state_of(
         self, out: BatchResult, key: str, partition: int, read: Callable[[str, int], CustomerState | None]

@@ -66,13 +66,6 @@ class BatchSender:
             h = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
         return partitions[h % len(partitions)]
 
-    async def partitions(self, topic: str) -> list[int]:
-        """The topic's partitions (asked once, from the producer's metadata)."""
-        parts = self._partitions.get(topic)
-        if parts is None:
-            parts = self._partitions[topic] = sorted(await aiokafka_producer(self._faust_producer).partitions_for(topic))
-        return parts
-
     async def send(self, records: Iterable[SendRecord]) -> list[Sent]:
         """Send (topic, partition or None for by-key, key, value, headers or None) records; per
         topic-partition in the order given. Returns the produce batches (await their futures for
@@ -82,7 +75,9 @@ class BatchSender:
         partition_of = self.partition_of
         for topic, partition, key, value, headers in records:
             if partition is None:
-                parts = self._partitions.get(topic) or await self.partitions(topic)
+                parts = self._partitions.get(topic)
+                if parts is None:
+                    parts = self._partitions[topic] = sorted(await producer.partitions_for(topic))
                 partition = partition_of(key, parts)
             group = groups.get((topic, partition))
             if group is None:
