@@ -37,8 +37,8 @@ from journey.core.machine import Limits  # noqa: E402
 from journey.core.state import CustomerState  # noqa: E402
 from journey.settings import Settings  # noqa: E402
 from journey.sources.generator import IDENTITY_MIX  # noqa: E402
+from journey.worker import garbage  # noqa: E402
 from journey.worker.pipeline import BatchResult, Pipeline, Record  # noqa: E402
-from journey.worker.runner import tune_gc  # noqa: E402
 
 
 def _timed(label: str, n: int, fn: Callable[[], object], repeat: int = 3) -> float:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     # Interleave the partitions the way a fetch does: a run of records from each in turn.
     now = time.time()
     records = [Record(k, v, "touchpoints", p, off, now) for p, off, k, v in loadgen.fetch_order(data)]
-    tune_gc()  # the worker's collector settings
+    garbage.tune()  # the worker's collector settings
     n = len(records)
     batches = [records[i:i + args.batch] for i in range(0, n, args.batch)]
     print(f"pipeline micro-benchmark: {n:,} events, {data.prediction.profiles:,} journeys, batches of {args.batch}")

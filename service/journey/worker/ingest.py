@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from faust.types import TP
 
 from journey.core.identity import CONTROL_HEADER, SIGNATURE_HEADER
+from journey.worker import garbage
 from journey.worker.batch import BatchProtocol, Spans, Stage, exit_replaying
 from journey.worker.batchsize import BatchSizer
 from journey.worker.faust_internals import JourneyConsumer, install_transport
@@ -145,6 +146,7 @@ class BatchIngest:
                     except Exception:  # bad records never get here: the pipeline dead-letters them
                         exit_replaying("a batch could not be completed")
                     self.sizer.observe(len(records), batches.last_busy_s)
+                    garbage.settle()
                 finally:
                     self._idle.set()
 

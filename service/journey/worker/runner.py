@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import sys
@@ -12,6 +11,7 @@ from typing import Any
 
 from journey.logs import identity, logging_config
 from journey.settings import Settings, unknown_variables
+from journey.worker import garbage
 from journey.worker.app import create_app
 from journey.worker.batch import EXIT_BATCH_FAILED
 from journey.worker.faust_internals import StopSignalWorker
@@ -140,8 +140,8 @@ def run_worker(settings: Settings) -> None:
     process (0: stopped cleanly; 70: the stop timed out, see ShutdownWatchdog)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     japp = create_app(settings)
-    japp.app.task(collect_now_and_then)
-    tune_gc()
+    japp.app.task(garbage.collect_now_and_then)
+    garbage.tune()
     worker = JourneyWorker(
         japp.app,
         loglevel=settings.log_level.upper(),
@@ -163,38 +163,6 @@ def run_worker(settings: Settings) -> None:
 async def _warn_unknown_variables() -> None:
     for name in unknown_variables():
         log.warning("%s is set but is no journey setting (a typo? see `journey config --help`); it is ignored", name)
-
-
-def tune_gc() -> None:
-    """Collect cycles less often than Python's default, and never scan the long-lived heap.
-
-    A batch allocates tens of thousands of short-lived objects (decoded events, outputs) while
-    the state cache holds millions of long-lived ones. With the default thresholds the young
-    collections run hundreds of times per second, and every full collection walks the whole
-    cache: a pause of hundreds of milliseconds, every few seconds while the cache grows. The
-    states hold no reference cycles (reference counting frees them), so full collections are
-    left to :func:`collect_now_and_then`; young collections still free short-lived cycles.
-    """
-    gc.collect()
-    gc.freeze()  # what was imported and built at start-up is never collected: stop scanning it
-    gc.set_threshold(10_000, 50, FULL_COLLECTION_NEVER)
-
-
-#: A third-generation threshold the worker never reaches (gen 1 collections between two full ones).
-FULL_COLLECTION_NEVER = 1_000_000_000
-#: How often the worker runs a full collection itself (long-lived cyclic garbage, if any).
-FULL_COLLECTION_INTERVAL_S = 900.0
-
-
-async def collect_now_and_then() -> None:
-    """A full collection every FULL_COLLECTION_INTERVAL_S, logged with its pause."""
-    import asyncio
-
-    while True:
-        await asyncio.sleep(FULL_COLLECTION_INTERVAL_S)
-        t0 = time.perf_counter()
-        found = gc.collect()
-        log.info("full garbage collection: %d objects freed in %.0f ms", found, (time.perf_counter() - t0) * 1000)
 
 
 __all__ = ["EXIT_STOP_TIMED_OUT", "JourneyWorker", "ShutdownWatchdog", "run_worker"]
