@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             for key, (_rec, state, _before) in result.writes.items():
                 states[key] = state
             loop_back(result)
+            garbage.settle()  # as the worker after each batch
 
     _timed("pipeline (dict store)", n, run_dict)
     if own[0]:
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             for key, (_rec, state, _before) in result.writes.items():
                 wire[key] = state.to_wire()
             loop_back(result)
+            garbage.settle()
 
     _timed("pipeline + state decode/encode", n, run_codec)
     sizes = [len(v) for v in wire.values()]
