@@ -150,6 +150,18 @@ def test_churn_risk_event_has_reason_codes_and_matches_its_schema():
         assert event["reason_codes"] and event["reasons"]
 
 
+def test_an_events_reasons_and_codes_are_written_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from journey.churn import risk as risk_module
+
+    calls = []
+    write = risk_module._write_reasons
+    monkeypatch.setattr(risk_module, "_write_reasons", lambda *a: calls.append(1) or write(*a))
+    model = ChurnModel(PARAMS, None, layer_with({"bgnbd_log_odds": 1.0, "signal_count:return": -0.4}))
+    state = customer([("purchase", 0, {"order_id": "a", "amount": 20}), ("return", 2, {})])
+    event = update(state, state.last_seen + 200 * DAY_S, model, ChurnConfig()).churn_event("c", model)
+    assert event["reasons"] and event["reason_codes"] and len(calls) == 1
+
+
 # --- measures
 
 

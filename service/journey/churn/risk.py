@@ -217,7 +217,7 @@ class Risk:
     def reasons(self) -> list[str]:
         reasons = self._reasons
         if reasons is None:
-            reasons = self._reasons = self._explain()[0]
+            reasons = self._explain()[0]
         return reasons
 
     @reasons.setter
@@ -230,13 +230,20 @@ class Risk:
         probability points (docs/churn-model.md)."""
         codes = self._codes
         if codes is None:
-            codes = self._codes = self._explain()[1]
+            codes = self._explain()[1]
         return codes
 
     def _explain(self) -> tuple[list[str], list[dict[str, Any]]]:
+        """Write the texts and the codes once, together (an event reads both: each is as costly
+        to write as the score was to compute)."""
         assert self._why is not None
-        texts, codes = _write_reasons(*self._why)
-        return texts, [r.as_code() for r in codes]
+        texts, reasons = _write_reasons(*self._why)
+        codes = [r.as_code() for r in reasons]
+        if self._reasons is None:
+            self._reasons = texts
+        if self._codes is None:
+            self._codes = codes
+        return self._reasons, self._codes
 
     @property
     def level_name(self) -> str:
