@@ -285,3 +285,24 @@ def test_a_known_customer_is_never_made_someones_alias_and_nothing_loops() -> No
     cluster.send(event("purchase", 4, customer="alice", order_id="a2"))
     cluster.run()
     assert cluster.states["alice"].purchases == 2 and not cluster.queue  # no record bounces between them
+
+
+@pytest.mark.parametrize("first", ["anonymous", "customer", "identify"])
+def test_an_id_seen_as_a_customer_id_is_never_made_an_alias_whichever_came_first(first: str) -> None:
+    cluster = Cluster()
+    anonymous = event("page_view", 1, anonymous="alice", channel="ads")
+    known = event("purchase", 2, customer="alice", order_id="a1")
+    shared = event("page_view", 3, customer="bob", anonymous="alice")  # bob's device sends alice's id
+    if first == "identify":
+        # Begun anonymous, then an identify under the id as a customer's: bob's link is decided
+        # before the identify's own merge (which would also make alice a customer) lands.
+        sequence = [[anonymous], [event("identify", 2, customer="alice", anonymous="alice-phone"), shared]]
+    else:
+        sequence = [[known], [anonymous], [shared]] if first == "customer" else [[anonymous], [known], [shared]]
+    for events in sequence:
+        for e in events:
+            cluster.send(e)
+        cluster.run(batch=1)
+    assert alias_of(cluster.states["alice"]) is None and cluster.states["alice"].events >= 1
+    conflicts = [i for i in cluster.identities if i["type"] == "identity_conflict"]
+    assert [(c["anonymous_id"], c["customer_id"]) for c in conflicts] == [("alice", "bob")]

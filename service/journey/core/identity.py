@@ -96,7 +96,9 @@ def _memory(state: CustomerState) -> dict[str, Any]:
 
 
 def mark_anonymous(state: CustomerState) -> None:
-    """The state's key has come as an anonymous_id only: a link may make it a customer's alias."""
+    """A new profile whose first touchpoint named its key as an anonymous_id only: a link may
+    make it a customer's alias (a profile that already exists is never marked, so an id seen as a
+    customer_id stays a customer whichever came first)."""
     ids = state.extra.get(IDS_KEY)
     if ids is None:
         state.extra[IDS_KEY] = {"a": 1}
@@ -104,9 +106,18 @@ def mark_anonymous(state: CustomerState) -> None:
         ids["a"] = 1
 
 
+def mark_customer(state: CustomerState) -> None:
+    """The state's key has come as a customer_id: it is never anyone's alias from now on."""
+    extra = state.extra
+    if extra:
+        ids = extra.get(IDS_KEY)
+        if ids is not None and "a" in ids:
+            del ids["a"]
+
+
 def is_customer(state: CustomerState | None) -> bool:
-    """A profile that is not an anonymous visitor's (it came as a customer_id, by an identify or
-    a merge): never anyone's alias."""
+    """A profile that is not an anonymous visitor's (it began with, or has since seen, a
+    customer_id, by a touchpoint, an identify or a merge): never anyone's alias."""
     if state is None:
         return False
     ids = state.extra.get(IDS_KEY) if state.extra else None

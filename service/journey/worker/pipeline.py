@@ -40,6 +40,7 @@ from journey.core.identity import (
     linkable,
     make_alias,
     mark_anonymous,
+    mark_customer,
     merge,
     needs_link,
     sign,
@@ -231,6 +232,8 @@ class Pipeline:
                 if state is None:
                     state = CustomerState()
                     state.partition = rec.partition
+                else:
+                    mark_customer(state)
                 if pending is None or pending[1] is None:
                     writes[key] = (rec, state, before)
                 if needs_link(state, tp.anonymous_id, alias_window):
@@ -254,7 +257,10 @@ class Pipeline:
                 outcome.state.partition = rec.partition
                 writes[key] = (rec, outcome.state, before)
             if tp.customer_id is None:
-                mark_anonymous(outcome.state)
+                if state is None:  # a new profile, begun by an anonymous visitor
+                    mark_anonymous(outcome.state)
+            else:
+                mark_customer(outcome.state)
             ts = tp.ts
             anonymous_id = tp.anonymous_id
             if anonymous_id is not None and tp.customer_id is not None and anonymous_id != key and linkable(anonymous_id, junk):
