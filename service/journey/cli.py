@@ -238,9 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     churn = p.add_subparsers(dest="churn_command", required=True, metavar="SUBCOMMAND")
     for name, summary, description in (
         ("fit", "fit the churn params from history",
-         "Fits BG/NBD (plus a backtest calibration) on the purchases up to --until and writes the params file "
-         "the worker reads (JOURNEY_CHURN_PARAMS_FILE)."),
-        ("score", "print CSV customer_id,score,level,reasons",
+         "Fits BG/NBD on the purchases up to --until, validates it and a learned layer out of time (with a "
+         "calibration), and writes the params file the worker reads (JOURNEY_CHURN_PARAMS_FILE)."),
+        ("score", "print CSV customer_id,score,level,reasons,reason_codes",
          "Scores every customer of the file as of --as-of with the worker's code and params."),
     ):
         c = churn.add_parser(name, help=summary, description=f"{summary}.\n\n{description}", formatter_class=_Formatter)
@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     churn.choices["fit"].add_argument("--until", required=True, help="last day of the history to fit on (YYYY-MM-DD)")
     churn.choices["fit"].add_argument("--out", type=Path, required=True, help="where to write the params file")
     churn.choices["fit"].add_argument("--time-unit-days", type=float, default=7.0, help="the model's time unit in days (7 = weeks)")
-    churn.choices["fit"].add_argument("--no-calibration", action="store_true", help="plain BG/NBD: skip the backtest calibration")
+    churn.choices["fit"].add_argument("--no-calibration", action="store_true", help="plain BG/NBD: skip the out-of-time validation, the learned layer and the calibration")
     churn.choices["score"].add_argument("--as-of", required=True, help="YYYY-MM-DD (that whole UTC day) or an RFC 3339 time")
     churn.choices["score"].add_argument("--params", type=Path, default=None,
                                         help="params file (default: the worker's, JOURNEY_CHURN_PARAMS_FILE)")
