@@ -29,6 +29,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from operator import mul, sub
 from typing import Any
 
 from journey.core import painpoints
@@ -428,7 +429,9 @@ def explain_purchaser(
     signal the customer has are always listed), in a fixed order."""
     plan, weights = layer.explain_plan, layer.weights
     values = [*time_values, *customer_values]
-    z = layer.intercept + sum(w * v for w, v in zip(weights, values, strict=True))
+    if len(values) != len(weights):
+        raise ValueError(f"{len(values)} feature values for a layer of {len(weights)} weights")
+    z = layer.intercept + sum(map(mul, weights, values))
     score = sigmoid(z)
     # What each effect is measured against: no silence (the silence features as on the last
     # purchase day), no signal, and otherwise the typical customer of the fit (the means).
@@ -436,12 +439,15 @@ def explain_purchaser(
     silent_now = time_features(layer.spec, 0.5, facts["repeat"], facts["span"], facts["span"])
     for i in plan.silence:
         reference[i] = silent_now[i]
+    # Each feature's term against the reference, once (a group adds up its own).
+    against = list(map(mul, weights, map(sub, values, reference)))
+    term = against.__getitem__
     reasons = []
     signals_seen: set[str] = set()
     signals = facts["signals"]
     for code, idx, learned, kind in plan.groups:
         if learned:
-            delta = sum(weights[i] * (values[i] - reference[i]) for i in idx)
+            delta = sum(map(term, idx))
             effect = score - sigmoid(z - delta)
         else:
             effect = 0.0
