@@ -18,7 +18,7 @@ import orjson
 from journey.core.clock import iso, utc_day
 from journey.core.machine import signals_after
 from journey.core.stages import ADVOCACY, PURCHASE, RETENTION
-from journey.core.state import ADVOCACY_SIGNAL, RENEWAL_SIGNAL, CustomerState
+from journey.core.state import ADVOCACY_SIGNAL, RENEWAL_SIGNAL, UPGRADED_KEY, CustomerState
 from journey.errors import InputError
 
 #: Anonymous ids that name no one (SDK placeholders); configurable (JOURNEY_IDENTITY_JUNK_IDS).
@@ -95,24 +95,35 @@ def _memory(state: CustomerState) -> dict[str, Any]:
     return ids
 
 
-def mark_anonymous(state: CustomerState) -> None:
-    """A new profile whose first touchpoint named its key as an anonymous_id only: a link may
-    make it a customer's alias (a profile that already exists is never marked, so an id seen as a
-    customer_id stays a customer whichever came first)."""
-    ids = state.extra.get(IDS_KEY)
+def mark_anonymous(state: CustomerState, new: bool) -> None:
+    """An anonymous-only touchpoint under the state's key. A ``new`` profile is marked: a link may
+    make it a customer's alias. One that already exists is not (an id seen as a customer_id stays
+    a customer whichever came first), unless it was written before journey knew anonymous ids
+    (UPGRADED_KEY): that one is marked as it always was."""
+    extra = state.extra
+    if not new:
+        if UPGRADED_KEY not in extra:
+            return
+        del extra[UPGRADED_KEY]
+    ids = extra.get(IDS_KEY)
     if ids is None:
-        state.extra[IDS_KEY] = {"a": 1}
+        extra[IDS_KEY] = {"a": 1}
     elif "a" not in ids:
         ids["a"] = 1
 
 
-def mark_customer(state: CustomerState) -> None:
-    """The state's key has come as a customer_id: it is never anyone's alias from now on."""
+def mark_customer(state: CustomerState) -> bool:
+    """The state's key has come as a customer_id: it is never anyone's alias from now on.
+    Returns whether the state changed."""
     extra = state.extra
-    if extra:
-        ids = extra.get(IDS_KEY)
-        if ids is not None and "a" in ids:
-            del ids["a"]
+    if not extra:
+        return False
+    changed = extra.pop(UPGRADED_KEY, None) is not None
+    ids = extra.get(IDS_KEY)
+    if ids is not None and "a" in ids:
+        del ids["a"]
+        return True
+    return changed
 
 
 def is_customer(state: CustomerState | None) -> bool:
@@ -135,10 +146,13 @@ def needs_link(state: CustomerState, anonymous_id: str, window: int) -> bool:
 
     Each customer remembers the last ``window`` anonymous ids it asked to link; past that, a
     request may go out again, which the anonymous id's side recognises and ignores."""
-    links = _memory(state).setdefault("l", [])
+    ids = _memory(state)
+    links = ids.get("l", ())
     if anonymous_id in links:  # the ids as they are: a short list, no hashing on the hot path
         return False
-    _remember(links, anonymous_id, window)
+    # A new list, not an append: a caller's copy of the state (copy() copies extra one level
+    # deep) must not share it with the stored state.
+    ids["l"] = [*links[-(window - 1):], anonymous_id] if window > 1 else [anonymous_id]
     return True
 
 

@@ -20,6 +20,9 @@ RECENT_TRANSITIONS = 10
 ENCODING_VERSION = 3
 #: Kinds of the touchpoints kept in CustomerState.pre_purchase.
 TOUCH, RENEWAL_SIGNAL, ADVOCACY_SIGNAL = 0, 1, 2
+#: CustomerState.extra key of a state read from an encoding before version 3 (written before
+#: journey knew anonymous ids): whether its key was a customer's is not known (core.identity).
+UPGRADED_KEY = "upgraded"
 
 
 def id_hash(value: str) -> int:
@@ -216,7 +219,7 @@ class CustomerState:
                 }
                 for f, t, at, trig, ch in self.recent
             ],
-            **({k: v for k, v in self.extra.items()} if self.extra else {}),
+            **({k: v for k, v in self.extra.items() if k != UPGRADED_KEY} if self.extra else {}),
         }
 
 
@@ -226,6 +229,7 @@ def _upgrade(st: CustomerState) -> None:
     and last touch are known (no purchase yet), or the frozen last touch of the attribution,
     placed at the first purchase (it then stays, as before, unless an earlier purchase comes)."""
     st.order_times = [None] * len(st.orders)
+    st.extra[UPGRADED_KEY] = 1
     pre: list[list[Any]] = []
     if st.first_purchase is None:
         for ts, channel in ((st.first_seen, st.first_channel), (st.last_seen, st.last_channel)):

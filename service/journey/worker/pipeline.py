@@ -227,13 +227,14 @@ class Pipeline:
                 continue
             if tp.type == IDENTIFY:
                 # Link-only: no touch, no stage; the customer exists from now on.
+                if state is not None and tp.customer_id is not None and mark_customer(state):
+                    if pending is None or pending[1] is None:
+                        writes[key] = (rec, state, before)  # an anonymous visitor's profile is a customer's now
                 if tp.customer_id is None or tp.anonymous_id is None or tp.anonymous_id == key or not linkable(tp.anonymous_id, junk):
                     continue
                 if state is None:
                     state = CustomerState()
                     state.partition = rec.partition
-                else:
-                    mark_customer(state)
                 if pending is None or pending[1] is None:
                     writes[key] = (rec, state, before)
                 if needs_link(state, tp.anonymous_id, alias_window):
@@ -257,8 +258,7 @@ class Pipeline:
                 outcome.state.partition = rec.partition
                 writes[key] = (rec, outcome.state, before)
             if tp.customer_id is None:
-                if state is None:  # a new profile, begun by an anonymous visitor
-                    mark_anonymous(outcome.state)
+                mark_anonymous(outcome.state, new=state is None)
             else:
                 mark_customer(outcome.state)
             ts = tp.ts
