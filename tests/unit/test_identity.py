@@ -311,17 +311,23 @@ def test_an_id_seen_as_a_customer_id_is_never_made_an_alias_whichever_came_first
     assert [(c["anonymous_id"], c["customer_id"]) for c in conflicts] == [("alice", "bob")]
 
 
-def test_a_profile_written_before_anonymous_ids_links_as_it_always_did() -> None:
+@pytest.mark.parametrize("seen_since", [None, "anonymous", "customer"])
+def test_a_profile_written_before_anonymous_ids_links_unless_seen_as_a_customer_since(seen_since: str | None) -> None:
     # A version-2 state (journey before identity) keyed by what was a device id: whether the key
-    # was a customer's is not known, so its next anonymous-only touchpoint marks it as before.
+    # was a customer's is not known until it is seen again; a link names it as a device.
     legacy = CustomerState.from_wire(orjson.dumps([2, *orjson.loads(_run([validate(event("page_view", 0, customer="dev-9"))]).to_wire())[1:25]]))
     cluster = Cluster()
     cluster.states["dev-9"] = legacy
-    cluster.send(event("product_view", 1, anonymous="dev-9"))
-    cluster.run()
+    if seen_since is not None:
+        cluster.send(event("product_view", 1, **{seen_since: "dev-9"}))  # type: ignore[arg-type]
+        cluster.run()
     cluster.send(event("identify", 2, customer="carol", anonymous="dev-9"))
     cluster.run()
-    assert alias_of(cluster.states["dev-9"]) == "carol" and cluster.states["carol"].events == 2
+    if seen_since == "customer":
+        assert alias_of(cluster.states["dev-9"]) is None and [i["type"] for i in cluster.identities] == ["identity_conflict"]
+    else:
+        assert alias_of(cluster.states["dev-9"]) == "carol"
+        assert cluster.states["carol"].events == (2 if seen_since else 1)
 
 
 def test_asking_a_link_does_not_change_the_state_that_was_read() -> None:

@@ -128,10 +128,17 @@ def mark_customer(state: CustomerState) -> bool:
 
 def is_customer(state: CustomerState | None) -> bool:
     """A profile that is not an anonymous visitor's (it began with, or has since seen, a
-    customer_id, by a touchpoint, an identify or a merge): never anyone's alias."""
+    customer_id, by a touchpoint, an identify or a merge): never anyone's alias. A profile written
+    before journey knew anonymous ids, and not seen since, is not: a link naming its key as an
+    anonymous id is the best word on what it was (most likely a device)."""
     if state is None:
         return False
-    ids = state.extra.get(IDS_KEY) if state.extra else None
+    extra = state.extra
+    if not extra:
+        return True
+    if UPGRADED_KEY in extra:
+        return False
+    ids = extra.get(IDS_KEY)
     return ids is None or "a" not in ids
 
 
