@@ -288,8 +288,9 @@ def test_a_known_customer_is_never_made_someones_alias_and_nothing_loops() -> No
     assert cluster.states["alice"].purchases == 2 and not cluster.queue  # no record bounces between them
 
 
+@pytest.mark.parametrize("together", [False, True], ids=["a batch each", "one batch"])
 @pytest.mark.parametrize("first", ["anonymous", "customer", "identify", "server-side identify"])
-def test_an_id_seen_as_a_customer_id_is_never_made_an_alias_whichever_came_first(first: str) -> None:
+def test_an_id_seen_as_a_customer_id_is_never_made_an_alias_whichever_came_first(first: str, together: bool) -> None:
     cluster = Cluster()
     anonymous = event("page_view", 1, anonymous="alice", channel="ads")
     known = event("purchase", 2, customer="alice", order_id="a1")
@@ -302,11 +303,14 @@ def test_an_id_seen_as_a_customer_id_is_never_made_an_alias_whichever_came_first
         sequence = [[anonymous], [event("identify", 2, customer="alice")], [shared]]
     else:
         sequence = [[known], [anonymous], [shared]] if first == "customer" else [[anonymous], [known], [shared]]
+    if together:  # every record of the sequence in one batch (the order kept)
+        sequence = [[e for events in sequence for e in events]]
     for events in sequence:
         for e in events:
             cluster.send(e)
-        cluster.run(batch=1)
-    assert alias_of(cluster.states["alice"]) is None and cluster.states["alice"].events >= 1
+        cluster.run(batch=len(events) if together else 1)
+    assert alias_of(cluster.states["alice"]) is None
+    assert cluster.states["alice"].events == (1 if "identify" in first else 2)  # an identify is no touch
     conflicts = [i for i in cluster.identities if i["type"] == "identity_conflict"]
     assert [(c["anonymous_id"], c["customer_id"]) for c in conflicts] == [("alice", "bob")]
 
