@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,10 +143,10 @@ def is_customer(state: CustomerState | None) -> bool:
     return ids is None or "a" not in ids
 
 
-def _remember(window: list[Any], value: Any, size: int) -> None:
-    window.append(value)
-    if len(window) > size:
-        del window[0]
+def _remembered(window: Sequence[Any], value: Any, size: int) -> list[Any]:
+    """``window`` with ``value`` added, the last ``size`` kept: a new list, never the old one
+    changed (a copy of a state -- copy() copies extra one level deep -- shares the old one)."""
+    return [*window, value][-size:]
 
 
 def needs_link(state: CustomerState, anonymous_id: str, window: int) -> bool:
@@ -157,9 +158,7 @@ def needs_link(state: CustomerState, anonymous_id: str, window: int) -> bool:
     links = ids.get("l", ())
     if anonymous_id in links:  # the ids as they are: a short list, no hashing on the hot path
         return False
-    # A new list, not an append: a caller's copy of the state (copy() copies extra one level
-    # deep) must not share it with the stored state.
-    ids["l"] = [*links[-(window - 1):], anonymous_id] if window > 1 else [anonymous_id]
+    ids["l"] = _remembered(links, anonymous_id, window)
     return True
 
 
@@ -259,7 +258,7 @@ def merge(into: CustomerState, other: CustomerState, anonymous_id: str, *, order
     before = into.stage
     ids = _memory(into)
     ids.pop("a", None)  # a customer now, whatever it was
-    _remember(ids.setdefault("m", []), anonymous_id, alias_window)
+    ids["m"] = _remembered(ids.get("m", ()), anonymous_id, alias_window)
     into.events += other.events
     for channel, n in other.channels.items():
         into.channels[channel] = into.channels.get(channel, 0) + n

@@ -22,7 +22,6 @@ from journey.core.identity import (
     CONTROL_HEADER,
     DEFAULT_JUNK_IDS,
     IDENTIFY,
-    IDS_KEY,
     LINK,
     MERGE,
     SIGNATURE_HEADER,
@@ -329,8 +328,6 @@ class Pipeline:
             return
         # Merged into a copy: should the merge fail, the customer's state (cached) is untouched.
         state = state.copy() if state is not None else CustomerState()
-        if IDS_KEY in state.extra:  # copy() copies extra one level deep: the identity memory's lists too
-            state.extra[IDS_KEY] = {k: (v[:] if isinstance(v, list) else v) for k, v in state.extra[IDS_KEY].items()}
         limits = self.limits
         from_stage, to_stage = merge(
             state, other, anonymous_id, order_window=limits.order_window, day_window=limits.day_window,
