@@ -54,7 +54,8 @@ def build_batches(n_events: int, n_customers: int, batch: int, partitions: int) 
     note_types = config.pain.cart_types | config.pain.purchase_types
 
     data = loadgen.build_input(n_events, n_customers, seed=7, partitions=partitions, definition=definition, limits=limits)
-    now = time.time()  # a fetch hands out a run of records from each partition in turn
+    # A fetch hands out a run of records from each partition in turn; Kafka timestamps are in ms.
+    now = int(time.time() * 1000)
     records = [Record(k, v, "touchpoints", p, off, now) for p, off, k, v in loadgen.fetch_order(data)]
 
     pipe = Pipeline(definition, limits, summarize=None)

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     mix = IDENTITY_MIX if args.identity else None
     data = loadgen.build_input(args.events, args.customers, seed=7, partitions=args.partitions, definition=definition, limits=limits, mix=mix)
     # Interleave the partitions the way a fetch does: a run of records from each in turn.
-    now = time.time()
+    now = int(time.time() * 1000)  # Kafka record timestamps: milliseconds
     records = [Record(k, v, "touchpoints", p, off, now) for p, off, k, v in loadgen.fetch_order(data)]
     garbage.tune()  # the worker's collector settings
     n = len(records)

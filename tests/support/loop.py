@@ -12,8 +12,7 @@ import orjson
 
 from journey.core.aggregates import PartitionAggregate, summarize
 from journey.core.state import CustomerState
-from journey.worker.ingest import control_headers
-from journey.worker.pipeline import Pipeline, Record
+from journey.worker.pipeline import Pipeline, Record, control_headers
 
 PARTITIONS = 4
 _ids = itertools.count()

@@ -19,7 +19,7 @@ def rec(customer: str | None, event: dict | bytes | None, partition: int = 0, of
     value = event if isinstance(event, (bytes, type(None))) else orjson.dumps(event)
     if key == b"":
         key = customer.encode() if customer else None
-    return Record(key, value, "touchpoints", partition, offset, timestamp=1.0)
+    return Record(key, value, "touchpoints", partition, offset, timestamp=1000)
 
 
 def tp(eid: str, customer: str, etype: str, minute: int = 0, **props) -> dict:
@@ -95,3 +95,31 @@ def test_a_decoder_bug_costs_one_record_not_the_batch(monkeypatch):
     assert set(out.writes) == {"a", "c"}
     assert out.reasons == ["processing_error"]
     assert b"TypeError" in out.dead_letters[0].value
+
+
+def test_the_consumers_own_records_go_in_as_they_are() -> None:
+    """The worker hands aiokafka's ConsumerRecords to the pipeline unchanged (no copy per record):
+    their millisecond timestamps and their headers, journey's signed identity requests included."""
+    from aiokafka.structs import ConsumerRecord
+    from faust.types import TP
+
+    from journey.worker.ingest import BatchIngest, _Chunk
+
+    pipe = Pipeline(DEFINITION, Limits())
+    event = orjson.dumps(dict(tp("e1", "cust", "add_to_cart"), anonymous_id="dev"))
+
+    def consumed(key: bytes, value: bytes, offset: int, headers: tuple = ()) -> ConsumerRecord:
+        return ConsumerRecord("touchpoints", 3, offset, 1_700_000_000_250, 0, key, value, None, len(key), len(value), headers)
+
+    records, spans = BatchIngest._records([_Chunk(TP("touchpoints", 3), [consumed(b"cust", event, 7)], 1, 5)])
+    assert spans == {TP("touchpoints", 3): (5, 7)}
+    assert type(records[0]) is ConsumerRecord
+    states: dict[str, CustomerState] = {}
+    out = pipe.process(records, states)
+    assert out.trigger_timestamps == [1_700_000_000.25]
+    [link] = out.rekeyed  # a signed link request for the device, as the worker reads it back
+    assert link.headers is not None
+    out = pipe.process([consumed(link.key, link.value, 8, link.headers)], states)
+    assert out.merges == 1 and out.reasons == []
+    forged = consumed(link.key, link.value, 9, link.headers[:1])  # the control header without its signature
+    assert pipe.process([forged], {}).reasons == ["bad_identity_request"]

@@ -31,8 +31,7 @@ from journey.core.events import CHANNELS, MAX_AMOUNT, InvalidTouchpoint, Touchpo
 from journey.core.identity import ALIASED, LINK, MERGE, sign
 from journey.core.machine import Limits, apply
 from journey.core.state import CustomerState
-from journey.worker.ingest import control_headers
-from journey.worker.pipeline import BatchResult, IdentityRules, Pipeline, Record
+from journey.worker.pipeline import BatchResult, IdentityRules, Pipeline, Record, control_headers
 
 KEY = IdentityRules().key
 
@@ -369,8 +368,10 @@ KNOWN_CRASHES = {
 def test_forged_control_records_are_dead_lettered(name: str) -> None:
     forged = KNOWN_CRASHES[name]
     assert Pipeline(DEFINITION, LIMITS).process([forged], {}).reasons == ["bad_identity_request"]  # unsigned
-    forged.signature = sign(KEY, forged.control, forged.key, forged.value)  # type: ignore[arg-type]
-    result = Pipeline(DEFINITION, LIMITS).process([forged], {})  # signed: the checks behind the signature
+    control = control_headers(forged.headers)[0]
+    signed = Record(forged.key, forged.value, forged.topic, forged.partition, forged.offset, None, control,
+                    sign(KEY, control, forged.key, forged.value))  # type: ignore[arg-type]
+    result = Pipeline(DEFINITION, LIMITS).process([signed], {})  # signed: the checks behind the signature
     assert result.reasons == ["bad_identity_request"] and not result.writes
 
 

@@ -38,8 +38,7 @@ from journey.core.privacy import (
     undo_lifts,
 )
 from journey.core.state import CustomerState
-from journey.worker.ingest import control_headers
-from journey.worker.pipeline import IdentityRules, Pipeline, Record
+from journey.worker.pipeline import IdentityRules, Pipeline, Record, control_headers
 from journey.worker.privacy import Privacy
 from support.loop import InputLoop, touchpoint
 

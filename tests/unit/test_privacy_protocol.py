@@ -14,8 +14,7 @@ from journey.core.aggregates import PartitionAggregate
 from journey.core.privacy import FORGET, ForgetRequest, is_marker, marker_key
 from journey.core.state import CustomerState
 from journey.worker.app import JourneyApp
-from journey.worker.ingest import control_headers
-from journey.worker.pipeline import Record
+from journey.worker.pipeline import Record, control_headers
 from journey.worker.privacy import Privacy
 from support.protocol import Producer, attach_protocol, settle, worker_app
 

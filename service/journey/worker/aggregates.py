@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
@@ -23,7 +23,7 @@ from journey.core.aggregates import PartitionAggregate, summarize
 from journey.core.snapshot import Snapshot
 from journey.core.stages import STAGES
 from journey.worker.faust_internals import JourneyConsumer
-from journey.worker.pipeline import BatchResult, Record
+from journey.worker.pipeline import BatchResult
 
 if TYPE_CHECKING:
     from journey.worker.app import JourneyApp
@@ -47,11 +47,12 @@ class LiveAggregates:
         self._lag_labels: set[int] = set()
 
     # --- the hot path ----------------------------------------------------------------------
-    def observe(self, records: Sequence[Record], result: BatchResult) -> None:
-        """Fold a batch's written states in; call it right after the states are written."""
+    def observe(self, spans: Mapping[TP, tuple[int, int]], result: BatchResult) -> None:
+        """Fold a batch's written states in; call it right after the states are written.
+        ``spans``: the batch's input offsets (first, last) by topic-partition."""
         parts, offsets = self.parts, self.offsets
-        # A partition's records come in offset order (Kafka's), so its last one is its highest.
-        for p, offset in {rec.partition: rec.offset for rec in records}.items():
+        for tp, (_first, offset) in spans.items():
+            p = tp.partition
             if p in parts and offset > offsets.get(p, -1):
                 offsets[p] = offset
         for rec, state, before in result.writes.values():

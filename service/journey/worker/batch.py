@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from faust.types import TP
 
 from journey.core.state import CustomerState
-from journey.worker.pipeline import BatchResult, Record, transition_output
+from journey.worker.pipeline import BatchResult, InputRecord, transition_output
 from journey.worker.produce import BatchSender, Sent
 from journey.worker.store import StateStore
 
@@ -77,7 +77,7 @@ class BatchProtocol:
         #: How long the last batch's steps 1-4 took, wall clock.
         self.last_busy_s = 0.0
 
-    async def run_batch(self, records: Sequence[Record], spans: Spans) -> Stage:
+    async def run_batch(self, records: Sequence[InputRecord], spans: Spans) -> Stage:
         """One batch of input records. Steps 1-4 run under the state lock and return; 5-9 run
         in the stage's own task while the next batch runs its steps 1-4 (at most one ahead).
 
@@ -116,7 +116,7 @@ class BatchProtocol:
                 on_durable=lambda: japp.metrics.observe_batch(result, len(records)),
             )
             if japp.aggregates is not None:
-                japp.aggregates.observe(records, result)  # 4
+                japp.aggregates.observe(spans, result)  # 4
             # Steps 1-4 hold the event loop (nothing in them waits but a first metadata request):
             # what the next batch's size is sized by (worker/batchsize.py).
             self.last_busy_s = perf_counter() - started
@@ -186,7 +186,7 @@ class BatchProtocol:
             await asyncio.wait([last.done])
 
 
-def process(japp: JourneyApp, records: Sequence[Record], read: Callable[[str, int], Any]) -> tuple[BatchResult, list[Output]]:
+def process(japp: JourneyApp, records: Sequence[InputRecord], read: Callable[[str, int], Any]) -> tuple[BatchResult, list[Output]]:
     """Step 1, the pure part: the pipeline, then the churn hook; the outputs to send."""
     result = japp.pipeline.process(records, read=read)
     settings = japp.settings

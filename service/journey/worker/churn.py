@@ -26,7 +26,7 @@ from journey.core.identity import ALIAS_KEY
 from journey.core.privacy import FORGOTTEN_KEY
 from journey.core.state import CustomerState
 from journey.worker.batch import Output, exit_replaying
-from journey.worker.pipeline import BatchResult, Record
+from journey.worker.pipeline import BatchResult, InputRecord, Record
 
 if TYPE_CHECKING:
     from journey.worker.app import JourneyApp
@@ -89,7 +89,7 @@ class ChurnWorker:
         self.japp.metrics.churn_timer_customers.set(len(self.index))
         return outputs
 
-    def note_carts(self, applied: Sequence[tuple[str, str, str, Any, float]], writes: Mapping[str, tuple[Record, CustomerState | None, Any]]) -> None:
+    def note_carts(self, applied: Sequence[tuple[str, str, str, Any, float]], writes: Mapping[str, tuple[InputRecord, CustomerState | None, Any]]) -> None:
         """Note the batch's applied carts and purchases (the pipeline's record of them: only
         correctly keyed, non-duplicate touchpoints; nothing decoded twice)."""
         types, config = self._note_types, self.config
@@ -167,7 +167,7 @@ class ChurnWorker:
             exit_replaying("the churn timer could not stage its writes")
         aggregates = self.japp.aggregates
         if aggregates is not None and summarize is not None:
-            aggregates.observe([], written)  # same synchronous stretch as the states' staging
+            aggregates.observe({}, written)  # same synchronous stretch as the states' staging
         return len(changed), len(due)
 
     # --- rebalance ------------------------------------------------------------------------

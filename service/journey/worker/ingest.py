@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
 
-from journey.core.identity import CONTROL_HEADER, SIGNATURE_HEADER
 from journey.worker import garbage
 from journey.worker.batch import BatchProtocol, Spans, Stage, exit_replaying
 from journey.worker.batchsize import BatchSizer
 from journey.worker.faust_internals import JourneyConsumer, install_transport
-from journey.worker.pipeline import Record
+from journey.worker.pipeline import InputRecord
 from journey.worker.produce import BatchSender
 from journey.worker.store import StateStore
 
@@ -29,16 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-
-def control_headers(headers: Any) -> tuple[bytes | None, bytes | None]:
-    """The journey-control and journey-signature headers' values, where the record has them."""
-    control = signature = None
-    for name, value in headers:
-        if name == CONTROL_HEADER:
-            control = bytes(value) if value is not None else None
-        elif name == SIGNATURE_HEADER:
-            signature = bytes(value) if value is not None else None
-    return control, signature
 
 #: Records buffered ahead of processing, in batches: more stops the fetcher (back-pressure).
 BUFFER_BATCHES = 2
@@ -193,19 +182,14 @@ class BatchIngest:
         return taken
 
     @staticmethod
-    def _records(chunks: list[_Chunk]) -> tuple[list[Record], dict[TP, tuple[int, int]]]:
-        records: list[Record] = []
-        append = records.append
+    def _records(chunks: list[_Chunk]) -> tuple[list[InputRecord], dict[TP, tuple[int, int]]]:
+        """The chunks' records as the consumer gave them (aiokafka's ConsumerRecords are the
+        pipeline's InputRecords), and each partition's span of offsets."""
+        records: list[InputRecord] = []
         spans: dict[TP, tuple[int, int]] = {}
         for chunk in chunks:
+            records += chunk.records
             tp = chunk.tp
-            topic, partition = tp.topic, tp.partition
-            for r in chunk.records:
-                ts = r.timestamp
-                rec = Record(r.key, r.value, topic, partition, r.offset, ts / 1000.0 if ts is not None else None)
-                if r.headers:  # journey's own identity records carry two
-                    rec.control, rec.signature = control_headers(r.headers)
-                append(rec)
             span = spans.get(tp)
             spans[tp] = (chunk.ack_from if span is None else span[0], chunk.records[-1].offset)
         return records, spans

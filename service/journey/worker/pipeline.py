@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import InitVar, dataclass, field
+from typing import Any, Protocol
 
 import orjson
 
@@ -54,21 +54,62 @@ from journey.worker.deadletter import dead_letter
 log = logging.getLogger(__name__)
 
 
+#: Record headers as Kafka clients give them: (name, value) pairs.
+Headers = Sequence[tuple[str, bytes | None]]
+
+
+class InputRecord(Protocol):
+    """What the pipeline reads of a consumed record: the fields of aiokafka's ConsumerRecord of
+    the same names, so the worker hands the consumer's records over as they are."""
+
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    #: When the record reached Kafka, milliseconds since the epoch (for latency).
+    @property
+    def timestamp(self) -> int | None: ...
+    @property
+    def headers(self) -> Headers: ...
+
+
 @dataclass(slots=True)
 class Record:
-    """One consumed Kafka record."""
+    """A consumed record built by hand (tests, benchmarks, tools): an InputRecord. ``control``
+    and ``signature`` become the journey-control and journey-signature headers of journey's own
+    records on the input topic (identity and privacy requests)."""
 
     key: bytes | None
     value: bytes | None
     topic: str
     partition: int
     offset: int
-    #: When the record reached Kafka (epoch seconds), for latency.
-    timestamp: float | None = None
-    #: The journey-control header of the worker's own records on the input topic (identity),
-    #: and their journey-signature header.
-    control: bytes | None = None
-    signature: bytes | None = None
+    #: Milliseconds since the epoch, as Kafka's record timestamps.
+    timestamp: int | None = None
+    control: InitVar[bytes | None] = None
+    signature: InitVar[bytes | None] = None
+    headers: Headers = field(init=False, default=())
+
+    def __post_init__(self, control: bytes | None, signature: bytes | None) -> None:
+        if control is not None:
+            self.headers = [(CONTROL_HEADER, control)] if signature is None else [(CONTROL_HEADER, control), (SIGNATURE_HEADER, signature)]
+
+
+def control_headers(headers: Headers) -> tuple[bytes | None, bytes | None]:
+    """The journey-control and journey-signature headers' values, where the record has them."""
+    control = signature = None
+    for name, value in headers:
+        if name == CONTROL_HEADER:
+            control = bytes(value) if value is not None else None
+        elif name == SIGNATURE_HEADER:
+            signature = bytes(value) if value is not None else None
+    return control, signature
 
 
 @dataclass(slots=True)
@@ -96,7 +137,7 @@ class IdentityRules:
 @dataclass
 class BatchResult:
     transitions: list[Transition] = field(default_factory=list)
-    #: Kafka timestamps of the records that triggered each transition.
+    #: Kafka timestamps (seconds since the epoch) of the records that triggered each transition.
     trigger_timestamps: list[float] = field(default_factory=list)
     dead_letters: list[Output] = field(default_factory=list)
     #: Records for the input topic, in the order they were decided: touchpoints whose Kafka key
@@ -112,7 +153,7 @@ class BatchResult:
     conflicts: int = 0
     #: Final state of every customer the batch changed, with a record of theirs (its partition)
     #: and the summary of their state before the batch; None: the state is deleted (forgotten).
-    writes: dict[str, tuple[Record, CustomerState | None, Any]] = field(default_factory=dict)
+    writes: dict[str, tuple[InputRecord, CustomerState | None, Any]] = field(default_factory=dict)
     #: (customer key, type, channel, kind, event time) of every applied touchpoint, for metrics
     #: and the churn hook (which notes carts and purchases without decoding them again).
     applied: list[tuple[str, str, str, Kind, float]] = field(default_factory=list)
@@ -151,7 +192,7 @@ class Pipeline:
 
     def process(
         self,
-        records: Sequence[Record],
+        records: Sequence[InputRecord],
         states: Mapping[str, CustomerState] | None = None,
         *,
         read: Callable[[str, int], CustomerState | None] | None = None,
@@ -170,9 +211,11 @@ class Pipeline:
         max_event_time: float | None = None
         identity = self.identity
         for rec in records:
-            control = rec.control
+            control = None
+            if rec.headers:  # journey's own records (identity, privacy) carry two
+                control, signature = control_headers(rec.headers)
             if control is not None:
-                if not signed(identity.key, rec.signature, control, rec.key, rec.value):
+                if not signed(identity.key, signature, control, rec.key, rec.value):
                     self._dead_letter(out, rec, "bad_identity_request",
                                       "a journey-control record without this deployment's signature; producers must not "
                                       "set journey's own headers (or the workers' JOURNEY_CONTROL_SECRET differs)")
@@ -272,12 +315,12 @@ class Pipeline:
             if outcome.transition is not None:
                 out.transitions.append(outcome.transition)
                 if rec.timestamp is not None:
-                    out.trigger_timestamps.append(rec.timestamp)
+                    out.trigger_timestamps.append(rec.timestamp / 1000)
         out.max_event_time = max_event_time
         return out
 
     def _identity_request(
-        self, out: BatchResult, rec: Record, control: bytes, read: Callable[[str, int], CustomerState | None]
+        self, out: BatchResult, rec: InputRecord, control: bytes, read: Callable[[str, int], CustomerState | None]
     ) -> None:
         """A link request (at the anonymous id's partition) or a merge request (at the customer's)."""
         try:
@@ -339,11 +382,11 @@ class Pipeline:
             transition = merge_transition(state, customer_id, from_stage, to_stage, req, self.definition.version)
             out.transitions.append(transition)
             if rec.timestamp is not None:
-                out.trigger_timestamps.append(rec.timestamp)
+                out.trigger_timestamps.append(rec.timestamp / 1000)
 
     def state_of(
         self, out: BatchResult, key: str, partition: int, read: Callable[[str, int], CustomerState | None]
-    ) -> tuple[tuple[Record, CustomerState | None, Any] | None, CustomerState | None, Any]:
+    ) -> tuple[tuple[InputRecord, CustomerState | None, Any] | None, CustomerState | None, Any]:
         """(the batch's pending write of ``key`` or None, its state, its summary before the batch):
         what an earlier record of the batch left, else the store (read once per batch)."""
         pending = out.writes.get(key)
@@ -359,7 +402,7 @@ class Pipeline:
         return (stored.copy() if stored is not None and self.copy_reads else stored), before
 
     @staticmethod
-    def _dead_letter(out: BatchResult, rec: Record, reason: str, error: str) -> None:
+    def _dead_letter(out: BatchResult, rec: InputRecord, reason: str, error: str) -> None:
         out.reasons.append(reason)
         out.dead_letters.append(
             Output(

@@ -47,7 +47,7 @@ from journey.core.privacy import (
 )
 from journey.core.state import CustomerState
 from journey.worker.batch import exit_replaying
-from journey.worker.pipeline import BatchResult, Output, Pipeline, Record
+from journey.worker.pipeline import BatchResult, InputRecord, Output, Pipeline
 
 if TYPE_CHECKING:
     from journey.worker.app import JourneyApp
@@ -83,7 +83,7 @@ class Privacy:
         return True
 
     # --- forget and undo records ----------------------------------------------------------
-    def request(self, pipeline: Pipeline, out: BatchResult, rec: Record, control: bytes, read: Read) -> str | None:
+    def request(self, pipeline: Pipeline, out: BatchResult, rec: InputRecord, control: bytes, read: Read) -> str | None:
         """Apply a (signed) FORGET or UNFORGET record; returns why it cannot be applied, or None."""
         try:
             req = decode_forget(rec.value)
