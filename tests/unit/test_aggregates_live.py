@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import orjson
+from faust.types import TP
 
 from journey.core.aggregates import PartitionAggregate, summarize
 from journey.core.clock import iso
@@ -54,7 +55,11 @@ def test_observe_keeps_each_owned_partition_equal_to_a_recount() -> None:
         result = pipe.process(records, states)
         for key, (_rec, state, _before) in result.writes.items():
             states[key] = state
-        live.observe(records, result)
+        spans: dict[TP, tuple[int, int]] = {}  # as the ingest hands them over: (first, last) offsets
+        for r in records:
+            tp = TP(r.topic, r.partition)
+            spans[tp] = (spans.get(tp, (r.offset, r.offset))[0], r.offset)
+        live.observe(spans, result)
     for p in (0, 1):
         mine = [st for st in states.values() if st.partition == p]
         assert mine
