@@ -212,8 +212,9 @@ class Pipeline:
         identity = self.identity
         for rec in records:
             control = None
-            if rec.headers:  # journey's own records (identity, privacy) carry two
-                control, signature = control_headers(rec.headers)
+            headers = rec.headers
+            if headers:  # journey's own records (identity, privacy) carry two
+                control, signature = control_headers(headers)
             if control is not None:
                 if not signed(identity.key, signature, control, rec.key, rec.value):
                     self._dead_letter(out, rec, "bad_identity_request",
