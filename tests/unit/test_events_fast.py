@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from journey.core import events
-from journey.core.events import InvalidTouchpoint, Touchpoint, _validate_strict, decode, validate
+from journey.core.events import InvalidTouchpoint, Touchpoint, _validate_strict, decode, touchpoint, validate
 
 FIELDS = ("event_id", "customer_id", "anonymous_id", "type", "timestamp", "ts", "channel", "properties", "profile_id")
 
@@ -55,6 +55,12 @@ def assert_same_as_strict(data: Any) -> tuple[Any, ...]:
     strict = outcome(_validate_strict, copy.deepcopy(data))
     assert outcome(validate, copy.deepcopy(data)) == strict, data  # cold caches for this value
     assert outcome(validate, copy.deepcopy(data)) == strict, data  # warm
+    try:
+        raw = orjson.dumps(data)
+    except TypeError:  # not JSON (a set, a tuple key...): no record can carry it
+        return strict
+    if orjson.loads(raw) == data:  # decode() reads the bytes with msgspec first, orjson after
+        assert outcome(decode, raw) == strict, raw
     return strict
 
 
@@ -120,6 +126,8 @@ def test_fast_timestamps_equal_fromisoformat_to_the_bit():
         "2024-01-01T00:00:00 Z",
         "2024-01-01T00:00:00Z ",
         "2024-01-0\u0661T00:00:00Z",  # an Arabic-Indic digit: the regex's \\d takes it, fromisoformat does not
+        "2024-01-01T00:00:00.12345\u0666Z",  # int() reads Arabic-Indic digits too
+        "2024-01-01T00:00:00.\u0661\u0662\u0663\u0664\u0665\u0666+01:00",
         "2024-01-01T00:00:00\uff0b00:00",
         "2024-W01-1T00:00:00Z",
         "",
@@ -128,6 +136,8 @@ def test_fast_timestamps_equal_fromisoformat_to_the_bit():
 )
 def test_invalid_timestamps_are_rejected_with_the_strict_message(ts: str):
     assert events._epoch_us(ts) is None
+    for warm in ("2024-01-01T00:00:00.123456Z", "2024-01-01T00:00:00.123456+01:00"):  # pieces of the same shapes
+        validate(dict(GOOD, timestamp=warm))
     result = assert_same_as_strict(dict(GOOD, timestamp=ts))
     assert result[0] == "invalid" and "field timestamp" in result[2]
 
@@ -226,10 +236,10 @@ def test_typical_touchpoints_never_need_the_strict_path(data: dict[str, Any], mo
 
 
 def test_touchpoints_built_directly_know_their_profile_id():
-    tp = Touchpoint("e", None, "v-1", "page_view", "2024-01-01T00:00:00Z", 1704067200.0, "other", {})
-    assert tp.profile_id == "v-1"
-    assert Touchpoint("e", "c-1", "v-1", "page_view", "2024-01-01T00:00:00Z", 1704067200.0, "other", {}).profile_id == "c-1"
-    assert validate(GOOD) == _validate_strict(GOOD)
+    tp = touchpoint("e", None, "v-1", "page_view", "2024-01-01T00:00:00Z", 1704067200.0, "other", {})
+    assert (tp.profile_id, tp.ts) == ("v-1", 1704067200.0)
+    assert touchpoint("e", "c-1", "v-1", "page_view", "2024-01-01T00:00:00Z", 1704067200.0, "other", {}).profile_id == "c-1"
+    assert outcome(validate, GOOD) == outcome(_validate_strict, GOOD) == outcome(decode, orjson.dumps(GOOD))
 
 
 def test_caches_stay_bounded_and_correct(monkeypatch: pytest.MonkeyPatch):
@@ -251,3 +261,22 @@ def test_a_channel_of_the_wrong_json_type_is_a_schema_violation_not_a_crash(chan
     with pytest.raises(InvalidTouchpoint) as info:
         decode(raw)
     assert info.value.reason == "schema_violation" and "channel" in info.value.error
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        (b'"\xd1"', "not_utf8"),  # msgspec skips an unknown field's bytes unchecked
+        (b'"\xed\xa0\x80"', "not_utf8"),  # a UTF-8-encoded surrogate
+        (b"1e400", "not_json"),  # orjson refuses a number beyond a double; msgspec would skip it
+        (b'"fine"', None),
+    ],
+)
+def test_a_field_journey_does_not_know_is_read_as_strictly_as_any_other(extra: bytes, reason: str | None):
+    raw = orjson.dumps(GOOD)[:-1] + b',"context":' + extra + b"}"
+    if reason is None:
+        assert decode(raw).event_id == GOOD["event_id"]
+    else:
+        with pytest.raises(InvalidTouchpoint) as exc:
+            decode(raw)
+        assert exc.value.reason == reason

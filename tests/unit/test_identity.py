@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -236,12 +235,6 @@ def test_bad_identity_requests_are_dead_lettered() -> None:
     ]
     result = pipeline.process(records, {})
     assert result.reasons == ["bad_identity_request"] * 7 and not result.writes and not result.rekeyed
-
-
-def test_touchpoint_replace_keeps_the_event() -> None:
-    tp = validate(event("page_view", 1, anonymous="dev-1", channel="ads"))
-    moved = replace(tp, customer_id="c1")
-    assert (moved.profile_id, moved.anonymous_id, moved.event_id) == ("c1", "dev-1", tp.event_id)
 
 
 def test_identity_events_match_their_schema() -> None:

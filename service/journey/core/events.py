@@ -1,18 +1,20 @@
 """Touchpoints: decoding and validating the input wire format (schemas/touchpoint.schema.json).
 
-The checks here implement the JSON Schema by hand because a generic validator costs more than
-the rest of the hot path together; tests/unit/test_events.py holds the two to the same verdicts.
-Details: docs/journey-rules.md.
+msgspec reads a record's JSON straight into a Touchpoint (types and id lengths checked in C), and
+the rest of the JSON Schema is checked by hand, from caches of pieces already found valid: a
+generic validator costs more than the rest of the hot path together. Anything unusual goes to a
+strict path that words the error; tests/unit/test_events*.py hold all paths and the JSON Schema
+to the same verdicts. Details: docs/journey-rules.md.
 """
 
 from __future__ import annotations
 
 import re
 import reprlib
-from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, Final, TypeGuard
+from typing import TYPE_CHECKING, Annotated, Any, Final, TypeGuard
 
+import msgspec
 import orjson
 
 from journey.errors import InputError
@@ -39,27 +41,61 @@ class InvalidTouchpoint(InputError):
         self.error = error
 
 
-@dataclass(slots=True)
-class Touchpoint:
-    event_id: str
-    customer_id: str | None
-    anonymous_id: str | None
-    type: str
-    timestamp: str
+class _Derived:
+    """Touchpoint's attributes that decoding computes: never read off the wire."""
+
+    __slots__ = ("ts", "profile_id")
     #: Event time, seconds since the epoch (UTC).
     ts: float
-    channel: str
-    properties: dict[str, Any]
-    #: The id the journey is kept under: the customer, or the anonymous visitor when there is none.
-    #: A slot set at construction rather than a property: it is read for every event.
-    profile_id: str = field(init=False, repr=False, compare=False)
+    #: The id the journey is kept under: the customer, or the anonymous visitor when there is
+    #: none. Set once, not a property: it is read for every event.
+    profile_id: str
 
-    def __post_init__(self) -> None:
-        self.profile_id = self.customer_id if self.customer_id is not None else self.anonymous_id  # type: ignore[assignment]
+
+#: An id on the wire: a string of 1 to MAX_ID_LEN characters (msgspec checks it in C).
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LEN)]
+
+
+class Touchpoint(_Derived, msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """A valid touchpoint. The fields are the wire format's: decode() reads them in C, straight
+    into this object. A record with other fields takes the orjson path (msgspec would skip their
+    bytes unchecked, and journey refuses what is not UTF-8 JSON wherever it is). Build one by
+    hand with :func:`touchpoint`."""
+
+    event_id: _Id
+    type: str
+    timestamp: str
+    customer_id: _Id | None = None
+    anonymous_id: _Id | None = None
+    if TYPE_CHECKING:  # after decoding; null on the wire becomes the default (_complete)
+        channel: str
+        properties: dict[str, Any]
+    else:
+        channel: str | None = DEFAULT_CHANNEL
+        properties: dict[str, Any] | None = {}
+
+
+def touchpoint(
+    event_id: str, customer_id: str | None, anonymous_id: str | None, type: str, timestamp: str, ts: float,  # noqa: A002
+    channel: str, properties: dict[str, Any],
+) -> Touchpoint:
+    """A Touchpoint from values already checked (the strict path, tests)."""
+    tp = Touchpoint(event_id=event_id, customer_id=customer_id, anonymous_id=anonymous_id, type=type,
+                    timestamp=timestamp, channel=channel, properties=properties)
+    tp.ts = ts
+    tp.profile_id = customer_id if customer_id is not None else anonymous_id  # type: ignore[assignment]
+    return tp
 
 
 def decode(raw: bytes) -> Touchpoint:
     """Bytes off the wire -> a valid Touchpoint, or InvalidTouchpoint with the reason."""
+    try:
+        tp = _decode_wire(raw)  # types and id lengths checked in C
+    except Exception:  # noqa: BLE001 - anything msgspec refuses, the path below judges and words
+        pass
+    else:
+        if _complete(tp):
+            return tp
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -73,6 +109,9 @@ def decode(raw: bytes) -> Touchpoint:
             ) from None
         raise InvalidTouchpoint("not_json", f"the value is not JSON: {exc}") from None
     return validate(data)
+
+
+_decode_wire = msgspec.json.Decoder(Touchpoint).decode
 
 
 # --- fast path -------------------------------------------------------------------------------
@@ -98,7 +137,9 @@ _PROPERTY_RULES: Final[dict[str, str]] = {
     "order_id": "id", "cart_id": "id", "amount": "number", "currency": "currency", "rating": "rating",
 }
 _CHECKED_PROPERTIES: Final[frozenset[str]] = frozenset(_PROPERTY_RULES)
-_new = object.__new__
+#: An id property's integers that every decoder reads as ints (orjson, the fallback, reads a
+#: larger one as a float, and the strict path judges and hashes that).
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
 #: The largest order line amount, either sign (a negative line is a correction and lowers revenue).
@@ -107,50 +148,41 @@ MAX_AMOUNT: Final[float] = 1e12
 
 def validate(data: Any) -> Touchpoint:
     """A decoded JSON value -> Touchpoint, checking every rule of the touchpoint schema."""
-    # Exact types (type(x) is str, not isinstance): anything unusual takes the strict path.
-    if type(data) is not dict:
-        return _validate_strict(data)
-    try:  # subscripts cost less than get(); a missing field is the rarer case
-        event_id = data["event_id"]
-        customer_id = data["customer_id"]
-        etype = data["type"]
-        timestamp = data["timestamp"]
-        channel = data["channel"]
-        properties = data["properties"]
-        anonymous_id = None if len(data) == 6 else data.get("anonymous_id")  # 6: just the fields above
-    except KeyError:
-        get = data.get
-        event_id = get("event_id")
-        customer_id = get("customer_id")
-        anonymous_id = get("anonymous_id")
-        etype = get("type")
-        timestamp = get("timestamp")
-        channel = get("channel")
-        properties = get("properties")
-    if channel is None:
-        channel = DEFAULT_CHANNEL
+    if type(data) is dict:
+        try:
+            tp = msgspec.convert(data, Touchpoint)
+        except Exception:  # noqa: BLE001 - the strict path judges and words it
+            pass
+        else:
+            if _complete(tp):
+                return tp
+    return _validate_strict(data)
+
+
+def _complete(tp: Touchpoint) -> bool:
+    """The rules msgspec did not check, from the caches of pieces already found valid; sets
+    ``ts`` and ``profile_id``. False: not surely valid (the strict path then judges)."""
+    customer_id = tp.customer_id
+    etype = tp.type
+    properties = tp.properties
     if properties is None:
-        properties = {}
+        tp.properties = properties = {}
+    if tp.channel is None:
+        tp.channel = DEFAULT_CHANNEL
     if (
-        type(event_id) is not str or not 0 < len(event_id) <= MAX_ID_LEN
-        or (
-            (type(customer_id) is not str or not 0 < len(customer_id) <= MAX_ID_LEN)
-            and (customer_id is not None or anonymous_id is None)
-        )
-        or (anonymous_id is not None and (type(anonymous_id) is not str or not 0 < len(anonymous_id) <= MAX_ID_LEN))
-        or type(etype) is not str or (etype not in _VALID_TYPES and not _remember_type(etype))
-        or type(timestamp) is not str
-        or type(channel) is not str or channel not in CHANNELS
-        or type(properties) is not dict
+        (customer_id is None and tp.anonymous_id is None)
+        or (etype not in _VALID_TYPES and not _remember_type(etype))
+        or tp.channel not in CHANNELS
         or (properties and not _CHECKED_PROPERTIES.isdisjoint(properties) and not _properties_surely_valid(properties))
     ):
-        return _validate_strict(data)
+        return False
+    timestamp = tp.timestamp
     try:
         us = _HOURS[timestamp[:13]] + _MINUTE_SECONDS[timestamp[13:19]]
     except KeyError:
         parsed = _epoch_us(timestamp)
         if parsed is None:
-            return _validate_strict(data)
+            return False
         us = parsed
     else:
         # The tail apart, with .get: microsecond fractions are never remembered whole, and a
@@ -158,21 +190,19 @@ def validate(data: Any) -> Touchpoint:
         rest = timestamp[19:]
         tail = _TAILS.get(rest)
         if tail is None:
-            tail = _tail_us(rest)
-            if tail is None:
-                return _validate_strict(data)
+            # '.ffffff' and a zone seen before: the common tail not remembered, read in place.
+            offset = _ZONES.get(rest[7:])
+            digits = rest[1:7]
+            if offset is not None and rest[0] == "." and digits.isdigit() and digits.isascii():
+                tail = int(digits) - offset
+            else:
+                tail = _tail_us(rest)
+                if tail is None:
+                    return False
         us += tail
-    tp = _new(Touchpoint)  # skips __init__: these slot stores cost less than the call
-    tp.event_id = event_id
-    tp.customer_id = customer_id
-    tp.anonymous_id = anonymous_id
-    tp.type = etype
-    tp.timestamp = timestamp
     tp.ts = us / 1_000_000
-    tp.channel = channel
-    tp.properties = properties
-    tp.profile_id = customer_id if customer_id is not None else anonymous_id  # type: ignore[assignment]  # one of them is a str (checked above)
-    return tp
+    tp.profile_id = customer_id if customer_id is not None else tp.anonymous_id  # type: ignore[assignment]  # one is a str (checked above)
+    return True
 
 
 def _epoch_us(ts: str) -> int | None:
@@ -295,7 +325,7 @@ def _properties_surely_valid(p: dict[str, Any]) -> bool:
             continue
         t = type(v)
         if rule == "id":
-            if t is not str and t is not int:
+            if t is not str and (t is not int or not _INT_MIN <= v <= _INT_MAX):
                 return False
         elif rule == "number":
             if (t is not float and t is not int) or not -MAX_AMOUNT <= v <= MAX_AMOUNT:
@@ -348,7 +378,7 @@ def _validate_strict(data: Any) -> Touchpoint:
         raise _violation("properties", properties, "a JSON object", event_id)
     elif properties:
         _check_properties(properties, event_id)
-    return Touchpoint(event_id, customer_id, anonymous_id, etype, timestamp, ts, channel, properties)
+    return touchpoint(event_id, customer_id, anonymous_id, etype, timestamp, ts, channel, properties)
 
 
 def _optional_id(data: dict[str, Any], field: str) -> str | None:
