@@ -10,6 +10,7 @@ from __future__ import annotations
 import calendar
 import copy
 import random
+import sys
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -219,6 +220,8 @@ TYPICAL = [
     GOOD | {"anonymous_id": "v-1"},
     {k: v for k, v in GOOD.items() if k not in ("channel", "properties")},
     GOOD | {"channel": None, "properties": None},
+    GOOD | {"context": {"ip": "192.0.2.1", "library": ["a", 1]}},  # fields journey does not read
+    dict(GOOD, properties={"count": 2**63, "price": 1.5, "flag": True, "none": None}),
 ]
 
 
@@ -289,3 +292,30 @@ def test_an_integer_order_id_is_read_as_orjson_reads_it(order_id: int):
     raw = orjson.dumps(dict(GOOD, type="purchase", properties={"amount": 1})).replace(b'"amount":1', b'"amount":1,"order_id":%d' % order_id)
     got = decode(raw).properties["order_id"]
     assert (type(got), got) == (type(orjson.loads(raw)["properties"]["order_id"]), orjson.loads(raw)["properties"]["order_id"])
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"9" * 400, "not_json"),  # msgspec reads any integer; orjson refuses one beyond a double
+        (b"-" + b"9" * 400, "not_json"),
+        (b"[" + b"9" * 400 + b"]", "not_json"),
+        (b'{"a":' * 1500 + b"1" + b"}" * 1500, "not_json"),  # orjson's depth limit, whatever the recursion limit
+        (b"18446744073709551616", None),  # read as orjson reads it: a float
+        (b"[18446744073709551616, {}]", None),
+    ],
+)
+def test_properties_are_read_as_orjson_reads_them(value: bytes, reason: str | None):
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10_000)  # msgspec's own depth limit is the interpreter's
+    try:
+        raw = orjson.dumps(GOOD)[:-2] + b',"x":' + value + b"}}"
+        if reason is None:
+            assert decode(raw).properties["x"] == orjson.loads(raw)["properties"]["x"]
+            assert type(decode(raw).properties["x"]) is type(orjson.loads(raw)["properties"]["x"])
+        else:
+            with pytest.raises(InvalidTouchpoint) as exc:
+                decode(raw)
+            assert exc.value.reason == reason
+    finally:
+        sys.setrecursionlimit(limit)

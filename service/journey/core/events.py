@@ -42,13 +42,14 @@ class InvalidTouchpoint(InputError):
 
 
 class _Derived:
-    """Touchpoint's attributes that decoding computes: never read off the wire."""
+    """Touchpoint's attributes that decoding computes: never read off the wire (and not carried
+    by msgspec's copies, pickling or equality, which nothing in journey uses)."""
 
     __slots__ = ("ts", "profile_id")
     #: Event time, seconds since the epoch (UTC).
     ts: float
     #: The id the journey is kept under: the customer, or the anonymous visitor when there is
-    #: none. Set once, not a property: it is read for every event.
+    #: none. An attribute set in decoding, not a property: it is read for every event.
     profile_id: str
 
 
@@ -58,9 +59,9 @@ _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LEN)]
 
 class Touchpoint(_Derived, msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
     """A valid touchpoint. The fields are the wire format's: decode() reads them in C, straight
-    into this object. A record with other fields takes the orjson path (msgspec would skip their
-    bytes unchecked, and journey refuses what is not UTF-8 JSON wherever it is). Build one by
-    hand with :func:`touchpoint`."""
+    into this object. A record with other top-level fields takes the orjson path, then the
+    cached checks as any other (msgspec would skip their bytes unchecked, and journey refuses
+    what is not UTF-8 JSON wherever it is). Build one by hand with :func:`touchpoint`."""
 
     event_id: _Id
     type: str
@@ -112,6 +113,7 @@ def decode(raw: bytes) -> Touchpoint:
 
 
 _decode_wire = msgspec.json.Decoder(Touchpoint).decode
+_WIRE_FIELDS: Final[frozenset[str]] = frozenset(f.name for f in msgspec.structs.fields(Touchpoint))
 
 
 # --- fast path -------------------------------------------------------------------------------
@@ -136,9 +138,8 @@ _EPOCH_ORDINAL: Final[int] = date(1970, 1, 1).toordinal()
 _PROPERTY_RULES: Final[dict[str, str]] = {
     "order_id": "id", "cart_id": "id", "amount": "number", "currency": "currency", "rating": "rating",
 }
-_CHECKED_PROPERTIES: Final[frozenset[str]] = frozenset(_PROPERTY_RULES)
-#: An id property's integers that every decoder reads as ints (orjson, the fallback, reads a
-#: larger one as a float, and the strict path judges and hashes that).
+#: The integers orjson reads as ints (it reads a larger one as a float, or refuses it beyond a
+#: double); msgspec reads any as an int, so a property beyond them goes to the orjson path.
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
@@ -149,6 +150,10 @@ MAX_AMOUNT: Final[float] = 1e12
 def validate(data: Any) -> Touchpoint:
     """A decoded JSON value -> Touchpoint, checking every rule of the touchpoint schema."""
     if type(data) is dict:
+        if not _WIRE_FIELDS.issuperset(data):
+            # Other fields are allowed (and were read already); the Struct refuses them only so
+            # that decode() never skips bytes unchecked.
+            data = {k: v for k, v in data.items() if k in _WIRE_FIELDS}
         try:
             tp = msgspec.convert(data, Touchpoint)
         except Exception:  # noqa: BLE001 - the strict path judges and words it
@@ -173,7 +178,7 @@ def _complete(tp: Touchpoint) -> bool:
         (customer_id is None and tp.anonymous_id is None)
         or (etype not in _VALID_TYPES and not _remember_type(etype))
         or tp.channel not in CHANNELS
-        or (properties and not _CHECKED_PROPERTIES.isdisjoint(properties) and not _properties_surely_valid(properties))
+        or (properties and not _properties_surely_valid(properties))
     ):
         return False
     timestamp = tp.timestamp
@@ -318,14 +323,20 @@ def _remember_currency(currency: str) -> bool:
 
 
 def _properties_surely_valid(p: dict[str, Any]) -> bool:
-    """True only when _check_properties would pass ``p``; False means "ask it"."""
+    """True only when _check_properties would pass ``p`` and orjson would read the same values;
+    False means "ask them"."""
     for key, v in p.items():
+        t = type(v)
+        if t is int:
+            if not _INT_MIN <= v <= _INT_MAX:
+                return False  # orjson reads it as a float, or refuses it (beyond a double)
+        elif t is dict or t is list:
+            return False  # nested: orjson's depth limit and numbers judge it, as before msgspec
         rule = _PROPERTY_RULES.get(key)
         if rule is None:
             continue
-        t = type(v)
         if rule == "id":
-            if t is not str and (t is not int or not _INT_MIN <= v <= _INT_MAX):
+            if t is not str and t is not int:
                 return False
         elif rule == "number":
             if (t is not float and t is not int) or not -MAX_AMOUNT <= v <= MAX_AMOUNT:
