@@ -222,6 +222,7 @@ TYPICAL = [
     GOOD | {"channel": None, "properties": None},
     GOOD | {"context": {"ip": "192.0.2.1", "library": ["a", 1]}},  # fields journey does not read
     dict(GOOD, properties={"count": 2**63, "price": 1.5, "flag": True, "none": None}),
+    dict(GOOD, type="purchase", properties={"order_id": "o-2", "items": [{"sku": "a", "qty": 2}]}),  # nested: read by orjson
 ]
 
 

@@ -95,7 +95,7 @@ def decode(raw: bytes) -> Touchpoint:
     except Exception:  # noqa: BLE001 - anything msgspec refuses, the path below judges and words
         pass
     else:
-        if _complete(tp):
+        if _complete(tp, wire=True):
             return tp
     try:
         data = orjson.loads(raw)
@@ -159,14 +159,15 @@ def validate(data: Any) -> Touchpoint:
         except Exception:  # noqa: BLE001 - the strict path judges and words it
             pass
         else:
-            if _complete(tp):
+            if _complete(tp, wire=False):
                 return tp
     return _validate_strict(data)
 
 
-def _complete(tp: Touchpoint) -> bool:
+def _complete(tp: Touchpoint, *, wire: bool) -> bool:
     """The rules msgspec did not check, from the caches of pieces already found valid; sets
-    ``ts`` and ``profile_id``. False: not surely valid (the strict path then judges)."""
+    ``ts`` and ``profile_id``. False: not surely valid (the strict path then judges). ``wire``:
+    msgspec read the bytes, not orjson (see _properties_surely_valid)."""
     customer_id = tp.customer_id
     etype = tp.type
     properties = tp.properties
@@ -178,7 +179,7 @@ def _complete(tp: Touchpoint) -> bool:
         (customer_id is None and tp.anonymous_id is None)
         or (etype not in _VALID_TYPES and not _remember_type(etype))
         or tp.channel not in CHANNELS
-        or (properties and not _properties_surely_valid(properties))
+        or (properties and not _properties_surely_valid(properties, wire))
     ):
         return False
     timestamp = tp.timestamp
@@ -322,16 +323,17 @@ def _remember_currency(currency: str) -> bool:
     return True
 
 
-def _properties_surely_valid(p: dict[str, Any]) -> bool:
-    """True only when _check_properties would pass ``p`` and orjson would read the same values;
-    False means "ask them"."""
+def _properties_surely_valid(p: dict[str, Any], wire: bool) -> bool:
+    """True only when _check_properties would pass ``p`` and, with ``wire`` (msgspec read the
+    bytes), orjson would have read the same values; False means "ask them"."""
     for key, v in p.items():
         t = type(v)
-        if t is int:
-            if not _INT_MIN <= v <= _INT_MAX:
-                return False  # orjson reads it as a float, or refuses it (beyond a double)
-        elif t is dict or t is list:
-            return False  # nested: orjson's depth limit and numbers judge it, as before msgspec
+        if wire:
+            if t is int:
+                if not _INT_MIN <= v <= _INT_MAX:
+                    return False  # orjson reads it as a float, or refuses it (beyond a double)
+            elif t is dict or t is list:
+                return False  # nested: orjson's depth limit and numbers judge it
         rule = _PROPERTY_RULES.get(key)
         if rule is None:
             continue
