@@ -25,8 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "service"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from faust.types import TP  # noqa: E402
-
 import loadgen  # noqa: E402
 from journey.churn.config import ChurnSettings  # noqa: E402
 from journey.churn.risk import StageTimes, load_model  # noqa: E402
@@ -38,6 +36,7 @@ from journey.core.machine import Limits  # noqa: E402
 from journey.core.state import CustomerState  # noqa: E402
 from journey.settings import Settings  # noqa: E402
 from journey.worker.aggregates import LiveAggregates  # noqa: E402
+from journey.worker.batch import spans_of  # noqa: E402
 from journey.worker.pipeline import BatchResult, Pipeline, Record  # noqa: E402
 
 #: One batch as the aggregates see it: its records, and per changed customer (key, record,
@@ -103,15 +102,6 @@ def _warm(changed: list[tuple[str, Record, CustomerState | None, CustomerState]]
         after.copy()
 
 
-def _spans(recs: list[Record]) -> dict[TP, tuple[int, int]]:
-    """Each partition's (first, last) offsets in a batch, as the ingest hands them over."""
-    spans: dict[TP, tuple[int, int]] = {}
-    for r in recs:
-        tp = TP(r.topic, r.partition)
-        spans[tp] = (spans.get(tp, (r.offset, r.offset))[0], r.offset)
-    return spans
-
-
 def _live(partitions: int) -> LiveAggregates:
     # The hot path only reads parts and offsets: no app needed.
     live = LiveAggregates.__new__(LiveAggregates)
@@ -142,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     for (recs, changed), sums in zip(batches, befores, strict=True):
         result = BatchResult()
         result.writes = {key: (rec, after, s) for (key, rec, _b, after), s in zip(changed, sums, strict=True)}
-        results.append((_spans(recs), result))
+        results.append((spans_of(recs), result))
     batch_spans = [spans for spans, _result in results]
     live = _live(args.partitions)
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import orjson
-from faust.types import TP
 
 from journey.core.aggregates import PartitionAggregate, summarize
 from journey.core.clock import iso
@@ -17,6 +16,7 @@ from journey.core.events import CHANNELS
 from journey.core.machine import Limits
 from journey.core.state import CustomerState
 from journey.worker.aggregates import LiveAggregates
+from journey.worker.batch import spans_of
 from journey.worker.pipeline import Pipeline, Record
 
 DEFINITION = load_definition(Path(__file__).resolve().parents[2] / "schemas" / "journey.yaml")
@@ -55,11 +55,7 @@ def test_observe_keeps_each_owned_partition_equal_to_a_recount() -> None:
         result = pipe.process(records, states)
         for key, (_rec, state, _before) in result.writes.items():
             states[key] = state
-        spans: dict[TP, tuple[int, int]] = {}  # as the ingest hands them over: (first, last) offsets
-        for r in records:
-            tp = TP(r.topic, r.partition)
-            spans[tp] = (spans.get(tp, (r.offset, r.offset))[0], r.offset)
-        live.observe(spans, result)
+        live.observe(spans_of(records), result)  # as the ingest hands them over: (first, last) offsets
     for p in (0, 1):
         mine = [st for st in states.values() if st.partition == p]
         assert mine

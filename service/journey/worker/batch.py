@@ -37,6 +37,17 @@ Output = tuple[str, bytes | None, bytes, tuple[tuple[str, bytes], ...] | None]
 Spans = Mapping[TP, tuple[int, int]]
 
 
+def spans_of(records: Iterable[InputRecord]) -> dict[TP, tuple[int, int]]:
+    """Each partition's (first, last) offsets of records in offset order: the spans of records
+    built by hand (tests, benchmarks); the ingest takes its own from its fetched chunks."""
+    spans: dict[TP, tuple[int, int]] = {}
+    for r in records:
+        tp = TP(r.topic, r.partition)
+        span = spans.get(tp)
+        spans[tp] = (r.offset if span is None else span[0], r.offset)
+    return spans
+
+
 def exit_replaying(what: str) -> None:
     """Exit now, leaving the input offsets where they are: whoever owns the partition next
     (this worker, restarted) replays from the last commit. Acking instead would commit past
