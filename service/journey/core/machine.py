@@ -18,6 +18,8 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from journey.core.clock import utc_day
 from journey.core.definition import JourneyDefinition, Kind
 from journey.core.events import Touchpoint
@@ -76,8 +78,10 @@ class Transition:
         }
 
 
-@dataclass(slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, gc=False):
+    """What apply() did. A Struct, not a dataclass: one is built per event, and msgspec's
+    constructor is C (about 0.1 us against 0.2; gc=False: it never holds a cycle)."""
+
     state: CustomerState
     transition: Transition | None
     duplicate: bool
