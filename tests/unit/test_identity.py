@@ -22,7 +22,11 @@ from journey.core.identity import (
     ALIASED,
     LINK,
     MERGE,
+    BadRequest,
+    MergeRequest,
     alias_of,
+    check_mergeable,
+    decode_merge,
     junk_ids,
     merge,
     sign,
@@ -334,3 +338,36 @@ def test_asking_a_link_does_not_change_the_state_that_was_read() -> None:
     Pipeline(DEFINITION, LIMITS).process([Record(b"c1", orjson.dumps(event("page_view", 1, customer="c1", anonymous="new-device")),
                                                  "touchpoints", 0, 0)], states)
     assert stored.extra["id"] == {"l": ["old-device"]}  # copy_reads: the batch changed its own copy only
+
+
+def _mergeable() -> CustomerState:
+    st = CustomerState()
+    for i, (etype, props) in enumerate([("ad_click", {}), ("purchase", {"order_id": "o1", "amount": 5}), ("support_ticket", {})]):
+        apply(st, validate({"event_id": f"e{i}", "anonymous_id": "a1", "type": etype, "channel": "ads",
+                            "timestamp": (T0 + timedelta(hours=i)).isoformat(), "properties": props}), DEFINITION, LIMITS)
+    return st
+
+
+@pytest.mark.parametrize("slot, value", [
+    ("stage", 6), ("stage", "3"), ("reached", (None,) * 6), ("reached", [None, "x", None, None, None, None]),
+    ("reached", [None, 1e300, None, None, None, None]), ("channels", {"ads": 1.5}), ("negatives", {"support_ticket": None}),
+    ("revenue", "5"), ("first_seen", float("nan")), ("last_negative", "now"), ("order_times", []),
+    ("order_times", ["x"]), ("days", None), ("seen", {}), ("pre_purchase", [[None, "ads", 0]]),
+    ("pre_purchase", [[1.7e9, "ads"]]), ("pre_purchase", [(1.7e9, "ads", 0)]), ("extra", {"alias": ["c", 1.0, "e"]}),
+])
+def test_a_merge_request_state_of_the_wrong_shape_is_refused(slot: str, value: Any) -> None:
+    st = _mergeable()
+    check_mergeable(st)  # the state as journey writes it passes
+    setattr(st, slot, value)
+    with pytest.raises(BadRequest):
+        check_mergeable(st)
+
+
+def test_a_decoded_merge_request_keeps_the_state_it_carries() -> None:
+    """A decoded request holds the state as read (not encoded again) and gives the same state back."""
+    st = _mergeable()
+    built = MergeRequest("a1", "c1", 1.7e9, "e9", st.to_wire())
+    decoded = decode_merge(built.to_bytes())
+    assert decoded.to_bytes() == built.to_bytes()
+    assert decoded.anonymous_state().to_wire() == built.anonymous_state().to_wire() == st.to_wire()
+    assert MergeRequest("a1", "c1", 1.7e9, "e9", None).anonymous_state().to_wire() == CustomerState().to_wire()

@@ -191,12 +191,21 @@ class MergeRequest:
     customer_id: str
     at: float
     trigger_event_id: str
-    state: bytes | None
+    #: The state's encoding: CustomerState.to_wire()'s bytes in a request built here, the JSON
+    #: value read (not encoded again) in one decoded.
+    state: bytes | list[Any] | None
 
     def to_bytes(self) -> bytes:
-        state = orjson.Fragment(self.state) if self.state is not None else None
+        state = orjson.Fragment(self.state) if type(self.state) is bytes else self.state
         return orjson.dumps({"anonymous_id": self.anonymous_id, "customer_id": self.customer_id, "at": self.at,
                              "trigger_event_id": self.trigger_event_id, "state": state})
+
+    def anonymous_state(self) -> CustomerState:
+        """The anonymous profile's state (raises what CustomerState's decoding raises)."""
+        state = self.state
+        if state is None:
+            return CustomerState()
+        return CustomerState.from_wire(state) if type(state) is bytes else CustomerState.from_value(state)
 
 
 class BadRequest(InputError):
@@ -234,8 +243,7 @@ def decode_merge(raw: bytes | None) -> MergeRequest:
     state = d.get("state")
     if state is not None and type(state) is not list:
         raise BadRequest("state must be a customer state's encoding or null")
-    return MergeRequest(d["anonymous_id"], d["customer_id"], float(d["at"]), d["trigger_event_id"],
-                        orjson.dumps(state) if state is not None else None)
+    return MergeRequest(d["anonymous_id"], d["customer_id"], float(d["at"]), d["trigger_event_id"], state)
 
 
 def identity_event(kind: str, anonymous_id: str, customer_id: str, at: float, trigger_event_id: str,
@@ -337,26 +345,51 @@ def merge(into: CustomerState, other: CustomerState, anonymous_id: str, *, order
 def check_mergeable(st: CustomerState) -> None:
     """Raise BadRequest unless ``st`` has the shape merge() relies on (a decoded state from a
     request is journey's own encoding, but a forged or damaged one must cost one record)."""
-    def number(v: Any) -> bool:
-        return v is None or (type(v) in (int, float) and EARLIEST - 1e9 <= v <= LATEST + 1e9)
-
     ok = (
-        type(st.stage) is int and -1 <= st.stage < len(st.reached)
-        and type(st.reached) is list and all(number(t) for t in st.reached)
+        type(st.stage) is int and type(st.reached) is list and -1 <= st.stage < len(st.reached)
+        and _times(st.reached)
         and type(st.events) is int and type(st.purchases) is int and type(st.purchase_days) is int
-        and type(st.channels) is dict and all(type(n) is int for n in st.channels.values())
-        and type(st.negatives) is dict and all(type(n) is int for n in st.negatives.values())
+        and type(st.channels) is dict and _counts(st.channels)
+        and type(st.negatives) is dict and _counts(st.negatives)
         and type(st.revenue) in (int, float)
-        and all(number(v) for v in (st.first_seen, st.last_seen, st.first_purchase, st.last_purchase,
-                                      st.renewal_max, st.advocacy_max, st.last_negative))
+        and _times((st.first_seen, st.last_seen, st.first_purchase, st.last_purchase,
+                    st.renewal_max, st.advocacy_max, st.last_negative))
         and type(st.orders) is list and type(st.order_times) is list and len(st.orders) == len(st.order_times)
-        and all(number(t) for t in st.order_times) and type(st.days) is list and type(st.seen) is list
-        and type(st.pre_purchase) is list
-        and all(type(e) is list and len(e) == 3 and number(e[0]) and e[0] is not None for e in st.pre_purchase)
+        and _times(st.order_times) and type(st.days) is list and type(st.seen) is list
+        and type(st.pre_purchase) is list and _touches(st.pre_purchase)
         and type(st.extra) is dict and ALIAS_KEY not in st.extra
     )
     if not ok:
         raise BadRequest("the anonymous state in the merge request is not a customer state this journey writes")
+
+
+#: The event times a state may hold (a margin around what a touchpoint may carry).
+_LOWEST, _HIGHEST = EARLIEST - 1e9, LATEST + 1e9
+
+
+def _times(values: Sequence[Any]) -> bool:
+    """Every value None or an event time (plain loops: a merge checks dozens)."""
+    for v in values:
+        if v is not None and (type(v) not in (int, float) or not _LOWEST <= v <= _HIGHEST):
+            return False
+    return True
+
+
+def _counts(counts: dict[Any, Any]) -> bool:
+    for n in counts.values():
+        if type(n) is not int:
+            return False
+    return True
+
+
+def _touches(entries: list[Any]) -> bool:
+    for e in entries:
+        if type(e) is not list or len(e) != 3:
+            return False
+        t = e[0]
+        if type(t) not in (int, float) or not _LOWEST <= t <= _HIGHEST:
+            return False
+    return True
 
 
 def _reach(st: CustomerState, stage: int, ts: float) -> None:

@@ -106,7 +106,11 @@ class CustomerState:
 
     @classmethod
     def from_wire(cls, raw: bytes) -> CustomerState:
-        d = orjson.loads(raw)
+        return cls.from_value(orjson.loads(raw))
+
+    @classmethod
+    def from_value(cls, d: Any) -> CustomerState:
+        """A state from its encoding already read as JSON (a merge request carries one inside)."""
         st = cls.__new__(cls)
         if type(d) is list and len(d) == len(_WIRE_FIELDS) + 1 and d[0] == ENCODING_VERSION:
             (

@@ -365,7 +365,7 @@ class Pipeline:
             self._dead_letter(out, rec, "bad_identity_request", "a merge request for an id that is itself an alias")
             return
         try:
-            other = CustomerState.from_wire(req.state) if req.state is not None else CustomerState()
+            other = req.anonymous_state()
             check_mergeable(other)
         except Exception as exc:  # noqa: BLE001 - e.g. a state from a newer journey
             self._dead_letter(out, rec, "bad_identity_request", f"the anonymous state cannot be read: {exc}")
