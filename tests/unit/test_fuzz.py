@@ -361,6 +361,9 @@ KNOWN_CRASHES = {
     "merge, state of wrong types": Record(b"c1", _request(state=[3, "x", 5] + [{}] * 24), "tp", 0, 0, None, MERGE),
     "merge, state of nulls": Record(b"c1", _request(state=[3] + [None] * 26), "tp", 0, 0, None, MERGE),
     "merge, stage out of range": Record(b"c1", _request(state=[3, 99, *_EMPTY_WIRE[2:]]), "tp", 0, 0, None, MERGE),
+    # Merged into the customer's state, then failed the aggregates (unhashable) after the outputs went.
+    "merge, a channel that is not a string": Record(b"c1", _request(state=[*_EMPTY_WIRE[:5], ["x"], *_EMPTY_WIRE[6:]]), "tp", 0, 0,
+                                                    None, MERGE),
 }
 
 

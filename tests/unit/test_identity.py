@@ -354,6 +354,9 @@ def _mergeable() -> CustomerState:
     ("revenue", "5"), ("first_seen", float("nan")), ("last_negative", "now"), ("order_times", []),
     ("order_times", ["x"]), ("days", None), ("seen", {}), ("pre_purchase", [[None, "ads", 0]]),
     ("pre_purchase", [[1.7e9, "ads"]]), ("pre_purchase", [(1.7e9, "ads", 0)]), ("extra", {"alias": ["c", 1.0, "e"]}),
+    # What merge() would carry into the customer's state, to fail later (encoding, aggregates):
+    ("first_channel", ["x"]), ("last_channel", 5), ("reached", [None] * 7), ("pre_purchase", [[1.7e9, ["x"], 0]]),
+    ("pre_purchase", [[1.7e9, "ads", "0"]]), ("orders", ["o1"]), ("days", [1.5]), ("seen", [[1]]),
 ])
 def test_a_merge_request_state_of_the_wrong_shape_is_refused(slot: str, value: Any) -> None:
     st = _mergeable()

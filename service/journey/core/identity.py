@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ import orjson
 
 from journey.core.clock import iso, utc_day
 from journey.core.machine import signals_after
-from journey.core.stages import ADVOCACY, PURCHASE, RETENTION
+from journey.core.stages import ADVOCACY, PURCHASE, RETENTION, STAGES
 from journey.core.state import ADVOCACY_SIGNAL, RENEWAL_SIGNAL, UPGRADED_KEY, CustomerState
 from journey.errors import InputError
 
@@ -201,7 +201,8 @@ class MergeRequest:
                              "trigger_event_id": self.trigger_event_id, "state": state})
 
     def anonymous_state(self) -> CustomerState:
-        """The anonymous profile's state (raises what CustomerState's decoding raises)."""
+        """The anonymous profile's state (raises what CustomerState's decoding raises). From a
+        decoded request it is built on the request's own lists and dicts: call it once."""
         state = self.state
         if state is None:
             return CustomerState()
@@ -346,16 +347,18 @@ def check_mergeable(st: CustomerState) -> None:
     """Raise BadRequest unless ``st`` has the shape merge() relies on (a decoded state from a
     request is journey's own encoding, but a forged or damaged one must cost one record)."""
     ok = (
-        type(st.stage) is int and type(st.reached) is list and -1 <= st.stage < len(st.reached)
-        and _times(st.reached)
+        type(st.stage) is int and type(st.reached) is list and len(st.reached) == len(STAGES)
+        and -1 <= st.stage < len(STAGES) and _times(st.reached)
         and type(st.events) is int and type(st.purchases) is int and type(st.purchase_days) is int
+        and _name(st.first_channel) and _name(st.last_channel)
         and type(st.channels) is dict and _counts(st.channels)
         and type(st.negatives) is dict and _counts(st.negatives)
         and type(st.revenue) in (int, float)
         and _times((st.first_seen, st.last_seen, st.first_purchase, st.last_purchase,
                     st.renewal_max, st.advocacy_max, st.last_negative))
         and type(st.orders) is list and type(st.order_times) is list and len(st.orders) == len(st.order_times)
-        and _times(st.order_times) and type(st.days) is list and type(st.seen) is list
+        and _times(st.order_times) and _ints(st.orders) and type(st.days) is list and _ints(st.days)
+        and type(st.seen) is list and _ints(st.seen)
         and type(st.pre_purchase) is list and _touches(st.pre_purchase)
         and type(st.extra) is dict and ALIAS_KEY not in st.extra
     )
@@ -376,10 +379,20 @@ def _times(values: Sequence[Any]) -> bool:
 
 
 def _counts(counts: dict[Any, Any]) -> bool:
-    for n in counts.values():
+    return _ints(counts.values())
+
+
+def _ints(values: Iterable[Any]) -> bool:
+    for n in values:
         if type(n) is not int:
             return False
     return True
+
+
+def _name(value: Any) -> bool:
+    """A channel as the state keeps it: a string, or None (anything else would reach the
+    customer's attribution and the live aggregates, or fail encoding after the outputs went)."""
+    return value is None or type(value) is str
 
 
 def _touches(entries: list[Any]) -> bool:
@@ -387,7 +400,7 @@ def _touches(entries: list[Any]) -> bool:
         if type(e) is not list or len(e) != 3:
             return False
         t = e[0]
-        if type(t) not in (int, float) or not _LOWEST <= t <= _HIGHEST:
+        if type(t) not in (int, float) or not _LOWEST <= t <= _HIGHEST or type(e[1]) is not str or type(e[2]) is not int:
             return False
     return True
 
