@@ -364,6 +364,8 @@ KNOWN_CRASHES = {
     # Merged into the customer's state, then failed the aggregates (unhashable) after the outputs went.
     "merge, a channel that is not a string": Record(b"c1", _request(state=[*_EMPTY_WIRE[:5], ["x"], *_EMPTY_WIRE[6:]]), "tp", 0, 0,
                                                     None, MERGE),
+    # A count at 64 bits: the customer's next touchpoint would make it one no encoding can write.
+    "merge, a count at 64 bits": Record(b"c1", _request(state=[*_EMPTY_WIRE[:3], 2**64 - 1, *_EMPTY_WIRE[4:]]), "tp", 0, 0, None, MERGE),
 }
 
 

@@ -349,10 +349,10 @@ def check_mergeable(st: CustomerState) -> None:
     ok = (
         type(st.stage) is int and type(st.reached) is list and len(st.reached) == len(STAGES)
         and -1 <= st.stage < len(STAGES) and _times(st.reached)
-        and type(st.events) is int and type(st.purchases) is int and type(st.purchase_days) is int
+        and _counts((st.events, st.purchases, st.purchase_days))
         and _name(st.first_channel) and _name(st.last_channel)
-        and type(st.channels) is dict and _counts(st.channels)
-        and type(st.negatives) is dict and _counts(st.negatives)
+        and type(st.channels) is dict and _counts(st.channels.values())
+        and type(st.negatives) is dict and _counts(st.negatives.values())
         and type(st.revenue) in (int, float)
         and _times((st.first_seen, st.last_seen, st.first_purchase, st.last_purchase,
                     st.renewal_max, st.advocacy_max, st.last_negative))
@@ -378,8 +378,16 @@ def _times(values: Sequence[Any]) -> bool:
     return True
 
 
-def _counts(counts: dict[Any, Any]) -> bool:
-    return _ints(counts.values())
+#: The largest count a merged state may carry: the customer's own count is added to it, and the
+#: sum must still encode (orjson writes integers up to 64 bits).
+_MAX_COUNT = 2**53
+
+
+def _counts(values: Iterable[Any]) -> bool:
+    for n in values:
+        if type(n) is not int or not 0 <= n <= _MAX_COUNT:
+            return False
+    return True
 
 
 def _ints(values: Iterable[Any]) -> bool:
