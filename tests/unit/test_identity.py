@@ -357,7 +357,7 @@ def _mergeable() -> CustomerState:
     # What merge() would carry into the customer's state, to fail later (encoding, aggregates):
     ("first_channel", ["x"]), ("last_channel", 5), ("reached", [None] * 7), ("pre_purchase", [[1.7e9, ["x"], 0]]),
     ("pre_purchase", [[1.7e9, "ads", "0"]]), ("orders", ["o1"]), ("days", [1.5]), ("seen", [[1]]),
-    ("events", 2**64 - 1), ("purchases", -1), ("channels", {"ads": 2**63}), ("negatives", {"support_ticket": True}),
+    ("revenue", float("inf")), ("revenue", float("nan")), ("events", 2**64 - 1), ("purchases", -1), ("channels", {"ads": 2**63}), ("negatives", {"support_ticket": True}),
 ])
 def test_a_merge_request_state_of_the_wrong_shape_is_refused(slot: str, value: Any) -> None:
     st = _mergeable()

@@ -353,7 +353,7 @@ def check_mergeable(st: CustomerState) -> None:
         and _name(st.first_channel) and _name(st.last_channel)
         and type(st.channels) is dict and _counts(st.channels.values())
         and type(st.negatives) is dict and _counts(st.negatives.values())
-        and type(st.revenue) in (int, float)
+        and type(st.revenue) in (int, float) and -_MAX_REVENUE <= st.revenue <= _MAX_REVENUE
         and _times((st.first_seen, st.last_seen, st.first_purchase, st.last_purchase,
                     st.renewal_max, st.advocacy_max, st.last_negative))
         and type(st.orders) is list and type(st.order_times) is list and len(st.orders) == len(st.order_times)
@@ -378,6 +378,9 @@ def _times(values: Sequence[Any]) -> bool:
     return True
 
 
+#: Revenue either way: finite, and finite still once the customer's is added (not NaN, which
+#: would encode as null and fail the customer's next purchase).
+_MAX_REVENUE = 1e300
 #: The largest count a merged state may carry: the customer's own count is added to it, and the
 #: sum must still encode (orjson writes integers up to 64 bits).
 _MAX_COUNT = 2**53
