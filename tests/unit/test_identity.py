@@ -343,8 +343,7 @@ def test_asking_a_link_does_not_change_the_state_that_was_read() -> None:
 def _mergeable() -> CustomerState:
     st = CustomerState()
     for i, (etype, props) in enumerate([("ad_click", {}), ("purchase", {"order_id": "o1", "amount": 5}), ("support_ticket", {})]):
-        apply(st, validate({"event_id": f"e{i}", "anonymous_id": "a1", "type": etype, "channel": "ads",
-                            "timestamp": (T0 + timedelta(hours=i)).isoformat(), "properties": props}), DEFINITION, LIMITS)
+        apply(st, validate(event(etype, 60 * i, anonymous="a1", channel="ads", **props)), DEFINITION, LIMITS)
     return st
 
 

@@ -370,10 +370,14 @@ def check_mergeable(st: CustomerState) -> None:
 _LOWEST, _HIGHEST = EARLIEST - 1e9, LATEST + 1e9
 
 
+def _time(v: Any) -> bool:
+    return type(v) in (int, float) and _LOWEST <= v <= _HIGHEST
+
+
 def _times(values: Sequence[Any]) -> bool:
     """Every value None or an event time (plain loops: a merge checks dozens)."""
     for v in values:
-        if v is not None and (type(v) not in (int, float) or not _LOWEST <= v <= _HIGHEST):
+        if v is not None and not _time(v):
             return False
     return True
 
@@ -410,8 +414,7 @@ def _touches(entries: list[Any]) -> bool:
     for e in entries:
         if type(e) is not list or len(e) != 3:
             return False
-        t = e[0]
-        if type(t) not in (int, float) or not _LOWEST <= t <= _HIGHEST or type(e[1]) is not str or type(e[2]) is not int:
+        if not _time(e[0]) or type(e[1]) is not str or type(e[2]) is not int:
             return False
     return True
 
