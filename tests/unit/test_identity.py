@@ -32,7 +32,7 @@ from journey.core.identity import (
     sign,
 )
 from journey.core.machine import Limits, apply
-from journey.core.state import CustomerState
+from journey.core.state import CustomerState, event_key, id_hash
 from journey.worker.pipeline import IdentityRules, Pipeline, Record
 from support.journey_reference import observable, reference
 from support.loop import InputLoop, touchpoint
@@ -88,6 +88,24 @@ def test_a_merged_state_is_the_state_of_both_ids_events_together(seed: int) -> N
         got = observable(customer)
         diff = {k: (got[k], expected[k]) for k in expected if got[k] != expected[k]}
         assert not diff, f"known {[(e.type, e.ts) for e in known]}, anonymous {[(e.type, e.ts) for e in anonymous]}: {diff}"
+
+
+def test_a_merge_unites_both_dedupe_memories_within_the_window() -> None:
+    anonymous_events = [validate(event("page_view", i, anonymous="a1", event_id=f"a{i}")) for i in range(3)]
+    known_events = [validate(event("page_view", 10 + i, customer="c1", event_id=f"k{i}")) for i in range(3)]
+    customer, anonymous = _run(known_events), _run(anonymous_events)
+    # Ids from before encoding 4 (id hashes) on both sides: united too, and older than every key.
+    customer.seen_legacy, anonymous.seen_legacy = [id_hash("old-c"), id_hash("both")], [id_hash("old-a"), id_hash("both")]
+    _merge(customer, anonymous)
+    assert customer.seen == b"".join(event_key(e.event_id) for e in anonymous_events + known_events)
+    assert customer.seen_legacy == [id_hash("old-a"), id_hash("old-c"), id_hash("both")]
+    for e in [*anonymous_events, *known_events]:  # a late copy of either id's event changes nothing
+        assert apply(customer, e, DEFINITION, LIMITS).duplicate
+    small = _run(known_events)
+    small.seen_legacy = [id_hash("old-c")]
+    merge(small, _run(anonymous_events), "a1", order_window=16, day_window=16, dedupe_window=4, touch_window=8, alias_window=16)
+    assert small.seen == b"".join(event_key(e.event_id) for e in anonymous_events[2:] + known_events)
+    assert small.seen_legacy is None  # the latest four ids are all the anonymous and known keys
 
 
 def test_a_guest_order_and_a_logged_in_order_make_retention() -> None:
@@ -316,7 +334,9 @@ def test_an_id_seen_as_a_customer_id_is_never_made_an_alias_whichever_came_first
 def test_a_profile_written_before_anonymous_ids_links_unless_seen_as_a_customer_since(seen_since: str | None) -> None:
     # A version-2 state (journey before identity) keyed by what was a device id: whether the key
     # was a customer's is not known until it is seen again; a link names it as a device.
-    legacy = CustomerState.from_wire(orjson.dumps([2, *orjson.loads(_run([validate(event("page_view", 0, customer="dev-9"))]).to_wire())[1:25]]))
+    fields = orjson.loads(_run([validate(event("page_view", 0, customer="dev-9"))]).to_wire())[1:25]
+    fields[19] = []  # seen: version 2 held a list of id hashes
+    legacy = CustomerState.from_wire(orjson.dumps([2, *fields]))
     cluster = Cluster()
     cluster.states["dev-9"] = legacy
     if seen_since is not None:
@@ -356,6 +376,7 @@ def _mergeable() -> CustomerState:
     # What merge() would carry into the customer's state, to fail later (encoding, aggregates):
     ("first_channel", ["x"]), ("last_channel", 5), ("reached", [None] * 7), ("pre_purchase", [[1.7e9, ["x"], 0]]),
     ("pre_purchase", [[1.7e9, "ads", "0"]]), ("orders", ["o1"]), ("days", [1.5]), ("seen", [[1]]),
+    ("seen", [1, 2]), ("seen", bytearray(b"1234567")), ("seen_legacy", [1.5]), ("seen_legacy", {}), ("seen_legacy", "x"),
     ("revenue", float("inf")), ("revenue", float("nan")), ("events", 2**64 - 1), ("purchases", -1), ("channels", {"ads": 2**63}), ("negatives", {"support_ticket": True}),
 ])
 def test_a_merge_request_state_of_the_wrong_shape_is_refused(slot: str, value: Any) -> None:

@@ -15,7 +15,7 @@ import pytest
 from journey.core.definition import Kind, load_definition
 from journey.core.events import validate
 from journey.core.machine import Limits, apply
-from journey.core.state import UPGRADED_KEY, CustomerState
+from journey.core.state import EVENT_KEY_SIZE, UPGRADED_KEY, CustomerState, event_key, id_hash
 from support.journey_reference import observable, reference
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,7 +96,7 @@ def test_duplicate_delivery_never_counts_twice():
 def test_dedupe_memory_is_bounded():
     limits = Limits(dedupe_window=4)
     state, _ = run([tp("page_view", i, event_id=f"x{i}") for i in range(10)], limits=limits)
-    assert len(state.seen) == 4
+    assert state.seen == b"".join(event_key(f"x{i}") for i in range(6, 10))
     # The oldest ids fell out of the window: a very late duplicate of one counts again.
     again = apply(state, tp("page_view", 0, event_id="x0"), DEFINITION, limits)
     assert not again.duplicate
@@ -336,34 +336,40 @@ def test_state_round_trips_through_its_wire_encoding():
 def test_state_stays_compact_for_a_busy_customer():
     events = [tp("page_view", i) for i in range(200)] + [tp("purchase", 300 + i, order_id=f"o{i}") for i in range(50)]
     state, _ = run(events)
-    assert len(state.seen) == Limits().dedupe_window
+    assert len(state.seen) == Limits().dedupe_window * EVENT_KEY_SIZE
     assert len(state.orders) == Limits().order_window
     assert state.purchases == 50
     assert len(state.order_times) == Limits().order_window and len(state.pre_purchase) == Limits().touch_window
     # Encoding 3 keeps each order's time and the latest touches before the first purchase (~450
-    # bytes more here than encoding 2's ~1,250); bounded all the same.
-    assert len(state.to_wire()) < 1800
+    # bytes more here than encoding 2's ~1,250); encoding 4's event keys in base64 take ~250 fewer
+    # than a list of integers. Bounded all the same.
+    assert len(state.to_wire()) < 1600
     more, _ = run([tp("page_view", 400 + i) for i in range(100)], state=state)
     assert len(more.to_wire()) <= len(state.to_wire()) + 20
 
 
-#: The fields of encodings 1 and 2 (encoding 3 added order_times and pre_purchase).
+#: The fields of encodings 1 and 2 (encoding 3 added order_times and pre_purchase; encoding 4
+#: holds seen as event_key()s in base64, where 1 to 3 held a list of id_hash()es).
 V2_FIELDS = ("stage", "reached", "events", "channels", "first_channel", "last_channel", "first_seen", "last_seen",
              "purchases", "purchase_days", "revenue", "first_purchase", "last_purchase", "orders", "days", "advocacy_max",
              "renewal_max", "negatives", "last_negative", "seen", "recent", "partition", "attribution", "extra")
 
 
-def _old_encodings(state: CustomerState) -> dict[str, bytes]:
+def _old_encodings(state: CustomerState, event_ids: list[str] | None = None) -> dict[str, bytes]:
+    """The state as versions 1 to 3 wrote it, remembering ``event_ids`` (the way they kept them)."""
+    legacy = [id_hash(e) for e in event_ids or ()][-Limits().dedupe_window:]
+    fields = {f: legacy if f == "seen" else getattr(state, f) for f in V2_FIELDS}
     v1 = orjson.dumps({
         "v": 1, "s": state.stage, "r": state.reached, "n": state.events, "ch": state.channels,
         "fc": state.first_channel, "lc": state.last_channel, "fs": state.first_seen, "ls": state.last_seen,
         "p": state.purchases, "pd": state.purchase_days, "rev": state.revenue, "fp": state.first_purchase,
         "lp": state.last_purchase, "o": state.orders, "d": state.days, "am": state.advocacy_max,
-        "rm": state.renewal_max, "ng": state.negatives, "nl": state.last_negative, "sn": state.seen,
+        "rm": state.renewal_max, "ng": state.negatives, "nl": state.last_negative, "sn": legacy,
         "tr": state.recent, "pt": state.partition, "at": state.attribution, "x": state.extra,
     })
-    v2 = orjson.dumps([2, *(getattr(state, f) for f in V2_FIELDS)])
-    return {"v1": v1, "v2": v2}
+    v2 = orjson.dumps([2, *fields.values()])
+    v3 = orjson.dumps([3, *fields.values(), state.order_times, state.pre_purchase])
+    return {"v1": v1, "v2": v2, "v3": v3}
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
@@ -374,7 +380,8 @@ def test_states_written_in_older_encodings_are_still_read(version):
     old = CustomerState.from_wire(_old_encodings(state)[version])
     assert old.to_public() == state.to_public()
     assert old.extra.pop(UPGRADED_KEY) == 1  # written before anonymous ids: core.identity reads it
-    assert {f: getattr(old, f) for f in V2_FIELDS} == {f: getattr(state, f) for f in V2_FIELDS}
+    same = [f for f in V2_FIELDS if f != "seen"]
+    assert {f: getattr(old, f) for f in same} == {f: getattr(state, f) for f in same}
     # What encoding 3 adds is filled from what the old one kept: order times unknown; the frozen
     # last touch stands at the first purchase (it stays, unless an earlier purchase arrives).
     assert old.order_times == [None]
@@ -383,6 +390,27 @@ def test_states_written_in_older_encodings_are_still_read(version):
     later, _ = run([tp("page_view", 7, channel="social"), tp("purchase", 30, order_id="B"), tp("purchase", 2, order_id="A")], state=old)
     assert (later.stage, later.purchases, later.purchase_days) == (4, 2, 1)
     assert later.attribution == ["ads", "ads"]  # the purchase at 2 is before every touch kept but the first
+
+
+@pytest.mark.parametrize("version", ["v1", "v2", "v3"])
+def test_a_replay_across_the_upgrade_to_encoding_4_is_still_a_duplicate(version):
+    events = [tp("ad_click", 0, channel="ads", event_id="e0"), tp("purchase", 9, order_id="A", amount=3.5, event_id="e1"),
+              tp("page_view", 12, event_id="e2")]
+    state, _ = run(events)
+    old = CustomerState.from_wire(_old_encodings(state, ["e0", "e1", "e2"])[version])
+    assert old.seen == b"" and old.seen_legacy == [id_hash("e0"), id_hash("e1"), id_hash("e2")]
+    for e in events:  # replayed after the upgrade: nothing counts twice
+        assert apply(old, e, DEFINITION).duplicate
+    assert (old.events, old.purchases, old.revenue) == (3, 1, 3.5)
+    again = CustomerState.from_wire(old.to_wire())  # encoding 4 keeps the old ids as they were
+    assert again.seen_legacy == old.seen_legacy and apply(again, events[0], DEFINITION).duplicate
+    # New ids take the window's room from the oldest old ones first, and the old memory ends.
+    limits = Limits(dedupe_window=4)
+    run([tp("page_view", 20 + i, event_id=f"n{i}") for i in range(2)], state=again, limits=limits)
+    assert again.seen_legacy == [id_hash("e1"), id_hash("e2")] and len(again.seen) == 2 * EVENT_KEY_SIZE
+    assert not apply(again, events[0], DEFINITION, limits).duplicate  # "e0" left the window
+    run([tp("page_view", 30 + i, event_id=f"m{i}") for i in range(2)], state=again, limits=limits)
+    assert again.seen_legacy is None and len(again.seen) == 4 * EVENT_KEY_SIZE
 
 
 def test_a_customer_who_never_purchased_keeps_first_and_last_touch_across_the_upgrade():

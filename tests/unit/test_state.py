@@ -14,7 +14,7 @@ def _filled() -> CustomerState:
         "first_channel": "ads", "last_channel": "email", "first_seen": 1.0, "last_seen": 9.0, "purchases": 2,
         "purchase_days": 2, "revenue": 12.5, "first_purchase": 4.0, "last_purchase": 8.0, "orders": [11, 12],
         "days": [100, 101], "advocacy_max": 2.0, "renewal_max": 3.0, "negatives": {"return": 1}, "last_negative": 5.0,
-        "seen": [1, 2, 3], "recent": [[0, 1, 2.0, "product_view", "ads"]], "partition": 4, "attribution": ["ads", "email"],
+        "seen": bytearray(b"12345678abcdefgh"), "seen_legacy": [1, 2, 3], "recent": [[0, 1, 2.0, "product_view", "ads"]], "partition": 4, "attribution": ["ads", "email"],
         "extra": {"id": {"l": ["d1"], "m": []}, "c": [1, 2], "n": 3}, "order_times": [4.0, 8.0],
         "pre_purchase": [[1.0, "ads", 0], [2.0, "email", 0]],
     }
@@ -31,8 +31,9 @@ def test_a_copy_is_equal_and_shares_no_container_one_level_down() -> None:
     for name in CustomerState.__slots__:
         value = getattr(st, name)
         assert getattr(new, name) == value, name
-        if isinstance(value, (list, dict)):
+        if isinstance(value, (list, dict, bytearray)):
             assert getattr(new, name) is not value, f"{name} is shared"
+        if isinstance(value, (list, dict)):
             inner = value.values() if isinstance(value, dict) else value
             copied = getattr(new, name).values() if isinstance(value, dict) else getattr(new, name)
             for a, b in zip(inner, copied, strict=True):
@@ -49,5 +50,6 @@ def test_changing_a_copy_leaves_the_original() -> None:
     new.extra["id"]["l"] = ["x"]
     new.extra["c"].append(3)
     new.channels["ads"] = 0
-    new.seen.append(4)
+    new.seen += b"ABCDEFGH"
+    new.seen_legacy.append(4)
     assert st.to_wire() == before

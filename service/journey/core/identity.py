@@ -19,7 +19,7 @@ import orjson
 from journey.core.clock import iso, utc_day
 from journey.core.machine import signals_after
 from journey.core.stages import ADVOCACY, PURCHASE, RETENTION, STAGES
-from journey.core.state import ADVOCACY_SIGNAL, RENEWAL_SIGNAL, UPGRADED_KEY, CustomerState
+from journey.core.state import ADVOCACY_SIGNAL, EVENT_KEY_SIZE, RENEWAL_SIGNAL, UPGRADED_KEY, CustomerState, has_key
 from journey.errors import InputError
 
 #: Anonymous ids that name no one (SDK placeholders); configurable (JOURNEY_IDENTITY_JUNK_IDS).
@@ -314,8 +314,7 @@ def merge(into: CustomerState, other: CustomerState, anonymous_id: str, *, order
     for kind, n in other.negatives.items():
         into.negatives[kind] = into.negatives.get(kind, 0) + n
     into.last_negative = _max(into.last_negative, other.last_negative)
-    seen = set(into.seen)
-    into.seen = ([h for h in other.seen if h not in seen] + into.seen)[-dedupe_window:]
+    into.seen, into.seen_legacy = _seen_union(into, other, dedupe_window)
     into.reached = [_min(a, b) for a, b in zip(into.reached, other.reached, strict=True)]
     # The touches before the first purchase, and the signals that count once a purchase is known.
     pre = sorted({tuple(e) for e in (*into.pre_purchase, *other.pre_purchase)})
@@ -343,6 +342,20 @@ def merge(into: CustomerState, other: CustomerState, anonymous_id: str, *, order
     return before, stage
 
 
+def _seen_union(into: CustomerState, other: CustomerState, window: int) -> tuple[bytearray, list[int] | None]:
+    """Both dedupe memories united (the other's ids first, as older), the latest ``window`` kept;
+    ids from before version 4 (seen_legacy) are older than every other and go first."""
+    mine, theirs = into.seen, other.seen
+    seen = bytearray().join(
+        key for key in (theirs[i:i + EVENT_KEY_SIZE] for i in range(0, len(theirs), EVENT_KEY_SIZE)) if not has_key(mine, key)
+    ) + mine
+    del seen[:max(0, len(seen) - window * EVENT_KEY_SIZE)]
+    room = window - len(seen) // EVENT_KEY_SIZE
+    known = into.seen_legacy or []
+    legacy = [h for h in other.seen_legacy or () if h not in known] + known
+    return seen, (legacy[-room:] if room > 0 and legacy else None)
+
+
 def check_mergeable(st: CustomerState) -> None:
     """Raise BadRequest unless ``st`` has the shape merge() relies on (a decoded state from a
     request is journey's own encoding, but a forged or damaged one must cost one record)."""
@@ -358,7 +371,8 @@ def check_mergeable(st: CustomerState) -> None:
                     st.renewal_max, st.advocacy_max, st.last_negative))
         and type(st.orders) is list and type(st.order_times) is list and len(st.orders) == len(st.order_times)
         and _times(st.order_times) and _ints(st.orders) and type(st.days) is list and _ints(st.days)
-        and type(st.seen) is list and _ints(st.seen)
+        and type(st.seen) is bytearray and len(st.seen) % EVENT_KEY_SIZE == 0
+        and (st.seen_legacy is None or (type(st.seen_legacy) is list and _ints(st.seen_legacy)))
         and type(st.pre_purchase) is list and _touches(st.pre_purchase)
         and type(st.extra) is dict and ALIAS_KEY not in st.extra
     )

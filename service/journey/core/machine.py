@@ -24,7 +24,17 @@ from journey.core.clock import utc_day
 from journey.core.definition import JourneyDefinition, Kind
 from journey.core.events import Touchpoint
 from journey.core.stages import ADVOCACY, NO_STAGE, PURCHASE, RETENTION, STAGES
-from journey.core.state import ADVOCACY_SIGNAL, RECENT_TRANSITIONS, RENEWAL_SIGNAL, TOUCH, CustomerState, id_hash
+from journey.core.state import (
+    ADVOCACY_SIGNAL,
+    EVENT_KEY_SIZE,
+    RECENT_TRANSITIONS,
+    RENEWAL_SIGNAL,
+    TOUCH,
+    CustomerState,
+    event_key,
+    has_key,
+    id_hash,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,13 +112,19 @@ def apply(
     """Apply one touchpoint to a customer's state (mutated in place; a new one when None)."""
     # The worker's hot path: once per event, so written flat (no helper calls for the common case).
     st = state if state is not None else CustomerState()
-    eid = id_hash(tp.event_id)
+    key = event_key(tp.event_id)
     seen = st.seen
-    if eid in seen:
+    legacy = st.seen_legacy
+    if (key in seen and has_key(seen, key)) or (legacy is not None and id_hash(tp.event_id) in legacy):
         return Outcome(st, None, True, _OTHER)
-    seen.append(eid)
-    if len(seen) > limits.dedupe_window:
-        del seen[0]
+    seen += key
+    if len(seen) + (0 if legacy is None else len(legacy) * EVENT_KEY_SIZE) > limits.dedupe_window * EVENT_KEY_SIZE:
+        if legacy:  # older than every key in seen
+            del legacy[0]
+            if not legacy:
+                st.seen_legacy = None
+        else:
+            del seen[:EVENT_KEY_SIZE]
 
     ts = tp.ts
     channel = tp.channel
@@ -135,7 +151,7 @@ def apply(
         target = NO_STAGE
         kind = definition.classify(etype, tp.properties)
         if kind is _PURCHASE:
-            target = _record_purchase(st, tp, eid, limits)
+            target = _record_purchase(st, tp, limits)
         elif kind is _RENEWAL:
             st.renewal_max = ts if st.renewal_max is None else max(st.renewal_max, ts)
             if st.first_purchase is not None and ts >= st.first_purchase:
@@ -191,14 +207,15 @@ def apply(
     return Outcome(st, transition, False, kind)
 
 
-def _record_purchase(st: CustomerState, tp: Touchpoint, eid: int, limits: Limits) -> int:
+def _record_purchase(st: CustomerState, tp: Touchpoint, limits: Limits) -> int:
     props = tp.properties
     amount = props.get("amount")
     if isinstance(amount, (int, float)) and not isinstance(amount, bool):
         # Every purchase event carries its own part of the order (lines of one basket).
         st.revenue += amount
     order_id = props.get("order_id")
-    order = id_hash(str(order_id)) if order_id is not None else eid
+    # Without an order id, the purchase event is its own order (under its id_hash, as ever).
+    order = id_hash(str(order_id) if order_id is not None else tp.event_id)
     ts = tp.ts
     orders, times = st.orders, st.order_times
     try:
