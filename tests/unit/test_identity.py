@@ -377,6 +377,8 @@ def _mergeable() -> CustomerState:
     ("first_channel", ["x"]), ("last_channel", 5), ("reached", [None] * 7), ("pre_purchase", [[1.7e9, ["x"], 0]]),
     ("pre_purchase", [[1.7e9, "ads", "0"]]), ("orders", ["o1"]), ("days", [1.5]), ("seen", [[1]]),
     ("seen", [1, 2]), ("seen", bytearray(b"1234567")), ("seen_legacy", [1.5]), ("seen_legacy", {}), ("seen_legacy", "x"),
+    # Integers no state of journey's holds (id hashes are 63-bit):
+    ("orders", [2**64]), ("seen_legacy", [2**70]), ("days", [2**70]), ("orders", [-1]),
     ("revenue", float("inf")), ("revenue", float("nan")), ("events", 2**64 - 1), ("purchases", -1), ("channels", {"ads": 2**63}), ("negatives", {"support_ticket": True}),
 ])
 def test_a_merge_request_state_of_the_wrong_shape_is_refused(slot: str, value: Any) -> None:
