@@ -48,7 +48,7 @@ def base_package(rev: str, into: Path) -> str:
     (into / "service" / "journey").rename(package)
     for path in package.rglob("*.py"):
         text = path.read_text()
-        path.write_text(re.sub(r"\bjourney(?=\.|\s+import\b)", "journey_base", text))
+        path.write_text(re.sub(r"^(\s*(?:from|import)\s+)journey\b", r"\1journey_base", text, flags=re.MULTILINE))
     sys.path.insert(0, str(into))
     return "journey_base"
 

@@ -42,6 +42,12 @@ class EncodingError(JourneyError, ValueError):
     build cannot read: usually a different journey version wrote it."""
 
 
+class NewerEncoding(EncodingError):
+    """The data was written by a newer journey than this one (a rolling upgrade's mix of
+    versions): not bad input, so the worker exits without committing instead of dead-lettering
+    it, and whoever owns the partition next (a new worker) reads it again."""
+
+
 class ChurnError(JourneyError, ValueError):
     """The churn model cannot be used: its params file, its calibration, or their fit."""
 

@@ -30,7 +30,8 @@ from journey.core.definition import load_definition
 from journey.core.events import CHANNELS, MAX_AMOUNT, InvalidTouchpoint, Touchpoint, decode, validate
 from journey.core.identity import ALIASED, LINK, MERGE, sign
 from journey.core.machine import Limits, apply
-from journey.core.state import CustomerState
+from journey.core.state import ENCODING_VERSION, CustomerState
+from journey.errors import NewerEncoding
 from journey.worker.pipeline import BatchResult, IdentityRules, Pipeline, Record, control_headers
 
 KEY = IdentityRules().key
@@ -358,9 +359,11 @@ KNOWN_CRASHES = {
     "aliased, key not UTF-8": Record(b"\xff", orjson.dumps(
         {"event_id": "e", "customer_id": "c1", "type": "page_view", "timestamp": "2024-01-01T00:00:00Z"}), "tp", 0, 0, None, ALIASED),
     "link, at out of datetime's range": Record(b"a1", _request(at=1e300), "tp", 0, 0, None, LINK),
-    "merge, state of wrong types": Record(b"c1", _request(state=[3, "x", 5] + [{}] * 24), "tp", 0, 0, None, MERGE),
-    "merge, state of nulls": Record(b"c1", _request(state=[3] + [None] * 26), "tp", 0, 0, None, MERGE),
-    "merge, stage out of range": Record(b"c1", _request(state=[3, 99, *_EMPTY_WIRE[2:]]), "tp", 0, 0, None, MERGE),
+    "merge, state of wrong types": Record(b"c1", _request(state=[ENCODING_VERSION, "x", 5] + [{}] * (len(_EMPTY_WIRE) - 3)),
+                                          "tp", 0, 0, None, MERGE),
+    "merge, state of nulls": Record(b"c1", _request(state=[ENCODING_VERSION] + [None] * (len(_EMPTY_WIRE) - 1)), "tp", 0, 0, None, MERGE),
+    "merge, stage out of range": Record(b"c1", _request(state=[ENCODING_VERSION, 99, *_EMPTY_WIRE[2:]]), "tp", 0, 0, None, MERGE),
+    "merge, version 3 state of nulls": Record(b"c1", _request(state=[3] + [None] * 26), "tp", 0, 0, None, MERGE),
     # Merged into the customer's state, then failed the aggregates (unhashable) after the outputs went.
     "merge, a channel that is not a string": Record(b"c1", _request(state=[*_EMPTY_WIRE[:5], ["x"], *_EMPTY_WIRE[6:]]), "tp", 0, 0,
                                                     None, MERGE),
@@ -378,6 +381,30 @@ def test_forged_control_records_are_dead_lettered(name: str) -> None:
                     sign(KEY, control, forged.key, forged.value))  # type: ignore[arg-type]
     result = Pipeline(DEFINITION, LIMITS).process([signed], {})  # signed: the checks behind the signature
     assert result.reasons == ["bad_identity_request"] and not result.writes
+
+
+def _signed(rec: Record) -> Record:
+    control = control_headers(rec.headers)[0]
+    return Record(rec.key, rec.value, rec.topic, rec.partition, rec.offset, None, control,
+                  sign(KEY, control, rec.key, rec.value))  # type: ignore[arg-type]
+
+
+def test_a_state_from_a_newer_journey_stops_the_batch_rather_than_being_dead_lettered() -> None:
+    """Met during a rolling upgrade (a newer worker wrote it): the batch fails, the worker exits
+    without committing, and a newer worker reads the record again. A dead letter would lose it."""
+    newer = [ENCODING_VERSION + 1, *_EMPTY_WIRE[1:]]
+    merge = _signed(Record(b"c1", _request(state=newer), "tp", 0, 0, None, MERGE))
+    with pytest.raises(NewerEncoding, match=f"encoding {ENCODING_VERSION + 1} "):
+        Pipeline(DEFINITION, LIMITS).process([merge], {})
+    link = _signed(Record(b"a1", _request(), "tp", 0, 0, None, LINK))
+
+    def stored(_key: str, _partition: int) -> CustomerState:  # the anonymous id's state, as a newer worker wrote it
+        return CustomerState.from_wire(orjson.dumps(newer))
+
+    with pytest.raises(NewerEncoding):
+        Pipeline(DEFINITION, LIMITS).process([link], read=stored)
+    # A state of a known version but the wrong shape is the record's fault: a dead letter, as before.
+    assert Pipeline(DEFINITION, LIMITS).process([_signed(KNOWN_CRASHES["merge, state of nulls"])], {}).reasons == ["bad_identity_request"]
 
 
 @pytest.mark.parametrize("depth", [10, 500, 1000, 1023])

@@ -93,11 +93,12 @@ def test_a_merged_state_is_the_state_of_both_ids_events_together(seed: int) -> N
 def test_a_merge_unites_both_dedupe_memories_within_the_window() -> None:
     anonymous_events = [validate(event("page_view", i, anonymous="a1", event_id=f"a{i}")) for i in range(3)]
     known_events = [validate(event("page_view", 10 + i, customer="c1", event_id=f"k{i}")) for i in range(3)]
-    customer, anonymous = _run(known_events), _run(anonymous_events)
+    customer, anonymous = _run([*known_events, anonymous_events[1]]), _run(anonymous_events)  # "a1" reached both
     # Ids from before encoding 4 (id hashes) on both sides: united too, and older than every key.
     customer.seen_legacy, anonymous.seen_legacy = [id_hash("old-c"), id_hash("both")], [id_hash("old-a"), id_hash("both")]
     _merge(customer, anonymous)
-    assert customer.seen == b"".join(event_key(e.event_id) for e in anonymous_events + known_events)
+    assert customer.seen == b"".join(event_key(e.event_id) for e in [anonymous_events[0], anonymous_events[2], *known_events,
+                                                                    anonymous_events[1]])  # each id once
     assert customer.seen_legacy == [id_hash("old-a"), id_hash("old-c"), id_hash("both")]
     for e in [*anonymous_events, *known_events]:  # a late copy of either id's event changes nothing
         assert apply(customer, e, DEFINITION, LIMITS).duplicate

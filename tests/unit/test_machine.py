@@ -413,6 +413,19 @@ def test_a_replay_across_the_upgrade_to_encoding_4_is_still_a_duplicate(version)
     assert again.seen_legacy is None and len(again.seen) == 4 * EVENT_KEY_SIZE
 
 
+def test_a_key_straddling_two_remembered_keys_is_not_a_duplicate():
+    key = event_key("x")
+    state, _ = run([tp("page_view", 0, event_id="y")])
+    state.seen = bytearray(b"AAAA" + key + b"BBBB")  # two keys: AAAA + key[:4], key[4:] + BBBB
+    assert not apply(state, tp("page_view", 1, event_id="x"), DEFINITION).duplicate
+    assert state.seen.endswith(key) and apply(state, tp("page_view", 1, event_id="x"), DEFINITION).duplicate
+
+
+def test_an_old_state_that_remembered_no_event_ids_keeps_no_legacy_memory():
+    old = CustomerState.from_wire(_old_encodings(CustomerState())["v3"])
+    assert old.seen == b"" and old.seen_legacy is None
+
+
 def test_a_customer_who_never_purchased_keeps_first_and_last_touch_across_the_upgrade():
     state, _ = run([tp("ad_click", 0, channel="ads"), tp("page_view", 5, channel="email"), tp("search", 8, channel="search")])
     old = CustomerState.from_wire(_old_encodings(state)["v2"])

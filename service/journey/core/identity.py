@@ -19,7 +19,7 @@ import orjson
 from journey.core.clock import iso, utc_day
 from journey.core.machine import signals_after
 from journey.core.stages import ADVOCACY, PURCHASE, RETENTION, STAGES
-from journey.core.state import ADVOCACY_SIGNAL, EVENT_KEY_SIZE, RENEWAL_SIGNAL, UPGRADED_KEY, CustomerState, has_key
+from journey.core.state import ADVOCACY_SIGNAL, EVENT_KEY_SIZE, RENEWAL_SIGNAL, UPGRADED_KEY, CustomerState
 from journey.errors import InputError
 
 #: Anonymous ids that name no one (SDK placeholders); configurable (JOURNEY_IDENTITY_JUNK_IDS).
@@ -345,14 +345,15 @@ def merge(into: CustomerState, other: CustomerState, anonymous_id: str, *, order
 def _seen_union(into: CustomerState, other: CustomerState, window: int) -> tuple[bytearray, list[int] | None]:
     """Both dedupe memories united (the other's ids first, as older), the latest ``window`` kept;
     ids from before version 4 (seen_legacy) are older than every other and go first."""
+    size = EVENT_KEY_SIZE
     mine, theirs = into.seen, other.seen
-    seen = bytearray().join(
-        key for key in (theirs[i:i + EVENT_KEY_SIZE] for i in range(0, len(theirs), EVENT_KEY_SIZE)) if not has_key(mine, key)
-    ) + mine
-    del seen[:max(0, len(seen) - window * EVENT_KEY_SIZE)]
-    room = window - len(seen) // EVENT_KEY_SIZE
+    keys = {bytes(mine[i:i + size]) for i in range(0, len(mine), size)}  # a set: windows may be large
+    seen = bytearray().join(key for key in (bytes(theirs[i:i + size]) for i in range(0, len(theirs), size)) if key not in keys) + mine
+    del seen[:max(0, len(seen) - window * size)]
+    room = window - len(seen) // size
     known = into.seen_legacy or []
-    legacy = [h for h in other.seen_legacy or () if h not in known] + known
+    ids = set(known)
+    legacy = [h for h in other.seen_legacy or () if h not in ids] + known
     return seen, (legacy[-room:] if room > 0 and legacy else None)
 
 

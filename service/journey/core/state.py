@@ -1,7 +1,7 @@
 """Per-customer journey state, and its compact wire encoding for the changelog.
 
 It must hold millions of customers, so every unbounded memory (event ids, order ids, purchase
-days, transitions) is a bounded window, and ids are kept as 64-bit hashes rather than strings.
+days, transitions) is a bounded window, and ids are kept as 63- or 64-bit hashes, not strings.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import orjson
 from xxhash import xxh3_64_digest
 
 from journey.core.stages import NO_STAGE, STAGES
-from journey.errors import EncodingError
+from journey.errors import EncodingError, NewerEncoding
 
 _MASK63 = (1 << 63) - 1
 #: Recent transitions kept for the customer view.
@@ -173,7 +173,8 @@ class CustomerState:
         if type(d) is dict and d.get("v") == 1:
             return cls._from_v1(d)
         version = d[0] if type(d) is list and d else d.get("v") if type(d) is dict else None
-        raise EncodingError(
+        error = NewerEncoding if type(version) is int and version > ENCODING_VERSION else EncodingError
+        raise error(
             f"customer state encoding {version!r} is not one this journey reads (it reads 1 to "
             f"{ENCODING_VERSION}); was the changelog written by a newer journey? Run that version"
         )

@@ -49,6 +49,7 @@ from journey.core.machine import Limits, Transition, apply
 from journey.core.privacy import PRIVACY_CONTROLS
 from journey.core.stages import STAGES
 from journey.core.state import RECENT_TRANSITIONS, CustomerState
+from journey.errors import NewerEncoding
 from journey.worker.deadletter import dead_letter
 
 log = logging.getLogger(__name__)
@@ -229,6 +230,8 @@ class Pipeline:
                                 self._dead_letter(out, rec, "bad_identity_request", error)
                         else:
                             self._identity_request(out, rec, control, read)
+                    except NewerEncoding:
+                        raise  # a newer worker's state: exit and replay (a new worker reads it), never a dead letter
                     except Exception as exc:  # a bug must cost one record, not the worker
                         log.exception("identity request %s[%d]@%d could not be applied", rec.topic, rec.partition, rec.offset)
                         self._dead_letter(out, rec, "processing_error", f"{type(exc).__name__}: {exc}; this is a journey bug, please report it with this record")
@@ -367,7 +370,9 @@ class Pipeline:
         try:
             other = req.anonymous_state()
             check_mergeable(other)
-        except Exception as exc:  # noqa: BLE001 - e.g. a state from a newer journey
+        except NewerEncoding:
+            raise  # sent by a newer worker: exit and replay, for a new worker to merge
+        except Exception as exc:  # noqa: BLE001 - a state of the wrong shape
             self._dead_letter(out, rec, "bad_identity_request", f"the anonymous state cannot be read: {exc}")
             return
         # Merged into a copy: should the merge fail, the customer's state (cached) is untouched.
