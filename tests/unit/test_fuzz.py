@@ -372,21 +372,19 @@ KNOWN_CRASHES = {
 }
 
 
+def _signed(rec: Record) -> Record:
+    """``rec`` (a control record) with this deployment's signature."""
+    control = control_headers(rec.headers)[0]
+    return Record(rec.key, rec.value, rec.topic, rec.partition, rec.offset, None, control,
+                  sign(KEY, control, rec.key, rec.value))  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("name", sorted(KNOWN_CRASHES))
 def test_forged_control_records_are_dead_lettered(name: str) -> None:
     forged = KNOWN_CRASHES[name]
     assert Pipeline(DEFINITION, LIMITS).process([forged], {}).reasons == ["bad_identity_request"]  # unsigned
-    control = control_headers(forged.headers)[0]
-    signed = Record(forged.key, forged.value, forged.topic, forged.partition, forged.offset, None, control,
-                    sign(KEY, control, forged.key, forged.value))  # type: ignore[arg-type]
-    result = Pipeline(DEFINITION, LIMITS).process([signed], {})  # signed: the checks behind the signature
+    result = Pipeline(DEFINITION, LIMITS).process([_signed(forged)], {})  # signed: the checks behind the signature
     assert result.reasons == ["bad_identity_request"] and not result.writes
-
-
-def _signed(rec: Record) -> Record:
-    control = control_headers(rec.headers)[0]
-    return Record(rec.key, rec.value, rec.topic, rec.partition, rec.offset, None, control,
-                  sign(KEY, control, rec.key, rec.value))  # type: ignore[arg-type]
 
 
 def test_a_state_from_a_newer_journey_stops_the_batch_rather_than_being_dead_lettered() -> None:

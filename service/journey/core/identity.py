@@ -363,17 +363,18 @@ def check_mergeable(st: CustomerState) -> None:
     ok = (
         type(st.stage) is int and type(st.reached) is list and len(st.reached) == len(STAGES)
         and -1 <= st.stage < len(STAGES) and _times(st.reached)
-        and _counts((st.events, st.purchases, st.purchase_days))
+        and _ints((st.events, st.purchases, st.purchase_days), 0, _MAX_COUNT)
         and _name(st.first_channel) and _name(st.last_channel)
-        and type(st.channels) is dict and _counts(st.channels.values())
-        and type(st.negatives) is dict and _counts(st.negatives.values())
+        and type(st.channels) is dict and _ints(st.channels.values(), 0, _MAX_COUNT)
+        and type(st.negatives) is dict and _ints(st.negatives.values(), 0, _MAX_COUNT)
         and type(st.revenue) in (int, float) and -_MAX_REVENUE <= st.revenue <= _MAX_REVENUE
         and _times((st.first_seen, st.last_seen, st.first_purchase, st.last_purchase,
                     st.renewal_max, st.advocacy_max, st.last_negative))
         and type(st.orders) is list and type(st.order_times) is list and len(st.orders) == len(st.order_times)
-        and _times(st.order_times) and _hashes(st.orders) and type(st.days) is list and _days(st.days)
+        and _times(st.order_times) and _ints(st.orders, 0, _MAX_HASH) and type(st.days) is list
+        and _ints(st.days, -_MAX_COUNT, _MAX_COUNT)
         and type(st.seen) is bytearray and len(st.seen) % EVENT_KEY_SIZE == 0
-        and (st.seen_legacy is None or (type(st.seen_legacy) is list and _hashes(st.seen_legacy)))
+        and (st.seen_legacy is None or (type(st.seen_legacy) is list and _ints(st.seen_legacy, 0, _MAX_HASH)))
         and type(st.pre_purchase) is list and _touches(st.pre_purchase)
         and type(st.extra) is dict and ALIAS_KEY not in st.extra
     )
@@ -403,27 +404,14 @@ _MAX_REVENUE = 1e300
 #: The largest count a merged state may carry: the customer's own count is added to it, and the
 #: sum must still encode (orjson writes integers up to 64 bits).
 _MAX_COUNT = 2**53
+#: An id_hash() (order ids, event ids kept before encoding 4).
 _MAX_HASH = 2**63 - 1
 
 
-def _counts(values: Iterable[Any]) -> bool:
+def _ints(values: Iterable[Any], lowest: int, highest: int) -> bool:
+    """Every value an integer from ``lowest`` to ``highest`` (counts, hashes, purchase days)."""
     for n in values:
-        if type(n) is not int or not 0 <= n <= _MAX_COUNT:
-            return False
-    return True
-
-
-def _hashes(values: Iterable[Any]) -> bool:
-    """Every value an id_hash(): an integer of 0 to 2**63 - 1."""
-    for n in values:
-        if type(n) is not int or not 0 <= n <= _MAX_HASH:
-            return False
-    return True
-
-
-def _days(values: Iterable[Any]) -> bool:
-    for n in values:
-        if type(n) is not int or not -_MAX_COUNT <= n <= _MAX_COUNT:
+        if type(n) is not int or not lowest <= n <= highest:
             return False
     return True
 
