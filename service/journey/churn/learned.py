@@ -402,6 +402,12 @@ class ExplainPlan:
     reference: tuple[float, ...]
     #: The time features that measure silence (recency ramps, overdue).
     silence: tuple[int, ...]
+    #: (repeat days, span) -> ``reference`` with the silence features as on the last purchase
+    #: day: a pure function of the two, worked out once for the customers that share them.
+    silent_references: dict[tuple[int, int], tuple[float, ...]] = field(default_factory=dict, repr=False, compare=False)
+
+    #: Entries of silent_references kept before it starts over.
+    MAX_SILENT = 1 << 14
 
     @classmethod
     def of(cls, layer: Layer) -> ExplainPlan:
@@ -435,10 +441,17 @@ def explain_purchaser(
     score = sigmoid(z)
     # What each effect is measured against: no silence (the silence features as on the last
     # purchase day), no signal, and otherwise the typical customer of the fit (the means).
-    reference = list(plan.reference)
-    silent_now = time_features(layer.spec, 0.5, facts["repeat"], facts["span"], facts["span"])
-    for i in plan.silence:
-        reference[i] = silent_now[i]
+    repeat, span = facts["repeat"], facts["span"]
+    memo = plan.silent_references
+    reference = memo.get((repeat, span))
+    if reference is None:
+        silent_now = time_features(layer.spec, 0.5, repeat, span, span)
+        filled = list(plan.reference)
+        for i in plan.silence:
+            filled[i] = silent_now[i]
+        if len(memo) >= plan.MAX_SILENT:
+            memo.clear()
+        reference = memo[(repeat, span)] = tuple(filled)
     # Each feature's term against the reference, once (a group adds up its own).
     against = list(map(mul, weights, map(sub, values, reference)))
     term = against.__getitem__
@@ -496,6 +509,8 @@ def _fact(code: str, facts: Mapping[str, Any]) -> tuple[float | int | str, str]:
 
 def reason_texts(reasons: Sequence[Reason], tail: Sequence[str] = ()) -> list[str]:
     """What raised the score (largest first), then what lowered it (largest first), then the rest."""
+    if not reasons:
+        return list(tail)  # a silent customer without signals: nothing but its head line
     raised = sorted((r for r in reasons if r.effect >= 0.005), key=lambda r: -r.effect)
     lowered = sorted((r for r in reasons if r.effect <= -0.005), key=lambda r: r.effect)
     flat = [r for r in reasons if -0.005 < r.effect < 0.005]

@@ -527,7 +527,7 @@ def _learned_reasons(
         "channels": {c: n / max(obs.events, 1) for c, n in obs.channels.items()},
         "signals": {k: learned.signal_count(obs, k)[0] for k in _signal_kinds(obs)},
     }
-    time_values = learned.time_features(layer.spec, p_w, repeat, span, t_days)
+    time_values = curve.layer_time_features(repeat, span, t_days)
     reasons = learned.explain_purchaser(layer, time_values, values, facts)
     listed = any(r.code == "bgnbd_p_no_purchase" for r in reasons) and layer.horizon_days == config.horizon_days
     tail = [] if listed else [f"model P(no purchase within {config.horizon_days:g} days)={p_h:.2f}"]
@@ -557,6 +557,8 @@ def _learned_silence_reasons(
 
 
 def _signal_kinds(obs: learned.Observation) -> list[str]:
+    if not obs.negatives and obs.carts <= 0:
+        return []  # most customers: no signal at all
     kinds = sorted(k for k, n in obs.negatives.items() if n > 0)
     if obs.carts > 0:
         kinds.append(painpoints.CART_ABANDONED)
@@ -614,10 +616,13 @@ class _Curve:
     the first), with the calibration's terms that need no more than those (all but the mean
     order value's). Exact memoization: a pure function of integers, shared by all customers."""
 
-    __slots__ = ("model", "params", "unit", "H", "values", "crossings", "layer_H")
+    __slots__ = ("model", "params", "unit", "H", "values", "crossings", "layer_H", "time_values")
 
     #: Entries kept before the memo starts over (a few MB).
     MAX = 1 << 17
+    #: Entries of ``time_values`` kept before it starts over: each holds a tuple of floats (~0.5
+    #: KiB), so fewer than the other memos (~10 MB at most).
+    MAX_TIME_VALUES = 1 << 14
 
     def __init__(self, model: ChurnModel, horizon_days: float) -> None:
         self.model = model
@@ -631,6 +636,9 @@ class _Curve:
         #: (repeat days, span, mean order value's term, signals' keep, threshold) -> the first
         #: day (since the first purchase) the score reached the threshold: search hints.
         self.crossings: dict[tuple[int, int, float, float, float], int] = {}
+        #: (repeat days, span, days since the first) -> the learned layer's time features (the
+        #: reasons' values; a batch's purchasers mostly share a few of these).
+        self.time_values: dict[tuple[int, int, int], tuple[float, ...]] = {}
 
     def remember(self, crossing: tuple[int, int, float, float, float], day: int) -> None:
         if len(self.crossings) >= self.MAX:
@@ -664,6 +672,20 @@ class _Curve:
             self.values.clear()
         entry = self.values[key] = (p, z)
         return entry
+
+    def layer_time_features(self, repeat: int, span: int, t_days: int) -> tuple[float, ...]:
+        """learned.time_features of the layer at (repeat days, span, days since the first), with
+        its P(no purchase) (:meth:`p_layer`): the reasons' time values, memoized."""
+        key = (repeat, span, t_days)
+        values = self.time_values.get(key)
+        if values is None:
+            layer = self.model.learned
+            assert layer is not None
+            values = tuple(learned.time_features(layer.spec, self.p_layer(repeat, span, t_days), repeat, span, t_days))
+            if len(self.time_values) >= self.MAX_TIME_VALUES:
+                self.time_values.clear()
+            self.time_values[key] = values
+        return values
 
     def p_layer(self, repeat: int, span: int, t_days: int) -> float:
         """BG/NBD P(no purchase within the learned layer's horizon) (the reasons' value)."""
