@@ -29,6 +29,7 @@ _SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created")
 def _exported() -> set[str]:
     metrics = WorkerMetrics(load_definition(ROOT / "schemas" / "journey.yaml"))
     metrics.watch_state_cache(StateCache(1))
+    metrics.watch_lag("touchpoints", dict)  # as worker/aggregates.register (a family even with no series)
     names: set[str] = set()
     for registry in (metrics.registry, sidecar_registry(SidecarState(Settings()))):
         for family in registry.collect():

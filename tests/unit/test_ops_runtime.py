@@ -224,3 +224,35 @@ def test_readyz_tells_catching_up_from_caught_up(tmp_path: Path, monkeypatch: py
     assert answer() == (True, 101, True)
     live.offsets[0] = 149
     assert answer() == (True, 1, False)
+
+
+def test_consumer_lag_is_read_when_scraped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """journey_consumer_lag says what is left at the moment of the scrape (no timer between), one
+    series per assigned partition whose end is known; a partition given away loses its series."""
+    from faust.types import TP
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from journey.worker.app import create_app
+
+    japp = create_app(Settings(data_dir=tmp_path, bootstrap_servers="127.0.0.1:1"))
+    live = japp.aggregates
+    assert live is not None
+
+    def scrape() -> dict[str, float]:
+        text = generate_latest(japp.metrics.registry).decode()
+        return {s.labels["partition"]: s.value for f in text_string_to_metric_families(text)
+                for s in f.samples if s.name == "journey_consumer_lag" and s.labels["topic"] == live.topic}
+
+    assert scrape() == {}  # nothing assigned (and no consumer built for it)
+    highwaters: dict[int, int | None] = {0: 150, 1: None, 2: 7}
+    monkeypatch.setattr(japp.app, "_consumer", type("C", (), {"highwater": lambda self, tp: highwaters[tp.partition]})())
+    live.on_assigned({TP(live.topic, 0), TP(live.topic, 1), TP(live.topic, 2)})
+    live.offsets[0] = 49
+    live.offsets[2] = 6
+    assert scrape() == {"0": 100.0, "2": 0.0}  # partition 1's end is not known yet: no series
+    live.offsets[0] = 99  # a batch done since: the next scrape sees it
+    highwaters[1] = 10
+    assert scrape() == {"0": 50.0, "1": 10.0, "2": 0.0}
+    live.on_assigned({TP(live.topic, 1)})
+    assert scrape() == {"1": 10.0}

@@ -44,7 +44,6 @@ class LiveAggregates:
         self.assigned: set[int] = set()
         s = japp.settings
         self.identity = f"{s.app_id}@{socket.gethostname()}:{s.web_port}/pid{os.getpid()}"
-        self._lag_labels: set[int] = set()
 
     # --- the hot path ----------------------------------------------------------------------
     def observe(self, spans: Mapping[TP, tuple[int, int]], result: BatchResult) -> None:
@@ -126,17 +125,6 @@ class LiveAggregates:
         metrics.customers.labels(stage="none").set(total[0])
         for i, name in enumerate(STAGES):
             metrics.customers.labels(stage=name).set(total[i + 1])
-        for p, lag in self.partition_lag().items():
-            if lag is None:
-                continue
-            metrics.lag.labels(topic=self.topic, partition=str(p)).set(lag)
-            self._lag_labels.add(p)
-        for p in self._lag_labels - self.assigned:
-            try:
-                metrics.lag.remove(self.topic, str(p))
-            except KeyError:
-                pass
-        self._lag_labels &= self.assigned
 
     def partition_lag(self) -> dict[int, int | None]:
         """Records not yet processed per assigned input partition: the partition's end minus the
@@ -144,6 +132,8 @@ class LiveAggregates:
 
         The end is the high watermark of the partition's last fetch response (the true log end
         on every broker, tansu included; ListOffsets is not), refreshed with every fetch."""
+        if not self.assigned:
+            return {}  # also before the worker has started (a scrape then must not build its consumer)
         consumer = self.japp.app.consumer
         lags: dict[int, int | None] = {}
         for p in sorted(self.assigned):
@@ -169,6 +159,7 @@ class LiveAggregates:
 def register(japp: JourneyApp) -> LiveAggregates:
     """Create the adapter and hook it to the app's rebalance, recovery and a 1 s timer."""
     live = LiveAggregates(japp)
+    japp.metrics.watch_lag(live.topic, live.partition_lag)
     app = japp.app
 
     async def on_partitions_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
+from collections.abc import Callable, Mapping
 from operator import attrgetter, itemgetter
 from typing import Any
 
@@ -50,7 +51,6 @@ class WorkerMetrics:
             "journey_batch_records", "Records per processed batch",
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000), registry=r,
         )
-        self.lag = Gauge("journey_consumer_lag", "Records not yet processed, per input partition", ["topic", "partition"], registry=r)
         self.event_time = Gauge("journey_event_time_seconds", "Highest touchpoint event time seen (the event-time clock), epoch seconds", registry=r)
         self.last_batch = Gauge("journey_last_batch_timestamp_seconds", "Wall-clock time of the last processed batch", registry=r)
         self.customers = Gauge("journey_customers", "Customers standing in each stage (this worker's partitions)", ["stage"], registry=r)
@@ -79,6 +79,12 @@ class WorkerMetrics:
         """Export a StateCache's counts at scrape time: its hit ratio says whether
         JOURNEY_STATE_CACHE is large enough for this worker's active customers."""
         self.registry.register(_StateCacheCollector(cache))
+
+    def watch_lag(self, topic: str, lags: Callable[[], Mapping[int, int | None]]) -> None:
+        """Export journey_consumer_lag{topic, partition} as ``lags()`` says at scrape time (None:
+        the partition's end is not known yet, no series): a gauge set by a timer would lag
+        behind a worker that works through a backlog within a second or two."""
+        self.registry.register(_LagCollector(topic, lags))
 
     @staticmethod
     def _child(cache: dict[tuple[str, str], Any], metric: Any, labels: tuple[str, str]) -> Any:
@@ -119,6 +125,21 @@ class WorkerMetrics:
                 self._event_time = result.max_event_time
                 self.event_time.set(result.max_event_time)
         self.last_batch.set(now)
+
+
+class _LagCollector:
+    """journey_consumer_lag per assigned input partition, read when scraped."""
+
+    def __init__(self, topic: str, lags: Callable[[], Mapping[int, int | None]]) -> None:
+        self.topic = topic
+        self.lags = lags
+
+    def collect(self) -> Any:
+        family = GaugeMetricFamily("journey_consumer_lag", "Records not yet processed, per input partition", labels=["topic", "partition"])
+        for partition, lag in self.lags().items():
+            if lag is not None:
+                family.add_metric([self.topic, str(partition)], lag)
+        yield family
 
 
 class _StateCacheCollector:
