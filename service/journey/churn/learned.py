@@ -34,6 +34,7 @@ from typing import Any
 
 from journey.core import painpoints
 from journey.core.clock import DAY_S
+from journey.core.memo import remember
 from journey.core.stages import STAGES
 from journey.core.state import CustomerState
 from journey.errors import ChurnError
@@ -449,9 +450,7 @@ def explain_purchaser(
         filled = list(plan.reference)
         for i in plan.silence:
             filled[i] = silent_now[i]
-        if len(memo) >= plan.MAX_SILENT:
-            memo.clear()
-        reference = memo[(repeat, span)] = tuple(filled)
+        reference = remember(memo, (repeat, span), tuple(filled), plan.MAX_SILENT)
     # Each feature's term against the reference, once (a group adds up its own).
     against = list(map(mul, weights, map(sub, values, reference)))
     term = against.__getitem__

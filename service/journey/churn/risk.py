@@ -20,6 +20,7 @@ from journey.churn.calibration import features as calibration_features
 from journey.churn.learned import Layer, LayerError, Reason
 from journey.core import painpoints
 from journey.core.clock import DAY_S
+from journey.core.memo import remember
 from journey.core.stages import AWARENESS, DECISION, STAGES
 from journey.core.state import CustomerState
 from journey.errors import SettingsError
@@ -641,9 +642,7 @@ class _Curve:
         self.time_values: dict[tuple[int, int, int], tuple[float, ...]] = {}
 
     def remember(self, crossing: tuple[int, int, float, float, float], day: int) -> None:
-        if len(self.crossings) >= self.MAX:
-            self.crossings.clear()
-        self.crossings[crossing] = day
+        remember(self.crossings, crossing, day, self.MAX)
 
     def get(self, key: tuple[int, int, int]) -> tuple[float, float]:
         entry = self.values.get(key)
@@ -668,10 +667,7 @@ class _Curve:
             z += w[0] * f[0]
             z += w[1] * f[1]
             z += w[2] * f[2]
-        if len(self.values) >= self.MAX:
-            self.values.clear()
-        entry = self.values[key] = (p, z)
-        return entry
+        return remember(self.values, key, (p, z), self.MAX)
 
     def layer_time_features(self, repeat: int, span: int, t_days: int) -> tuple[float, ...]:
         """learned.time_features of the layer at (repeat days, span, days since the first), with
@@ -681,10 +677,8 @@ class _Curve:
         if values is None:
             layer = self.model.learned
             assert layer is not None
-            values = tuple(learned.time_features(layer.spec, self.p_layer(repeat, span, t_days), repeat, span, t_days))
-            if len(self.time_values) >= self.MAX_TIME_VALUES:
-                self.time_values.clear()
-            self.time_values[key] = values
+            time_values = learned.time_features(layer.spec, self.p_layer(repeat, span, t_days), repeat, span, t_days)
+            values = remember(self.time_values, key, tuple(time_values), self.MAX_TIME_VALUES)
         return values
 
     def p_layer(self, repeat: int, span: int, t_days: int) -> float:

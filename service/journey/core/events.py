@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, TypeGuard
 import msgspec
 import orjson
 
+from journey.core.memo import remember
 from journey.errors import InputError
 
 CHANNELS: Final[frozenset[str]] = frozenset(
@@ -235,7 +236,7 @@ def _epoch_us(ts: str) -> int | None:
         except ValueError:  # Feb 30 and the like
             return None
         hour = (days * 86_400 + int(h) * 3_600) * 1_000_000
-        _remember(_HOURS, head, hour)
+        remember(_HOURS, head, hour, CACHE_MAX)
     minute_seconds = _MINUTE_SECONDS.get(minute_second)
     if minute_seconds is None:
         mm, ss = minute_second[1:3], minute_second[4:6]
@@ -268,7 +269,7 @@ def _tail_us(rest: str) -> int | None:
         if offset is None:
             return None
     if not frac:
-        _remember(_TAILS, rest, -offset)
+        remember(_TAILS, rest, -offset, CACHE_MAX)
         return -offset
     digits = frac[1:]
     if not (frac[0] == "." and 0 < len(digits) <= 9 and digits.isdigit()):
@@ -276,7 +277,7 @@ def _tail_us(rest: str) -> int | None:
     # Truncated to microseconds, as fromisoformat does.
     tail = (int(digits) if len(digits) == 6 else int(digits[:6].ljust(6, "0"))) - offset
     if len(digits) <= 3:  # whole seconds and milliseconds repeat; remembering microseconds would only churn
-        _remember(_TAILS, rest, tail)
+        remember(_TAILS, rest, tail, CACHE_MAX)
     return tail
 
 
@@ -294,14 +295,8 @@ def _offset_us(zone: str) -> int | None:
         offset = (int(hh) * 3_600 + int(mm) * 60) * 1_000_000
         if zone[0] == "-":
             offset = -offset
-    _remember(_ZONES, zone, offset)
+    remember(_ZONES, zone, offset, CACHE_MAX)
     return offset
-
-
-def _remember(cache: dict[str, int], key: str, value: int) -> None:
-    if len(cache) >= CACHE_MAX:
-        cache.clear()
-    cache[key] = value
 
 
 def _remember_type(etype: str) -> bool:

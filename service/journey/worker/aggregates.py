@@ -157,7 +157,8 @@ class LiveAggregates:
 
 
 def register(japp: JourneyApp) -> LiveAggregates:
-    """Create the adapter and hook it to the app's rebalance, recovery and a 1 s timer."""
+    """Create the adapter, export its lag at scrape time, and hook it to the app's rebalance,
+    recovery and a 1 s timer."""
     live = LiveAggregates(japp)
     japp.metrics.watch_lag(live.topic, live.partition_lag)
     app = japp.app
