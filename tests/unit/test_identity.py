@@ -26,6 +26,7 @@ from journey.core.identity import (
     MergeRequest,
     alias_of,
     check_mergeable,
+    control_key,
     decode_merge,
     junk_ids,
     merge,
@@ -237,6 +238,14 @@ def test_junk_anonymous_ids_never_link() -> None:
     assert not cluster.identities
     assert all(alias_of(s) is None for s in cluster.states.values())
     assert junk_ids("a, B") == frozenset({"a", "b", ""})
+
+
+def test_the_signing_key_is_not_in_the_rules_repr() -> None:
+    # Whoever holds the key can forge link, merge and forget records: a logged repr must not carry it.
+    key = control_key("a-secret-of-this-deployment", "journey")
+    shown = repr(IdentityRules(key=key))
+    assert "IdentityRules(" in shown and "alias_window=16" in shown
+    assert repr(key) not in shown and key.hex() not in shown and "key=" not in shown
 
 
 def test_bad_identity_requests_are_dead_lettered() -> None:

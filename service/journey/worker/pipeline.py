@@ -126,8 +126,9 @@ class IdentityRules:
 
     junk: frozenset[str] = DEFAULT_JUNK_IDS
     alias_window: int = 16
-    #: Signs and checks the workers' own identity records (core.identity.control_key).
-    key: bytes = control_key(None, "journey")
+    #: Signs and checks the workers' own identity records (core.identity.control_key); kept out
+    #: of the repr, since whoever holds it can forge link, merge and forget records.
+    key: bytes = field(default=control_key(None, "journey"), repr=False)
 
     def control_output(self, control: bytes, key: str, value: bytes) -> Output:
         """One of the workers' own identity records, signed."""
