@@ -123,3 +123,33 @@ def test_the_consumers_own_records_go_in_as_they_are() -> None:
     assert out.merges == 1 and out.reasons == []
     forged = consumed(link.key, link.value, 9, link.headers[:1])  # the control header without its signature
     assert pipe.process([forged], {}).reasons == ["bad_identity_request"]
+
+
+async def test_a_revocation_waits_for_a_churn_tick_that_is_still_staging() -> None:
+    """A churn tick holds the state lock while it stages (its send may wait for metadata): a
+    revocation must not empty the cache and let partitions go until that stage is registered, or
+    the tick would stage and cache states of partitions this worker no longer owns."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from journey.worker.ingest import BatchIngest
+
+    events: list[str] = []
+
+    class Batches:
+        store = SimpleNamespace(forget=lambda: events.append("forget"))
+
+        async def idle(self) -> None:
+            events.append("idle")
+
+    japp = SimpleNamespace(settings=SimpleNamespace(topic_touchpoints="touchpoints", batch_target_ms=200),
+                           state_lock=asyncio.Lock(), batches=Batches())
+    ingest = BatchIngest(japp, max_records=10, buffer_records=20)  # type: ignore[arg-type]
+    await japp.state_lock.acquire()  # the tick, mid-stage
+    revoking = asyncio.create_task(ingest.before_revoke())
+    await asyncio.sleep(0.05)
+    assert events == [] and not revoking.done()
+    events.append("tick staged")
+    japp.state_lock.release()
+    await asyncio.wait_for(revoking, 1)
+    assert events == ["tick staged", "idle", "forget"]

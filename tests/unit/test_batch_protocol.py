@@ -82,6 +82,10 @@ async def test_a_stage_whose_outputs_failed_writes_nothing_and_nor_do_later_ones
     assert _stored(protocol, "c1") is None and _stored(protocol, "c2") is None
     assert producer.topics() == ["out"]  # no changelog record either
     assert not acked and len(failures) == 2
+    # What the log says: the step, the error, the topics and offsets, and no customer key.
+    assert "the outputs' acknowledgements failed with RuntimeError: outputs not acknowledged" in failures[0]
+    assert f"{INPUT}[0] 0-0" in failures[0] and "out" in failures[0] and "c1" not in failures[0]
+    assert "the stage before failed" in failures[1] and f"{INPUT}[0] 1-1" in failures[1]
 
 
 async def test_a_changelog_not_acknowledged_leaves_the_store_and_the_offsets_alone(japp: JourneyApp) -> None:
@@ -92,6 +96,8 @@ async def test_a_changelog_not_acknowledged_leaves_the_store_and_the_offsets_alo
     with pytest.raises(RuntimeError):
         await asyncio.wait_for(a.done, timeout=2)
     assert _stored(protocol, "c1") is None and not acked and failures
+    assert "the changelog's acknowledgements failed with RuntimeError: changelog not acknowledged" in failures[0]
+    assert protocol.store.changelog_topic in failures[0] and "min.insync.replicas" in failures[0]
 
 
 async def test_run_batch_applies_emits_and_makes_the_batch_durable(japp: JourneyApp) -> None:

@@ -166,16 +166,21 @@ class BatchProtocol:
         spans: Spans | None,
         on_durable: Callable[[], None] | None,
     ) -> None:
+        step = "the outputs' acknowledgements"
         try:
             if sent:
                 await asyncio.gather(*(s.future for s in sent))  # 5
             if previous is not None:
+                step = "the stage before"
                 await previous.handed_over
+            step = "the changelog's acknowledgements"
             changelog = await self.sender.send((t, p, k, v, None) for t, p, k, v in changes) if changes else []  # 6
             handed_over.set_result(None)
             acks = await asyncio.gather(*(c.future for c in changelog))  # 7
             if previous is not None:
+                step = "the stage before"
                 await previous.done
+            step = "the RocksDB write"
             self.store.write((partition, kb, vb) for _topic, partition, kb, vb in changes)  # 8
             self.store.written(kb.decode() for _topic, _partition, kb, _vb in changes)
             for c, meta in zip(changelog, acks, strict=True):
@@ -187,7 +192,7 @@ class BatchProtocol:
         except BaseException as exc:
             if not handed_over.done():
                 handed_over.set_exception(exc)  # later stages fail too: nothing is written out of order
-            self.on_failure("a batch's outputs or state writes could not be completed")
+            self.on_failure(failure_text(step, exc, sent, changes, spans))
             raise
 
     async def idle(self) -> None:
@@ -195,6 +200,25 @@ class BatchProtocol:
         last = self._last
         if last is not None:
             await asyncio.wait([last.done])
+
+
+def describe_spans(spans: Spans) -> str:
+    """Input offsets for a log line: 'topic[partition] first-last, ...'."""
+    return ", ".join(f"{tp.topic}[{tp.partition}] {first}-{last}" for tp, (first, last) in sorted(spans.items()))
+
+
+def failure_text(step: str, exc: BaseException, sent: Sequence[Sent], changes: Sequence[tuple[str, int, bytes, bytes | None]],
+                 spans: Spans | None) -> str:
+    """What a failed stage says in the log: the step, the error, the topics and input offsets
+    involved (no keys: they are customer ids), and what to check."""
+    topics = sorted({s.topic for s in sent} | {topic for topic, _p, _k, _v in changes})
+    offsets = describe_spans(spans) if spans else "none (a churn tick or a forget)"
+    return (
+        f"a batch's outputs or state writes could not be completed: {step} failed with {type(exc).__name__}: {exc}; "
+        f"topics written {', '.join(topics) or 'none'}; input offsets {offsets}. Check that the brokers are reachable, "
+        "that this worker may write to those topics and that they exist, that records fit max.message.bytes, and "
+        "that acks=all can be met (min.insync.replicas against the replicas in sync)"
+    )
 
 
 def process(japp: JourneyApp, records: Sequence[InputRecord], read: Callable[[str, int], Any]) -> tuple[BatchResult, list[Output]]:

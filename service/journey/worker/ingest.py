@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from faust.types import TP
 
 from journey.worker import garbage
-from journey.worker.batch import BatchProtocol, Spans, Stage, exit_replaying
+from journey.worker.batch import BatchProtocol, Spans, Stage, describe_spans, exit_replaying
 from journey.worker.batchsize import BatchSizer
 from journey.worker.faust_internals import JourneyConsumer, install_transport
 from journey.worker.pipeline import InputRecord
@@ -91,8 +91,11 @@ class BatchIngest:
         await self._idle.wait()
         batches = self.japp.batches
         if batches is not None:
-            await batches.idle()  # every stage (a churn tick's too) durable before partitions move
-            batches.store.forget()
+            # Under the state lock: a churn tick still staging (its send may wait for metadata)
+            # finishes first, so nothing is staged or cached for partitions that may be gone.
+            async with self.japp.state_lock:
+                await batches.idle()  # every stage (a churn tick's too) durable before partitions move
+                batches.store.forget()
 
     def drop(self) -> int:
         """Forget the buffered records (they are fetched again from the committed offsets)."""
@@ -133,7 +136,8 @@ class BatchIngest:
                     try:
                         stages.append(await batches.run_batch(records, spans))
                     except Exception:  # bad records never get here: the pipeline dead-letters them
-                        exit_replaying("a batch could not be completed")
+                        exit_replaying(f"a batch of {len(records)} records ({describe_spans(spans)}) could not be processed "
+                                       "or handed to the producer (the error follows)")
                     self.sizer.observe(len(records), batches.last_busy_s)
                     garbage.settle()
                 finally:
