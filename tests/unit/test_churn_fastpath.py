@@ -348,6 +348,10 @@ def ref_update(state: CustomerState, at: float, model: ChurnModel, config: Churn
     due = min(deadlines) if deadlines else None
     previous = state.extra.get("churn")
     state.extra["churn"] = {"s": risk["score"], "l": LEVELS[risk["level"]], "at": risk["at"], "due": due}
+    # The level changes so far: a first level of low is no change.
+    changes = (previous or {}).get("n", 0) + (risk["level"] != (LEVELS.index(previous["l"]) if previous else 0))
+    if changes:
+        state.extra["churn"]["n"] = changes
     return {**risk, "pains": [vars_of(p) for p in pains], "due": due,
             "previous": LEVELS.index(previous["l"]) if previous else None}
 

@@ -24,7 +24,7 @@ from journey.churn.calibration import (
     roc_auc,
 )
 from journey.churn.risk import HIGH, LOW, MEDIUM, ChurnModel, RiskConfig, StageTimes, assess, load_model, save_model
-from journey.churn.update import ChurnConfig, update
+from journey.churn.update import ChurnConfig, note_touchpoint, update
 from journey.core.clock import DAY_S, iso, utc_day
 from journey.core.definition import load_definition
 from journey.core.events import validate
@@ -208,6 +208,44 @@ def test_update_keeps_compact_state_and_reports_level_changes_only():
     assert event["previous_level"] == "low" and event["level"] == "medium"
     assert event["model"] == {"name": "bgnbd", "version": PARAMS.version}
     assert event["at"] == iso(first.due) and event["reasons"]
+
+
+def test_a_replayed_level_change_has_the_same_event_id_and_a_later_one_another():
+    # At-least-once: a batch or tick whose churn event was acknowledged but whose state was not
+    # written runs again from the old state, at a later clock. Same change, same id.
+    config = ChurnConfig(risk=RiskConfig(medium=0.5, high=0.8))
+    state = buyer([0, 3, 6, 9, 12, 15])
+    first = update(state, state.last_seen, PLAIN, config)
+    before = state.copy()
+    later = update(state, first.due, PLAIN, config)
+    replayed = update(before.copy(), first.due + DAY_S / 2, PLAIN, config)
+    assert later.level_changed and replayed.level_changed and later.risk.level == replayed.risk.level == MEDIUM
+    event, again = later.churn_event("c", PLAIN), replayed.churn_event("c", PLAIN)
+    assert event["at"] != again["at"] and event["event_id"] == again["event_id"]
+    assert len(event["event_id"]) == 32 and event["event_id"] != later.churn_event("d", PLAIN)["event_id"]
+    assert not update(state, first.due + DAY_S / 2, PLAIN, config).level_changed  # not news, no event
+    # The next change (to high, later back to medium after a purchase) gets ids of its own.
+    high = update(state, later.due, PLAIN, config)
+    assert high.level_changed and high.risk.level == HIGH
+    ids = [event["event_id"], high.churn_event("c", PLAIN)["event_id"]]
+    assert len(set(ids)) == 2 and state.extra["churn"]["n"] == 2
+    # A replay that lands on another level than the first run did is another event: another id.
+    skipped = update(before.copy(), later.due, PLAIN, config)
+    assert skipped.risk.level == HIGH and skipped.churn_event("c", PLAIN)["event_id"] not in ids
+
+
+def test_a_replayed_pain_point_has_the_same_id():
+    config = ChurnConfig()
+    state = customer([("page_view", 0, {}), ("add_to_cart", 0.1, {})])
+    note_touchpoint(state, "add_to_cart", state.last_seen, "email", config)  # as the worker's churn hook does
+    before = state.copy()
+    window = config.pain.abandonment_window_s
+    first = update(state, state.last_seen + window + DAY_S, PLAIN, config)
+    replayed = update(before, before.last_seen + window + 2 * DAY_S, PLAIN, config)
+    assert [p.kind for p in first.pains] == [p.kind for p in replayed.pains] and first.pains
+    ids = [p.to_event("c")["pain_point_id"] for p in first.pains]
+    assert ids == [p.to_event("c")["pain_point_id"] for p in replayed.pains]
+    assert len(set(ids)) == len(ids) and ids[0] != first.pains[0].to_event("d")["pain_point_id"]
 
 
 # --- calibration

@@ -296,10 +296,26 @@ _LEVEL_INDEX = {name: i for i, name in enumerate(LEVELS)}
 
 
 def record(state: CustomerState, risk: Risk, due: float | None) -> int | None:
-    """Keep the assessment in the customer's state (compact); return the previous level."""
+    """Keep the assessment in the customer's state (compact); return the previous level.
+
+    ``n`` counts the level changes so far (a first level of low is none, as it is not news), so a
+    change replayed from the same state gets the same number, and its event the same id."""
     previous = state.extra.get(KEY)
-    state.extra[KEY] = {"s": risk.score, "l": LEVELS[risk.level], "at": risk.at, "due": due}
-    return _LEVEL_INDEX[previous["l"]] if previous else None
+    level = _LEVEL_INDEX[previous["l"]] if previous else None
+    changes = previous.get("n", 0) if previous else 0
+    entry: dict[str, Any] = {"s": risk.score, "l": LEVELS[risk.level], "at": risk.at, "due": due}
+    if risk.level != (LOW if level is None else level):
+        changes += 1
+    if changes:
+        entry["n"] = changes
+    state.extra[KEY] = entry
+    return level
+
+
+def level_changes(state: CustomerState) -> int:
+    """How many times the customer's churn-risk level has changed (record's ``n``)."""
+    churn = state.extra.get(KEY)
+    return churn.get("n", 0) if churn else 0
 
 
 def stored_due(state: CustomerState) -> float | None:

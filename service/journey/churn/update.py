@@ -3,10 +3,11 @@ hook, its timer and ``journey churn score`` all take, so they cannot disagree.""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from journey.churn.risk import LEVELS, LOW, ChurnModel, Risk, RiskConfig, StageTimes, assess, record
+from journey.churn.risk import LEVELS, LOW, ChurnModel, Risk, RiskConfig, StageTimes, assess, level_changes, record
 from journey.core import painpoints
 from journey.core.clock import iso
 from journey.core.painpoints import PainConfig, PainPoint
@@ -26,6 +27,8 @@ class Update:
     pains: list[PainPoint]
     #: When this customer must be looked at again (None: only when an event arrives).
     due: float | None
+    #: The customer's level changes so far, this one included (churn.risk.record).
+    changes: int = 0
 
     @property
     def level_changed(self) -> bool:
@@ -35,16 +38,26 @@ class Update:
 
     def churn_event(self, customer_id: str, model: ChurnModel) -> dict[str, Any]:
         r = self.risk
+        previous = LEVELS[self.previous_level] if self.previous_level is not None else None
         return {
+            "event_id": churn_event_id(customer_id, self.changes, previous, r.level_name),
             "customer_id": customer_id,
             "score": r.score,
             "level": r.level_name,
-            "previous_level": LEVELS[self.previous_level] if self.previous_level is not None else None,
+            "previous_level": previous,
             "reasons": r.reasons,
             "reason_codes": r.reason_codes,
             "at": _iso_at(r.at),
             "model": {"name": model.name, "version": model.version},
         }
+
+
+def churn_event_id(customer_id: str, changes: int, previous_level: str | None, level: str) -> str:
+    """Deterministic: the customer's n-th level change, from and to the same levels, has the
+    same id however often a replay publishes it (its score and ``at`` follow the clock and may
+    differ), so consumers drop the repeats; a replay that lands on another level gets a new id."""
+    key = f"{customer_id}\x1f{changes}\x1f{previous_level}\x1f{level}"
+    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
 _last_iso: tuple[float | None, str | None] = (None, None)
@@ -82,4 +95,4 @@ def update(
     change = risk.next_change
     due = deadline if change is None else change if deadline is None else min(change, deadline)
     previous = record(state, risk, due)
-    return Update(risk, previous, pains, due)
+    return Update(risk, previous, pains, due, level_changes(state))

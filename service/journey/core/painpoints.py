@@ -7,6 +7,7 @@ consideration or decision (``stalled``), with a compact per-customer memory in
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +48,15 @@ class PainPoint:
     at: float
     details: dict[str, Any] = field(default_factory=dict)
 
+    def pain_point_id(self, customer_id: str) -> str:
+        """Deterministic: a pain point's time follows from the state (a cart's window end, a
+        stage's stall limit), so a replay reports it with the same id."""
+        key = f"{customer_id}\x1f{self.kind}\x1f{self.stage}\x1f{self.at!r}"
+        return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+
     def to_event(self, customer_id: str) -> dict[str, Any]:
         return {
+            "pain_point_id": self.pain_point_id(customer_id),
             "customer_id": customer_id,
             "kind": self.kind,
             "stage": self.stage,
