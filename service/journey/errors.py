@@ -42,6 +42,11 @@ class EncodingError(JourneyError, ValueError):
     build cannot read: usually a different journey version wrote it."""
 
 
+class CorruptState(EncodingError):
+    """A stored customer state that no journey version wrote (damaged, or written by something
+    else): the record that needs it is dead-lettered, the state is left as it is."""
+
+
 class NewerEncoding(EncodingError):
     """The data was written by a newer journey than this one (a rolling upgrade's mix of
     versions): not bad input, so the worker exits without committing instead of dead-lettering

@@ -132,3 +132,30 @@ async def test_a_staged_state_is_read_back_even_when_the_cache_has_evicted_it(ja
     await asyncio.wait_for(stage.done, timeout=2)
     assert not protocol.store.pending  # written: held no longer
     assert protocol.store.read("c0", 0).events == 0  # type: ignore[union-attr]  # now from RocksDB
+
+
+async def test_a_damaged_stored_state_costs_its_record_not_the_partition(japp: JourneyApp) -> None:
+    """A stored state no journey wrote (damaged): the touchpoint that needs it is dead-lettered with
+    an error that says what to do and names no customer, the state is left as it is, and the
+    batch's other records are applied (before: the worker exited on it, every restart again)."""
+    protocol, producer, acked, failures = _protocol(japp)
+    protocol.store.store._db_for_partition(0).put(b"c2", b'{"not": "a state"}')
+    events = [{"event_id": f"e{i}", "customer_id": c, "type": "page_view", "timestamp": "2026-01-01T00:00:00Z"}
+              for i, c in enumerate(["c1", "c2", "c3"])]
+    records = [Record(e["customer_id"].encode(), orjson.dumps(e), INPUT, 0, i) for i, e in enumerate(events)]
+    stage = await protocol.run_batch(records, {TP(INPUT, 0): (0, 2)})
+    await settle()
+    settings = japp.settings
+    [(key, value)] = producer.records(settings.topic_dead_letter)
+    letter = orjson.loads(value)  # type: ignore[arg-type]
+    assert key == b"c2" and letter["reason"] == "processing_error" and letter["offset"] == 1
+    assert "partition 0 cannot be read" in letter["error"] and "journey forget" in letter["error"]
+    assert "c2" not in letter["error"]
+    for topic in (settings.topic_transitions, settings.topic_dead_letter):
+        producer.ack(topic)
+    await settle()
+    producer.ack(protocol.store.changelog_topic)
+    await asyncio.wait_for(stage.done, timeout=2)
+    assert _stored(protocol, "c1").events == 1 and _stored(protocol, "c3").events == 1  # type: ignore[union-attr]
+    assert protocol.store.store._db_for_partition(0).get(b"c2") == b'{"not": "a state"}'  # left as it is
+    assert acked == [{TP(INPUT, 0): (0, 2)}] and not failures

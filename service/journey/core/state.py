@@ -173,10 +173,14 @@ class CustomerState:
         if type(d) is dict and d.get("v") == 1:
             return cls._from_v1(d)
         version = d[0] if type(d) is list and d else d.get("v") if type(d) is dict else None
-        error = NewerEncoding if type(version) is int and version > ENCODING_VERSION else EncodingError
-        raise error(
-            f"customer state encoding {version!r} is not one this journey reads (it reads 1 to "
-            f"{ENCODING_VERSION}); was the changelog written by a newer journey? Run that version"
+        if type(version) is int and version > ENCODING_VERSION:
+            raise NewerEncoding(
+                f"customer state encoding {version!r} is not one this journey reads (it reads 1 to "
+                f"{ENCODING_VERSION}); was the changelog written by a newer journey? Run that version"
+            )
+        raise EncodingError(
+            f"not a customer state journey writes (encoding {version!r}; this journey reads 1 to "
+            f"{ENCODING_VERSION}, and no version wrote this shape): the record is damaged or was written by another program"
         )
 
     @classmethod

@@ -25,6 +25,7 @@ from journey.core.eventclock import EventClock
 from journey.core.identity import ALIAS_KEY
 from journey.core.privacy import FORGOTTEN_KEY
 from journey.core.state import CustomerState
+from journey.errors import CorruptState
 from journey.worker.batch import Output, exit_replaying
 from journey.worker.pipeline import BatchResult, InputRecord, Record
 
@@ -143,7 +144,11 @@ class ChurnWorker:
         written = BatchResult()
         topic = self.japp.settings.topic_touchpoints
         for key, partition in due:
-            state = batches.store.read(key, partition) if partition is not None else None
+            try:
+                state = batches.store.read(key, partition) if partition is not None else None
+            except CorruptState as exc:
+                log.error("churn timer: %s", exc)  # the next record of this customer is dead-lettered with it
+                continue
             if state is None or state.partition is None or ALIAS_KEY in state.extra:
                 continue  # moved away, written before partitions were recorded, or a linked anonymous id
             before = summarize(state) if summarize is not None else None

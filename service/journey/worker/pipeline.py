@@ -49,7 +49,7 @@ from journey.core.machine import Limits, Transition, apply
 from journey.core.privacy import PRIVACY_CONTROLS
 from journey.core.stages import STAGES
 from journey.core.state import RECENT_TRANSITIONS, CustomerState
-from journey.errors import NewerEncoding
+from journey.errors import CorruptState, NewerEncoding
 from journey.worker.deadletter import dead_letter
 
 log = logging.getLogger(__name__)
@@ -262,7 +262,12 @@ class Pipeline:
                 out.rekeyed.append(Output(key.encode(), rec.value))
                 continue
             # dedupe + apply
-            pending, state, before = self.state_of(out, key, rec.partition, read)
+            try:
+                pending, state, before = self.state_of(out, key, rec.partition, read)
+            except CorruptState as exc:  # one customer's damaged state must not stop the partition
+                log.error("record %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, exc)
+                self._dead_letter(out, rec, "processing_error", str(exc))
+                continue
             if state is None and self.privacy is not None and self.privacy.is_suppressed(out, key, rec.partition, read):
                 continue  # a forgotten id: dropped, counted, never dead-lettered (that would keep its data)
             if state is not None and state.extra and ALIAS_KEY in state.extra:

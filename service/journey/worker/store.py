@@ -17,7 +17,7 @@ import rocksdict
 from faust.types import TP
 
 from journey.core.state import CustomerState
-from journey.errors import WorkerError
+from journey.errors import CorruptState, NewerEncoding, WorkerError
 from journey.worker.faust_internals import partition_db, uses_rocksdict
 
 
@@ -94,7 +94,17 @@ class StateStore:
         raw = partition_db(self.table, partition).get(key.encode())
         if raw is None:
             return None
-        state = CustomerState.from_wire(raw)
+        try:
+            state = CustomerState.from_wire(raw)
+        except NewerEncoding:
+            raise  # a newer worker's: exit and leave it to one (worker/pipeline.py)
+        except Exception as exc:
+            # No key in the text: it is a customer id, and this ends up in logs and dead letters.
+            raise CorruptState(
+                f"a stored customer state of partition {partition} cannot be read ({type(exc).__name__}: {exc}); "
+                "journey did not write it so. The record that needed it is dead-lettered and the state left as it "
+                "is: restore the changelog, or forget the customer (`journey forget`) to start their journey anew"
+            ) from exc
         if cache.size:
             cache.put(key, state)
         return state
