@@ -159,3 +159,16 @@ async def test_a_damaged_stored_state_costs_its_record_not_the_partition(japp: J
     assert _stored(protocol, "c1").events == 1 and _stored(protocol, "c3").events == 1  # type: ignore[union-attr]
     assert protocol.store.store._db_for_partition(0).get(b"c2") == b'{"not": "a state"}'  # left as it is
     assert acked == [{TP(INPUT, 0): (0, 2)}] and not failures
+
+
+def test_the_tables_codec_passes_over_a_damaged_state_but_not_a_newer_one() -> None:
+    """The table's own reads (the rebuilds after a rebalance, lookups) see a damaged state as a
+    missing one; a newer journey's state still stops the worker, for a newer worker to read."""
+    from journey.errors import NewerEncoding
+    from journey.worker.app import StateCodec
+
+    codec = StateCodec()
+    assert codec._loads(b'{"not": "a state"}') is None and codec._loads(b"\xff") is None
+    assert codec._loads(_state(3).to_wire()).events == 3  # type: ignore[union-attr]
+    with pytest.raises(NewerEncoding):
+        codec._loads(b"[99]")

@@ -19,6 +19,7 @@ from journey.core.identity import control_key, junk_ids
 from journey.core.machine import Limits
 from journey.core.privacy import salt_key
 from journey.core.state import CustomerState
+from journey.errors import NewerEncoding
 from journey.kafka.security import faust_credentials
 from journey.settings import Settings
 from journey.worker import aggregates as live_aggregates
@@ -51,8 +52,18 @@ class StateCodec(codecs.Codec):
     def _dumps(self, obj: CustomerState) -> bytes:
         return obj.to_wire()
 
-    def _loads(self, s: bytes) -> CustomerState:
-        return CustomerState.from_wire(s)
+    def _loads(self, s: bytes) -> CustomerState | None:
+        """None for a stored state no journey wrote: the rebuilds after a rebalance (live
+        aggregates, churn timers) and lookups pass over it as over a missing one, as the batches
+        do (worker/store.py's CorruptState), instead of the worker failing at every rebalance."""
+        try:
+            return CustomerState.from_wire(s)
+        except NewerEncoding:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged record makes the decoder raise
+            log.error("a stored customer state cannot be read and is passed over (%s: %s); the touchpoints that need it "
+                      "are dead-lettered with this reason: restore the changelog, or forget the customer", type(exc).__name__, exc)
+            return None
 
 
 class TextCodec(codecs.Codec):
