@@ -178,8 +178,9 @@ class CustomerState:
                 f"customer state encoding {version!r} is not one this journey reads (it reads 1 to "
                 f"{ENCODING_VERSION}); was the changelog written by a newer journey? Run that version"
             )
+        shown = version if type(version) is int else type(version).__name__  # a damaged record's content may be personal
         raise EncodingError(
-            f"not a customer state journey writes (encoding {version!r}; this journey reads 1 to "
+            f"not a customer state journey writes (encoding {shown}; this journey reads 1 to "
             f"{ENCODING_VERSION}, and no version wrote this shape): the record is damaged or was written by another program"
         )
 
