@@ -16,10 +16,12 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from journey.errors import UsageError, WorkerError
 from journey.kafka.broker import die_with_parent
 from journey.settings import Settings
 
@@ -39,11 +41,29 @@ def _raise_stop(signum: int, frame: object) -> None:
     raise _Stop(signum)
 
 
+class ChildDied(WorkerError):
+    """The worker or the sidecar stopped while `journey dev` ran."""
+
+    def __init__(self, name: str, code: int) -> None:
+        super().__init__(f"{name} stopped (exit {code})")
+        self.name, self.code = name, code
+
+
 def run_dev(settings: Settings, *, rate: float, bad_every: int, seconds: float | None, identity: bool = False) -> int:
+    """Run the embedded default until stopped; 0 when stopped (or done), 1 when a child died."""
     from journey.kafka.broker import EmbeddedBroker, free_port
 
+    if rate < 0:
+        raise UsageError(f"--rate {rate:g}: give the feed's touchpoints per second, or 0 for no feed")
     var = settings.dev_dir.resolve()
     var.mkdir(parents=True, exist_ok=True)
+    lock = _claim(var)
+    for what, variable, where, port in (("worker", "JOURNEY_WEB_PORT", settings.web_host, settings.web_port),
+                                        ("sidecar", "JOURNEY_SIDECAR_PORT", settings.sidecar_host, settings.sidecar_port)):
+        if (what == "worker" or _has_sidecar()) and not _port_free(_reachable(where), port):
+            lock.close()
+            raise UsageError(f"port {port} on {where}, the {what}'s ({variable}), is taken: stop what uses it, or set "
+                             f"{variable} to a free port")
     host, _, port_text = settings.bootstrap_servers.split(",")[0].rpartition(":")
     port = int(port_text)
     if not _port_free(host or "127.0.0.1", port):
@@ -51,6 +71,7 @@ def run_dev(settings: Settings, *, rate: float, bad_every: int, seconds: float |
         print(f"port {port_text} is taken; the embedded broker uses {port} instead")
     broker = EmbeddedBroker(port, host=host or "127.0.0.1", log_path=var / "broker.log")
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    code = 0
     previous = {sig: signal.signal(sig, _raise_stop) for sig in STOP_SIGNALS}
     try:
         broker.start()
@@ -72,11 +93,20 @@ def run_dev(settings: Settings, *, rate: float, bad_every: int, seconds: float |
         print(f"  worker   http://{settings.web_host}:{settings.web_port}/metrics  (log {var / 'worker.log'})")
         if _has_sidecar():
             print(f"  sidecar  http://{settings.sidecar_host}:{settings.sidecar_port}/  (live page; API docs at /docs)")
-        print(f"  feed     ~{rate:g} touchpoints/s into '{settings.topic_touchpoints}'"
-              + (f", one malformed every {bad_every}" if bad_every else ""))
+        if rate > 0:
+            print(f"  feed     ~{rate:g} touchpoints/s into '{settings.topic_touchpoints}'"
+                  + (f", one malformed every {bad_every}" if bad_every else ""))
+        else:
+            print(f"  feed     none (--rate 0): publish your own into '{settings.topic_touchpoints}', e.g. "
+                  f"journey replay data/cdnow/CDNOW_sample.txt --format cdnow --bootstrap-servers {settings.bootstrap_servers}")
         print("  the worker needs ~30 s to join its consumer group; then transitions flow. Ctrl-C stops everything.\n",
               flush=True)
-        asyncio.run(_feed_and_watch(settings, rate=rate, bad_every=bad_every, seconds=seconds, identity=identity))
+        asyncio.run(_feed_and_watch(settings, rate=rate, bad_every=bad_every, seconds=seconds, identity=identity,
+                                    children=children))
+    except ChildDied as died:
+        log = var / f"{died.name}.log"
+        _say(f"\n{died}, unexpectedly; the end of {log}:\n{_tail(log)}\nstopping the rest")
+        code = 1
     except _Stop as stop:
         _say(f"\n{stop}: stopping the worker and the sidecar, then the broker")
     except KeyboardInterrupt:
@@ -91,7 +121,8 @@ def run_dev(settings: Settings, *, rate: float, bad_every: int, seconds: float |
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-    return 0
+            lock.close()
+    return code
 
 
 def _say(text: str) -> None:
@@ -116,10 +147,14 @@ def _stop_children(children: list[tuple[str, subprocess.Popen[bytes]]], *, timeo
             _say(f"  {name} did not stop within {timeout_s:.0f} s: killing it")
             child.kill()
             code = child.wait()
-        _say(f"  {name} stopped (exit {code})")
+        how = f"on {signal.Signals(-code).name}" if code < 0 and -code in signal.Signals._value2member_map_ else f"exit {code}"
+        _say(f"  {name} stopped ({how})")
 
 
-async def _feed_and_watch(settings: Settings, *, rate: float, bad_every: int, seconds: float | None, identity: bool = False) -> None:
+async def _feed_and_watch(settings: Settings, *, rate: float, bad_every: int, seconds: float | None, identity: bool = False,
+                          children: list[tuple[str, subprocess.Popen[bytes]]] | None = None) -> None:
+    """Feed generated journeys (none at rate 0) and print what flows, until ``seconds`` have passed
+    or a child stops (ChildDied)."""
     from journey.kafka.security import client_options
     from journey.sources.generator import IDENTITY_MIX, bad_events, live_feed
 
@@ -165,11 +200,29 @@ async def _feed_and_watch(settings: Settings, *, rate: float, bad_every: int, se
                 summary = ", ".join(f"{k} {v}" for k, v in sorted(seen.items()))
                 print(f"[{time.strftime('%H:%M:%S')}] sent {sent} touchpoints; transitions so far: {summary}")
 
+    async def guard() -> None:
+        """Say so when the worker or the sidecar stops (a port taken, a crash), instead of a feed
+        that goes on with nobody processing it."""
+        while True:
+            await asyncio.sleep(1.0)
+            for name, child in children or ():
+                code = child.poll()
+                if code is not None:
+                    raise ChildDied(name, code)
+
+    async def idle() -> None:
+        await asyncio.sleep(max(0.0, stop_at - time.time()) if stop_at else float("inf"))
+
     watcher = asyncio.create_task(watch())
+    guarding = asyncio.create_task(guard())
+    feeding = asyncio.create_task(feed() if rate > 0 else idle())
     try:
-        await feed()
+        done, _pending = await asyncio.wait([feeding, guarding], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()  # ChildDied, or what the feed raised
     finally:
-        watcher.cancel()
+        for task in (watcher, guarding, feeding):
+            task.cancel()
         await producer.stop()
         await consumer.stop()
 
@@ -180,6 +233,37 @@ def _has_sidecar() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _claim(var: Path) -> Any:
+    """Hold ``var``/dev.lock while this `journey dev` runs: a second one on the same directory
+    would delete the running worker's state (it starts empty) and fight over its ports."""
+    handle = open(var / "dev.lock", "a")  # noqa: SIM115 - held until the run ends
+    try:
+        import fcntl
+
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:
+        pass  # no flock (Windows): no guard
+    except OSError:
+        handle.close()
+        raise UsageError(
+            f"another `journey dev` (or `make run`) is running on {var}: stop it first (Ctrl-C in its terminal), or give "
+            "this one its own JOURNEY_DEV_DIR, JOURNEY_WEB_PORT and JOURNEY_SIDECAR_PORT"
+        ) from None
+    return handle
+
+
+def _reachable(host: str) -> str:
+    """Where to test a port bound on ``host`` (an any-address is reached on the loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def _tail(log: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join("    " + line for line in log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "    (no log)"
 
 
 def _port_free(host: str, port: int) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from journey.kafka.broker import EmbeddedBroker
 
 
@@ -19,3 +21,33 @@ def test_pid_is_the_running_process_and_none_otherwise() -> None:
         stand_in.kill()
         stand_in.wait()
     assert not broker.running and broker.pid is None
+
+
+async def test_an_unreachable_broker_is_one_line_that_says_what_to_do() -> None:
+    from journey.errors import BrokerError
+    from journey.kafka.admin import check_reachable
+    from journey.kafka.broker import free_port
+
+    where = f"127.0.0.1:{free_port()}"  # nobody listens there
+    with pytest.raises(BrokerError, match=f"cannot reach Kafka at {where} .*start the broker, or point --bootstrap-servers"):
+        await check_reachable(where, within_s=0.5)
+
+
+def test_journey_worker_checks_the_broker_before_it_builds_the_app(monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: an unreachable broker was a Faust/aiokafka traceback and exit 1; the other commands
+    say `journey: cannot reach Kafka ...` and exit 2."""
+    from journey import cli
+    from journey.errors import BrokerError
+    from journey.worker import runner
+
+    async def unreachable(bootstrap_servers: str, **kwargs: object) -> None:
+        raise BrokerError(f"cannot reach Kafka at {bootstrap_servers} (refused); start the broker")
+
+    def no_app(settings: object) -> None:
+        raise AssertionError("the app was built before the broker was checked")
+
+    monkeypatch.setattr(runner, "check_reachable", unreachable)
+    monkeypatch.setattr(runner, "create_app", no_app)
+    assert cli.main(["worker", "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    assert capsys.readouterr().err.startswith("journey: cannot reach Kafka at 127.0.0.1:1")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -79,6 +81,44 @@ def journey_topic_specs(settings: Settings) -> list[TopicSpec]:
     return specs
 
 
+def unreachable(bootstrap_servers: str, exc: BaseException) -> BrokerError:
+    """The error every command gives when no broker answers at ``bootstrap_servers``."""
+    return BrokerError(
+        f"cannot reach Kafka at {bootstrap_servers} ({exc!r}); start the broker, or point --bootstrap-servers "
+        "(JOURNEY_BOOTSTRAP_SERVERS) at where it runs"
+    )
+
+
+async def check_reachable(bootstrap_servers: str, *, client_options: Mapping[str, Any] | None = None,
+                          within_s: float = 10.0) -> None:
+    """Raise BrokerError unless a broker answers within ``within_s`` (a broker still starting
+    gets a few tries): what `journey worker` checks before it starts, so an unreachable broker is
+    one line that says what to do, not a traceback from deep in the consumer."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    chatty = logging.getLogger("aiokafka")
+    level = chatty.level
+    chatty.setLevel(logging.CRITICAL)  # its "Unable connect" per try would come before the one line that matters
+    try:
+        await _probe(bootstrap_servers, client_options, within_s, deadline)
+    finally:
+        chatty.setLevel(level)
+
+
+async def _probe(bootstrap_servers: str, client_options: Mapping[str, Any] | None, within_s: float, deadline: float) -> None:
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(within_s * 1000),
+                                    **(client_options or {}))
+        try:
+            await admin.start()
+            return
+        except KafkaError as exc:
+            if asyncio.get_running_loop().time() + 2.0 > deadline:
+                raise unreachable(bootstrap_servers, exc) from exc
+        finally:
+            await admin.close()
+        await asyncio.sleep(2.0)
+
+
 async def ensure_topics(
     bootstrap_servers: str,
     specs: list[TopicSpec],
@@ -97,10 +137,7 @@ async def ensure_topics(
         await admin.start()
     except KafkaError as exc:
         await admin.close()
-        raise BrokerError(
-            f"cannot reach Kafka at {bootstrap_servers} ({exc!r}); start the broker or set "
-            f"JOURNEY_BOOTSTRAP_SERVERS to where it runs"
-        ) from exc
+        raise unreachable(bootstrap_servers, exc) from exc
     try:
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -9,6 +10,8 @@ import threading
 import time
 from typing import Any
 
+from journey.kafka.admin import check_reachable
+from journey.kafka.security import client_options
 from journey.logs import identity, logging_config
 from journey.settings import Settings, unknown_variables
 from journey.worker import garbage
@@ -138,6 +141,7 @@ def worker_logging(settings: Settings) -> dict[str, Any] | None:
 def run_worker(settings: Settings) -> None:
     """Start a worker in this process and block until it is stopped (SIGINT/SIGTERM); exits the
     process (0: stopped cleanly; 70: the stop timed out, see ShutdownWatchdog)."""
+    asyncio.run(check_reachable(settings.bootstrap_servers, client_options=client_options(settings)))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     japp = create_app(settings)
     japp.app.task(garbage.collect_now_and_then)
