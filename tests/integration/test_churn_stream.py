@@ -155,6 +155,12 @@ class Stream:
         return self._checked(topic, await read_to_end(self.settings.bootstrap_servers, topic, timestamps=True))
 
 
+def _churn(view: dict[str, Any]) -> dict[str, Any]:
+    """The customer view's churn_risk as the stored record's fields (s, l, at: epoch seconds)."""
+    risk = view["churn_risk"]
+    return {"s": risk["score"], "l": risk["level"], "at": ts(risk["as_of"])}
+
+
 def _schema(name: str) -> Draft202012Validator:
     return Draft202012Validator(json.loads((REPO / "schemas" / name).read_text()), format_checker=FormatChecker())
 
@@ -219,8 +225,8 @@ async def test_worker_scores_equal_journey_churn_score_after_a_cdnow_replay(stre
     params = ref.Params.from_file(PARAMS)
     checked = by_reference = 0
     for customer in sorted(counts)[::5]:  # every 5th customer: 30 of them
-        view = await stream.wait_customer(customer, lambda v, c=customer: v["touchpoints"] == counts[c] and "churn" in v)
-        churn = view["churn"]
+        view = await stream.wait_customer(customer, lambda v, c=customer: v["touchpoints"] == counts[c] and "churn_risk" in v)
+        churn = _churn(view)
         out = io.StringIO()
         with redirect_stdout(out):
             assert journey_cli(["churn", "score", str(subset), "--format", "cdnow", "--as-of", iso(churn["at"]),
@@ -265,8 +271,8 @@ async def test_scores_equal_the_closed_form_at_a_given_clock(stream: Stream) -> 
     levels = set()
     for customer, steps in plan.items():
         n = len(steps) + 1
-        view = await stream.wait_customer(customer, lambda v, n=n: v["touchpoints"] == n and "churn" in v)
-        churn = view["churn"]
+        view = await stream.wait_customer(customer, lambda v, n=n: v["touchpoints"] == n and "churn_risk" in v)
+        churn = _churn(view)
         assert abs(churn["at"] - clock) <= LATENESS_S, (customer, iso(churn["at"]))
         expected = ref.score(params, customers[customer], churn["at"])
         assert churn["s"] == pytest.approx(expected, abs=2e-6), customer
@@ -301,8 +307,8 @@ async def test_silent_customer_gets_a_churn_risk_event_once_the_clock_passes_the
     assert threshold == midnight, (iso(threshold), iso(midnight))
     assert threshold - HOUR - ABANDONMENT_S > start + 28 * DAY  # room for the sentinel below
 
-    view = await stream.wait_customer(customer, lambda v: v["purchase_days"] == len(days) and "churn" in v)
-    assert view["churn"]["l"] == "low"
+    view = await stream.wait_customer(customer, lambda v: v["purchase_days"] == len(days) and "churn_risk" in v)
+    assert view["churn_risk"]["level"] == "low"
 
     def mine(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # Levels may move while the purchases come in; what counts is what silence does after them.
@@ -317,7 +323,7 @@ async def test_silent_customer_gets_a_churn_risk_event_once_the_clock_passes_the
 
     await stream.push_clock(threshold + 60)
     await stream.events(stream.settings.topic_churn_risk, until=lambda m: bool(mine(m)), timeout_s=30)
-    await stream.wait_customer(customer, lambda v: v["churn"]["l"] == "medium")  # the state after the event: nothing more to come
+    await stream.wait_customer(customer, lambda v: v["churn_risk"]["level"] == "medium")  # the state after the event: nothing more to come
     events = mine(await stream.all_events(stream.settings.topic_churn_risk))
     assert len(events) == 1, events
     event = events[0]
@@ -356,8 +362,9 @@ async def test_purchase_inside_the_abandonment_window_cancels_the_pain_point(str
     assert kinds(msgs, bought) == []
     event = next(m for m in msgs if m["customer_id"] == abandoned)
     assert (event["stage"], event["channel"], event["at"]) == ("decision", "direct", iso(cart_at + ABANDONMENT_S))
-    view = await stream.wait_customer(abandoned, lambda v: "churn" in v)
-    assert view["pain"]["a"][0] == 1
+    view = await stream.wait_customer(abandoned, lambda v: "churn_risk" in v)
+    assert view["pain_points"]["carts_abandoned"] == 1
+    assert view["pain_points"]["last_cart_abandoned_at"] == iso(cart_at + ABANDONMENT_S)
 
 
 def test_fresh_bases_are_days_apart_and_in_the_past() -> None:

@@ -53,3 +53,26 @@ def test_changing_a_copy_leaves_the_original() -> None:
     new.seen += b"ABCDEFGH"
     new.seen_legacy.append(4)
     assert st.to_wire() == before
+
+
+def test_the_customer_view_names_the_other_concerns_fields_and_gives_their_times_in_rfc3339() -> None:
+    """GET /customers/{id} showed churn, pain and identity memories as kept: {"s", "l", "at", "due"},
+    epoch seconds. Now named fields and RFC 3339 times; a key this build does not know, as it is."""
+    st = CustomerState()
+    st.extra = {
+        "churn": {"s": 0.61, "l": "medium", "at": 1_700_000_000.0, "due": 1_700_086_400.0, "n": 1},
+        "pain": {"c": [[1_699_990_000.0, "email"]], "a": [2, 1_699_900_000.0], "s": 2, "r": 1_699_000_000.0},
+        "id": {"m": ["dev-1"], "l": ["dev-1", "dev-2"]},
+        "upgraded": 1,
+        "future": {"x": 1},
+    }
+    view = st.to_public()
+    assert view["churn_risk"] == {"level": "medium", "score": 0.61, "as_of": "2023-11-14T22:13:20+00:00",
+                                  "next_check": "2023-11-15T22:13:20+00:00"}
+    assert view["pain_points"] == {"open_carts": [{"opened_at": "2023-11-14T19:26:40+00:00", "channel": "email"}],
+                                   "carts_abandoned": 2, "last_cart_abandoned_at": "2023-11-13T18:26:40+00:00",
+                                   "stalled_in": "decision"}
+    assert view["identity"] == {"merged_anonymous_ids": ["dev-1"], "anonymous_ids_asked_to_link": ["dev-1", "dev-2"],
+                                "anonymous_visitor": False}
+    assert view["future"] == {"x": 1}
+    assert not {"churn", "pain", "id", "upgraded"} & view.keys()

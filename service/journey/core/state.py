@@ -270,8 +270,38 @@ class CustomerState:
                 }
                 for f, t, at, trig, ch in self.recent
             ],
-            **({k: v for k, v in self.extra.items() if k != UPGRADED_KEY} if self.extra else {}),
+            **(_public_extra(self.extra) if self.extra else {}),
         }
+
+
+def _public_extra(extra: dict[str, Any]) -> dict[str, Any]:
+    """The other concerns' memories (churn.risk, core.painpoints, core.identity keep them in
+    ``extra`` in a compact form) as the customer endpoint shows them: named fields, RFC 3339
+    times. A key this build does not know is shown as it is."""
+    from journey.core.clock import iso
+
+    shown: dict[str, Any] = {}
+    for key, value in extra.items():
+        if key == UPGRADED_KEY:
+            continue
+        if key == "churn" and isinstance(value, dict):
+            shown["churn_risk"] = {"level": value.get("l"), "score": value.get("s"), "as_of": iso(value.get("at")),
+                                   "next_check": iso(value.get("due"))}
+        elif key == "pain" and isinstance(value, dict):
+            abandoned = value.get("a") or [0, None]
+            stalled = value.get("s")
+            shown["pain_points"] = {
+                "open_carts": [{"opened_at": iso(ts), "channel": channel} for ts, channel in value.get("c") or ()],
+                "carts_abandoned": abandoned[0], "last_cart_abandoned_at": iso(abandoned[1]),
+                "stalled_in": STAGES[stalled] if type(stalled) is int and 0 <= stalled < len(STAGES) else None,
+            }
+        elif key == "id" and isinstance(value, dict):
+            shown["identity"] = {"merged_anonymous_ids": list(value.get("m") or ()),
+                                 "anonymous_ids_asked_to_link": list(value.get("l") or ()),
+                                 "anonymous_visitor": bool(value.get("a"))}
+        else:
+            shown[key] = value
+    return shown
 
 
 def _upgrade(st: CustomerState) -> None:
