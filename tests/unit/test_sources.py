@@ -15,6 +15,7 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
+from journey.errors import UsageError
 from journey.sources.cdnow import CdnowFormatError, read_cdnow
 from journey.sources.completejourney import CompleteJourneyFormatError, read_completejourney
 from journey.sources.jsonl import JsonlReadError, key_and_event_time, key_for, read_jsonl_lines
@@ -350,6 +351,20 @@ def test_jsonl_records_keep_file_order_and_bytes(tmp_path: Path) -> None:
         (b"a1", LINES[1], 1704067201.0),
         (None, LINES[2], None),
     ]
+
+
+def test_jsonl_whose_first_line_is_no_json_object_is_the_wrong_format(tmp_path: Path) -> None:
+    """A CDNOW text file replayed as jsonl was sent line by line, exit 0, every record a dead
+    letter; now it is refused before anything is sent, with the format to use."""
+    with pytest.raises(UsageError, match="CDNOW_sample.txt: its first line is not a JSON object.*use --format cdnow"):
+        records_for_format(SAMPLE, "jsonl")
+    other = tmp_path / "events.csv"
+    other.write_text("customer_id,type\nc1,page_view\n")
+    with pytest.raises(UsageError, match="first line is not a JSON object.*one per line"):
+        records_for_format(other, "jsonl")
+    mixed = tmp_path / "mixed.jsonl"  # bad lines after a good first one: sent as given, for the workers to judge
+    mixed.write_bytes(LINES[0] + b"\nnot json\n")
+    assert [raw for _key, raw, _when in records_for_format(mixed, "jsonl")[0]] == [LINES[0], b"not json"]
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,7 @@ def records_for_format(path: str | PathLike[str], fmt: str) -> tuple[Iterator[Re
     if fmt == "jsonl":
         if not path.is_file():
             raise InputNotFound(f"{path} is not a file; give a .jsonl or .jsonl.gz file of touchpoints")
+        _check_first_line(path)
         return _jsonl_records(path), None
     if fmt == "cdnow":
         if not path.is_file():
@@ -52,6 +53,23 @@ def records_for_format(path: str | PathLike[str], fmt: str) -> tuple[Iterator[Re
     else:
         raise UsageError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     return (_converted_record(event) for event in events), len(events)
+
+
+def _check_first_line(path: Path) -> None:
+    """Refuse a file whose first line is no JSON object: the wrong --format, most likely (a file
+    of touchpoints with some bad lines among them is sent as it is, for the workers to judge)."""
+    first = next(iter(read_jsonl_lines(path)), None)
+    if first is None:
+        return
+    try:
+        ok = type(orjson.loads(first)) is dict
+    except orjson.JSONDecodeError:
+        ok = False
+    if not ok:
+        fields = first.split()
+        hint = (" It looks like CDNOW's text: use --format cdnow." if len(fields) in (4, 5) and all(f.replace(b".", b"").isdigit() for f in fields)
+                else " Give a file of touchpoint JSON objects, one per line (schemas/touchpoint.schema.json), or the --format of this data set.")
+        raise UsageError(f"{path}: its first line is not a JSON object, and --format jsonl sends touchpoint JSON lines.{hint}")
 
 
 def _jsonl_records(path: Path) -> Iterator[Record]:
