@@ -81,9 +81,12 @@ def cmd_forget(args: argparse.Namespace) -> int:
               "the app id; workers that run with a secret ignore it (journey_privacy_requests_total{outcome=\"unsigned\"})",
               file=sys.stderr)
     request_id = asyncio.run(request_forget(settings, args.customer_id, undo=args.undo, reason=args.reason, source="cli"))
-    what = "undo of the forget (suppression lifted)" if args.undo else "forget"
-    print(f"{what} requested: request_id={request_id} (topic {settings.topic_privacy}); the worker owning the id "
-          "applies it within seconds, and confirms a forget with customer_forgotten on that topic")
+    if args.undo:
+        print(f"undo of the forget requested: request_id={request_id} (topic {settings.topic_privacy}); the worker owning "
+              "the id lifts the suppression within seconds (nothing comes back: its next touchpoint starts a new journey)")
+    else:
+        print(f"forget requested: request_id={request_id} (topic {settings.topic_privacy}); the worker owning the id "
+              "applies it within seconds and confirms it with customer_forgotten on that topic")
     return 0
 
 

@@ -28,8 +28,8 @@ async def publish_once(settings: Settings, topic: str, records: Sequence[Record]
     except KafkaError as exc:
         await producer.stop()
         raise BrokerError(
-            f"cannot reach Kafka at {settings.bootstrap_servers} ({type(exc).__name__}); start the broker or set "
-            "JOURNEY_BOOTSTRAP_SERVERS to where it runs"
+            f"cannot reach Kafka at {settings.bootstrap_servers} ({type(exc).__name__}); start the broker, or point --bootstrap-servers "
+            "(JOURNEY_BOOTSTRAP_SERVERS) at where it runs"
         ) from None
     try:
         try:

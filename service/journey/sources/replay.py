@@ -69,8 +69,8 @@ async def publish(
     except KafkaConnectionError as exc:
         await producer.stop()
         raise ReplayError(
-            f"cannot reach Kafka at {bootstrap_servers} ({exc}); start the broker or set "
-            f"JOURNEY_BOOTSTRAP_SERVERS to where it runs"
+            f"cannot reach Kafka at {bootstrap_servers} ({exc}); start the broker, or point --bootstrap-servers "
+            "(JOURNEY_BOOTSTRAP_SERVERS) at where it runs"
         ) from exc
 
     bar = _ProgressBar(total) if progress else None
