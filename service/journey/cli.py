@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         Starts the embedded Kafka-protocol broker (in memory), creates the topics, runs a worker and the
         sidecar as child processes, feeds generated journeys and prints what flows. Ctrl-C, SIGTERM or
         SIGHUP stops the children first, then the broker. Logs go to JOURNEY_DEV_DIR.""", parents=[common])
-    p.add_argument("--rate", type=float, default=None, help="touchpoints per second of the feed (default: JOURNEY_DEV_RATE, 40)")
+    p.add_argument("--rate", type=float, default=None, help="touchpoints per second of the feed (default: JOURNEY_DEV_RATE, 40; 0: no feed, for a journey replay of your own)")
     p.add_argument("--bad-every", type=int, default=500, help="send a malformed event every N events (0: never)")
     p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds (default: run until stopped)")
     p.add_argument("--identity", action="store_true",
