@@ -25,6 +25,11 @@ from journey.errors import UsageError, WorkerError
 from journey.kafka.broker import die_with_parent
 from journey.settings import Settings
 
+#: The generated feed's pain-point windows, unless set: a cart counts as abandoned after 72 s and a
+#: customer as stalled after about 6 minutes instead of 24 hours and 14 days, so that a demo of a
+#: few minutes shows them (the feed's events carry the time they are sent).
+DEMO_WINDOWS = {"JOURNEY_CHURN_ABANDONMENT_WINDOW_HOURS": "0.02", "JOURNEY_CHURN_STALL_DAYS": "0.004"}
+
 #: The signals that stop `journey dev` as Ctrl-C does: a closed terminal (SIGHUP), a kill (SIGTERM).
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
@@ -84,8 +89,9 @@ def run_dev(settings: Settings, *, rate: float, bad_every: int, seconds: float |
         worker_dir = var / "worker"
         shutil.rmtree(worker_dir, ignore_errors=True)
         worker_dir.mkdir()
+        demo = {k: v for k, v in DEMO_WINDOWS.items() if k not in os.environ} if rate > 0 else {}
         children.append(("worker", _spawn([sys.executable, "-m", "journey.cli", "worker"],
-                                          {**env, "JOURNEY_DATA_DIR": str(worker_dir)}, var / "worker.log")))
+                                          {**env, **demo, "JOURNEY_DATA_DIR": str(worker_dir)}, var / "worker.log")))
         if _has_sidecar():
             children.append(("sidecar", _spawn([sys.executable, "-m", "journey.cli", "sidecar"], env, var / "sidecar.log")))
         print()
@@ -96,6 +102,9 @@ def run_dev(settings: Settings, *, rate: float, bad_every: int, seconds: float |
         if rate > 0:
             print(f"  feed     ~{rate:g} touchpoints/s into '{settings.topic_touchpoints}'"
                   + (f", one malformed every {bad_every}" if bad_every else ""))
+            if demo:
+                print("  demo     pain points come quickly: carts count as abandoned after 72 s, customers as stalled after "
+                      "~6 min (defaults 24 h and 14 days: JOURNEY_CHURN_ABANDONMENT_WINDOW_HOURS, JOURNEY_CHURN_STALL_DAYS)")
         else:
             print(f"  feed     none (--rate 0): publish your own into '{settings.topic_touchpoints}', e.g. "
                   f"journey replay data/cdnow/CDNOW_sample.txt --format cdnow --bootstrap-servers {settings.bootstrap_servers}")

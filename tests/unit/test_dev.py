@@ -102,3 +102,10 @@ async def test_rate_zero_feeds_nothing_and_ends_when_its_time_is_up(tmp_path: Pa
     monkeypatch.setattr(dev, "AIOKafkaConsumer", _Client)
     await dev._feed_and_watch(_settings(tmp_path), rate=0.0, bad_every=0, seconds=0.3, children=[("worker", _Child(None))])  # type: ignore[list-item]
     assert producers[0].sent == 0
+
+
+def test_the_demo_windows_are_valid_settings_and_shorter_than_the_defaults() -> None:
+    demo = Settings.from_env(dev.DEMO_WINDOWS)
+    default = Settings.from_env({})
+    assert demo.churn_abandonment_window_hours * 3600 == pytest.approx(72)
+    assert demo.churn_stall_days < default.churn_stall_days and demo.churn_stall_days * 86400 < 600
