@@ -156,8 +156,7 @@ def _stop_children(children: list[tuple[str, subprocess.Popen[bytes]]], *, timeo
             _say(f"  {name} did not stop within {timeout_s:.0f} s: killing it")
             child.kill()
             code = child.wait()
-        how = f"on {signal.Signals(-code).name}" if code < 0 and -code in signal.Signals._value2member_map_ else f"exit {code}"
-        _say(f"  {name} stopped ({how})")
+        _say(f"  {name} stopped ({_how(code)})")
 
 
 async def _feed_and_watch(settings: Settings, *, rate: float, bad_every: int, seconds: float | None, identity: bool = False,
@@ -242,6 +241,16 @@ def _has_sidecar() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _how(code: int) -> str:
+    """A child's exit: 'exit N', or 'on SIGTERM' for one a signal ended (a negative code)."""
+    if code < 0:
+        try:
+            return f"on {signal.Signals(-code).name}"
+        except ValueError:
+            pass
+    return f"exit {code}"
 
 
 def _claim(var: Path) -> Any:

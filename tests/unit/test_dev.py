@@ -109,3 +109,7 @@ def test_the_demo_windows_are_valid_settings_and_shorter_than_the_defaults() -> 
     default = Settings.from_env({})
     assert demo.churn_abandonment_window_hours * 3600 == pytest.approx(72)
     assert demo.churn_stall_days < default.churn_stall_days and demo.churn_stall_days * 86400 < 600
+
+
+def test_a_child_s_exit_is_told_as_a_code_or_the_signal_that_ended_it() -> None:
+    assert [dev._how(c) for c in (0, 70, -15, -9, -200)] == ["exit 0", "exit 70", "on SIGTERM", "on SIGKILL", "exit -200"]
