@@ -8,6 +8,7 @@ journeys, and prints what flows.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import signal
@@ -50,7 +51,7 @@ class ChildDied(WorkerError):
     """The worker or the sidecar stopped while `journey dev` ran."""
 
     def __init__(self, name: str, code: int) -> None:
-        super().__init__(f"{name} stopped (exit {code})")
+        super().__init__(f"{name} stopped ({_how(code)})")
         self.name, self.code = name, code
 
 
@@ -63,9 +64,9 @@ def run_dev(settings: Settings, *, rate: float, bad_every: int, seconds: float |
     var = settings.dev_dir.resolve()
     var.mkdir(parents=True, exist_ok=True)
     lock = _claim(var)
-    for what, variable, where, port in (("worker", "JOURNEY_WEB_PORT", settings.web_host, settings.web_port),
+    for what, variable, where, port in (("worker", "JOURNEY_WEB_PORT", settings.web_bind, settings.web_port),
                                         ("sidecar", "JOURNEY_SIDECAR_PORT", settings.sidecar_host, settings.sidecar_port)):
-        if (what == "worker" or _has_sidecar()) and not _port_free(_reachable(where), port):
+        if (what == "worker" or _has_sidecar()) and _port_taken(where, port):
             lock.close()
             raise UsageError(f"port {port} on {where}, the {what}'s ({variable}), is taken: stop what uses it, or set "
                              f"{variable} to a free port")
@@ -263,7 +264,9 @@ def _claim(var: Path) -> Any:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except ImportError:
         pass  # no flock (Windows): no guard
-    except OSError:
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return handle  # a file system without locks (some mounts): run without the guard
         handle.close()
         raise UsageError(
             f"another `journey dev` (or `make run`) is running on {var}: stop it first (Ctrl-C in its terminal), or give "
@@ -272,9 +275,23 @@ def _claim(var: Path) -> Any:
     return handle
 
 
-def _reachable(host: str) -> str:
-    """Where to test a port bound on ``host`` (an any-address is reached on the loopback)."""
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+def _port_taken(host: str, port: int) -> bool:
+    """Whether a server could not listen on ``host``:``port`` because something already does
+    (tried by binding, as the server will; any other failure is left for the server to report)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return False
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: a TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 
 def _tail(log: Path, lines: int = 15) -> str:

@@ -29,6 +29,7 @@ from journey.core.clock import DAY_S, iso, utc_day
 from journey.core.definition import load_definition
 from journey.core.events import validate
 from journey.core.machine import apply
+from journey.core.painpoints import PainPoint
 from journey.core.stages import CONSIDERATION, DECISION
 from journey.core.state import CustomerState
 
@@ -246,6 +247,25 @@ def test_a_replayed_pain_point_has_the_same_id():
     ids = [p.to_event("c")["pain_point_id"] for p in first.pains]
     assert ids == [p.to_event("c")["pain_point_id"] for p in replayed.pains]
     assert len(set(ids)) == len(ids) and ids[0] != first.pains[0].to_event("d")["pain_point_id"]
+    # A replay whose batch held more of the customer's events finds the same cart at a later stage.
+    cart = next(p for p in first.pains if p.kind == "cart_abandoned")
+    later = PainPoint(cart.kind, "purchase", cart.channel, cart.at, cart.details)
+    assert later.to_event("c")["pain_point_id"] == cart.to_event("c")["pain_point_id"]
+    stalled = PainPoint("stalled", "decision", "email", cart.at)
+    assert stalled.pain_point_id("c") != PainPoint("stalled", "consideration", "email", cart.at).pain_point_id("c")
+
+
+def test_a_journey_begun_anew_after_a_forget_does_not_reuse_the_forgotten_ones_event_ids():
+    # The change count lives in the state, which a forget deletes: after an undo it starts again.
+    config = ChurnConfig(risk=RiskConfig(medium=0.5, high=0.8))
+    ids = []
+    for start_day in (0, 400):  # the forgotten journey, then the new one
+        state = buyer([start_day + d for d in (0, 3, 6, 9, 12, 15)])
+        first = update(state, state.last_seen, PLAIN, config)
+        change = update(state, first.due, PLAIN, config)
+        assert change.level_changed and change.changes == 1
+        ids.append(change.churn_event("c", PLAIN)["event_id"])
+    assert ids[0] != ids[1]
 
 
 # --- calibration

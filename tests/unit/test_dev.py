@@ -113,3 +113,25 @@ def test_the_demo_windows_are_valid_settings_and_shorter_than_the_defaults() -> 
 
 def test_a_child_s_exit_is_told_as_a_code_or_the_signal_that_ended_it() -> None:
     assert [dev._how(c) for c in (0, 70, -15, -9, -200)] == ["exit 0", "exit 70", "on SIGTERM", "on SIGKILL", "exit -200"]
+
+
+def test_a_lock_the_file_system_cannot_take_does_not_stop_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some mounts refuse flock altogether (ENOLCK): that is no other run, so no refusal."""
+    import errno
+    import fcntl
+
+    def no_locks(*args: object) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    dev._claim(tmp_path).close()
+
+
+def test_the_port_check_binds_like_a_server() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        taken.listen()
+        assert dev._port_taken("127.0.0.1", port)
+    assert not dev._port_taken("127.0.0.1", port)  # closed: free again
+    assert not dev._port_taken("no-such-host.invalid", 1)  # left for the server to report

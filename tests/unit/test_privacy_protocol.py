@@ -126,3 +126,33 @@ async def test_a_forget_replayed_after_it_was_durable_does_nothing(tmp_path: Pat
     await asyncio.wait_for(stage.done, timeout=2)  # type: ignore[attr-defined]
     notices = [orjson.loads(v)["request_id"] for _k, v in producer.records(japp.settings.topic_privacy)]  # type: ignore[arg-type]
     assert notices == ["r1", "r2"] and len(producer.records(protocol.store.changelog_topic)) == 3 and not failures
+
+
+async def test_a_customer_whose_state_is_damaged_can_still_be_forgotten(tmp_path: Path) -> None:
+    """The damaged-state error tells the operator to forget the customer: the forget must then
+    delete the key, write the marker and announce it, not dead-letter the request (it is keyed
+    by the customer id: the dead-letter topic must not keep it). A damaged marker still
+    suppresses, and an undo lifts it."""
+    japp = worker_app(tmp_path, topic_touchpoints=INPUT)
+    producer = Producer()
+    protocol, acked, failures = attach_protocol(japp, producer)
+    settings = japp.settings
+    protocol.store.store._db_for_partition(0).put(b"c1", b'{"not": "a state"}')
+    stage = await protocol.run_batch([_forget_record(japp, 0)], {TP(INPUT, 0): (0, 0)})
+    await settle()
+    assert settings.topic_dead_letter not in producer.topics()
+    await _durable(producer, japp, stage, [settings.topic_privacy])
+    privacy = japp.pipeline.privacy
+    assert isinstance(privacy, Privacy)
+    mk = marker_key(privacy.salt, "c1")
+    assert protocol.store.store._db_for_partition(0).get(b"c1") is None and is_marker(_stored(japp, mk))
+    [announced] = [orjson.loads(v) for _k, v in producer.records(settings.topic_privacy)]  # type: ignore[arg-type]
+    assert (announced["type"], announced["customer_id"]) == ("customer_forgotten", "c1")
+
+    protocol.store.forget()  # as after a restart: the next reads go to RocksDB
+    protocol.store.store._db_for_partition(0).put(mk.encode(), b"garbage")  # the marker damaged
+    view = {"event_id": "e9", "customer_id": "c1", "type": "product_view", "timestamp": "2026-01-02T00:00:00Z"}
+    stage = await protocol.run_batch([Record(b"c1", orjson.dumps(view), INPUT, 0, 1)], {TP(INPUT, 0): (1, 1)})
+    await settle()
+    assert privacy.suppressed == 1 and settings.topic_transitions not in producer.topics()
+    assert acked[-1] == {TP(INPUT, 0): (1, 1)} and not failures

@@ -29,6 +29,8 @@ class Update:
     due: float | None
     #: The customer's level changes so far, this one included (churn.risk.record).
     changes: int = 0
+    #: When the customer's journey began (CustomerState.first_seen): part of the event's id.
+    journey_start: float | None = None
 
     @property
     def level_changed(self) -> bool:
@@ -40,7 +42,7 @@ class Update:
         r = self.risk
         previous = LEVELS[self.previous_level] if self.previous_level is not None else None
         return {
-            "event_id": churn_event_id(customer_id, self.changes, previous, r.level_name),
+            "event_id": churn_event_id(customer_id, self.journey_start, self.changes, previous, r.level_name),
             "customer_id": customer_id,
             "score": r.score,
             "level": r.level_name,
@@ -52,11 +54,13 @@ class Update:
         }
 
 
-def churn_event_id(customer_id: str, changes: int, previous_level: str | None, level: str) -> str:
+def churn_event_id(customer_id: str, journey_start: float | None, changes: int, previous_level: str | None, level: str) -> str:
     """Deterministic: the customer's n-th level change, from and to the same levels, has the
     same id however often a replay publishes it (its score and ``at`` follow the clock and may
-    differ), so consumers drop the repeats; a replay that lands on another level gets a new id."""
-    key = f"{customer_id}\x1f{changes}\x1f{previous_level}\x1f{level}"
+    differ), so consumers drop the repeats; a replay that lands on another level gets a new id.
+    ``journey_start`` (the state's first_seen) keeps a journey begun anew after a forget and its
+    undo, whose count starts again, from reusing the ids of the one forgotten."""
+    key = f"{customer_id}\x1f{journey_start!r}\x1f{changes}\x1f{previous_level}\x1f{level}"
     return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
@@ -95,4 +99,4 @@ def update(
     change = risk.next_change
     due = deadline if change is None else change if deadline is None else min(change, deadline)
     previous = record(state, risk, due)
-    return Update(risk, previous, pains, due, level_changes(state))
+    return Update(risk, previous, pains, due, level_changes(state), state.first_seen)

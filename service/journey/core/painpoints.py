@@ -50,8 +50,11 @@ class PainPoint:
 
     def pain_point_id(self, customer_id: str) -> str:
         """Deterministic: a pain point's time follows from the state (a cart's window end, a
-        stage's stall limit), so a replay reports it with the same id."""
-        key = f"{customer_id}\x1f{self.kind}\x1f{self.stage}\x1f{self.at!r}"
+        stage's stall limit), so a replay reports it with the same id. A cart's id leaves the
+        stage out: a replay whose batch holds more of the customer's events may find the same
+        cart at a later stage."""
+        stage = self.stage if self.kind == STALLED else ""
+        key = f"{customer_id}\x1f{self.kind}\x1f{stage}\x1f{self.at!r}"
         return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
     def to_event(self, customer_id: str) -> dict[str, Any]:

@@ -50,6 +50,11 @@ def has_key(seen: bytes | bytearray, key: bytes | bytearray) -> bool:
     return i >= 0
 
 
+#: What CustomerState.from_wire can raise on a damaged record (a ValueError covers orjson's and
+#: base64's errors and EncodingError): anything else, a MemoryError say, is not the record's fault.
+DECODE_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, KeyError, IndexError, AttributeError)
+
+
 class CustomerState:
     """Everything journey remembers about one customer (or anonymous visitor)."""
 

@@ -85,7 +85,7 @@ def unreachable(bootstrap_servers: str, exc: BaseException) -> BrokerError:
     """The error every command gives when no broker answers at ``bootstrap_servers``."""
     return BrokerError(
         f"cannot reach Kafka at {bootstrap_servers} ({exc!r}); start the broker, or point --bootstrap-servers "
-        "(JOURNEY_BOOTSTRAP_SERVERS) at where it runs"
+        "(JOURNEY_BOOTSTRAP_SERVERS) at where it runs (a secured cluster: check the JOURNEY_KAFKA_* settings too)"
     )
 
 

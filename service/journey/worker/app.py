@@ -18,7 +18,7 @@ from journey.core.definition import JourneyDefinition, load_definition
 from journey.core.identity import control_key, junk_ids
 from journey.core.machine import Limits
 from journey.core.privacy import salt_key
-from journey.core.state import CustomerState
+from journey.core.state import DECODE_ERRORS, CustomerState
 from journey.errors import NewerEncoding
 from journey.kafka.security import faust_credentials
 from journey.settings import Settings
@@ -60,7 +60,7 @@ class StateCodec(codecs.Codec):
             return CustomerState.from_wire(s)
         except NewerEncoding:
             raise
-        except Exception as exc:  # noqa: BLE001 - whatever a damaged record makes the decoder raise
+        except DECODE_ERRORS as exc:  # what a damaged record makes the decoder raise (not MemoryError and the like)
             log.error("a stored customer state cannot be read and is passed over (%s: %s); the touchpoints that need it "
                       "are dead-lettered with this reason: restore the changelog, or forget the customer", type(exc).__name__, exc)
             return None

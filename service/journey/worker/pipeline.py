@@ -233,6 +233,9 @@ class Pipeline:
                             self._identity_request(out, rec, control, read)
                     except NewerEncoding:
                         raise  # a newer worker's state: exit and replay (a new worker reads it), never a dead letter
+                    except CorruptState as exc:  # the state it needs is damaged (worker/store.py)
+                        log.error("record %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, exc)
+                        self._dead_letter(out, rec, "processing_error", str(exc))
                     except Exception as exc:  # a bug must cost one record, not the worker
                         log.exception("identity request %s[%d]@%d could not be applied", rec.topic, rec.partition, rec.offset)
                         self._dead_letter(out, rec, "processing_error", f"{type(exc).__name__}: {exc}; this is a journey bug, please report it with this record")

@@ -46,6 +46,7 @@ from journey.core.privacy import (
     undo_lifts,
 )
 from journey.core.state import CustomerState
+from journey.errors import CorruptState
 from journey.worker.batch import exit_replaying
 from journey.worker.pipeline import BatchResult, InputRecord, Output, Pipeline
 
@@ -76,9 +77,14 @@ class Privacy:
         """Whether ``key`` (which has no state) is forgotten; counts the record dropped if so."""
         mk = marker_key(self.salt, key)
         pending = out.writes.get(mk)
-        marker = pending[1] if pending is not None else read(mk, partition)
-        if marker is None:
-            return False
+        try:
+            marker = pending[1] if pending is not None else read(mk, partition)
+        except CorruptState as exc:
+            # Only a forget writes this key: a damaged marker still means "forgotten".
+            log.error("a suppression marker of partition %d is damaged and still suppresses: %s", partition, exc)
+        else:
+            if marker is None:
+                return False
         self.suppressed += 1
         return True
 
@@ -95,13 +101,27 @@ class Privacy:
         writes = out.writes
         mk = marker_key(self.salt, key)
         pending_marker = writes.get(mk)
-        marker = pending_marker[1] if pending_marker is not None else read(mk, rec.partition)
+        damaged_marker = False
+        try:
+            marker = pending_marker[1] if pending_marker is not None else read(mk, rec.partition)
+        except CorruptState as exc:  # written anew by a forget, lifted by an undo
+            log.error("a suppression marker of partition %d is damaged; the %s request replaces it: %s",
+                      rec.partition, "undo" if control == UNFORGET else "forget", exc)
+            marker, damaged_marker = None, True
         if control == UNFORGET:
-            if undo_lifts(marker, req):
+            if damaged_marker or undo_lifts(marker, req):
                 writes[mk] = (rec, None, None)  # a tombstone for the marker: suppression lifted
                 self.unmarked += 1
             return None
-        pending, state, before = pipeline.state_of(out, key, rec.partition, read)
+        try:
+            pending, state, before = pipeline.state_of(out, key, rec.partition, read)
+        except CorruptState as exc:
+            # A damaged state is deleted like any other (its linked ids cannot be read: no cascade).
+            log.error("forgetting a customer of partition %d whose state is damaged: it is deleted, its linked "
+                      "anonymous ids (unreadable) are not: %s", rec.partition, exc)
+            pending, state, before = None, None, None
+            writes[key] = (rec, None, None)
+            self.forgotten += 1
         first = pending[0] if pending is not None else rec
         plan = plan_forget(state, req, marker)
         # Announced: the merged ids only. The cascade also reaches ids the customer asked to link;

@@ -16,7 +16,7 @@ from typing import Any
 import rocksdict
 from faust.types import TP
 
-from journey.core.state import CustomerState
+from journey.core.state import DECODE_ERRORS, CustomerState
 from journey.errors import CorruptState, NewerEncoding, WorkerError
 from journey.worker.faust_internals import partition_db, uses_rocksdict
 
@@ -98,7 +98,7 @@ class StateStore:
             state = CustomerState.from_wire(raw)
         except NewerEncoding:
             raise  # a newer worker's: exit and leave it to one (worker/pipeline.py)
-        except Exception as exc:
+        except DECODE_ERRORS as exc:  # what a damaged record makes the decoder raise (not MemoryError and the like)
             # No key in the text: it is a customer id, and this ends up in logs and dead letters.
             raise CorruptState(
                 f"a stored customer state of partition {partition} cannot be read ({type(exc).__name__}: {exc}); "
