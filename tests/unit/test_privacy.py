@@ -26,6 +26,7 @@ from journey.core.privacy import (
     ForgetRequest,
     decode_forget,
     is_marker,
+    lifted_at,
     linked_ids,
     make_marker,
     marker_key,
@@ -235,11 +236,39 @@ def test_undo_lifts_the_suppression() -> None:
     cluster.run()
     cluster.forget("c", "r2", undo=True)
     cluster.run()
-    assert marker_key(SALT, "c") not in cluster.states and marker_key(SALT, "dev-1") in cluster.states
+    # Lifted, the marker stays with the undo's time; the anonymous id's still suppresses.
+    assert lifted_at(cluster.states[marker_key(SALT, "c")]) is not None
+    assert lifted_at(cluster.states[marker_key(SALT, "dev-1")]) is None
     cluster.send(event("page_view", 30, customer="c"))
     cluster.run()
     assert cluster.customers() == {"bob", "c"} and cluster.states["c"].events == 1  # a fresh start
     assert cluster.transitions[-1]["customer_id"] == "c" and cluster.transitions[-1]["from_stage"] is None
+
+
+def test_a_forget_replayed_after_its_undo_changes_nothing_and_a_new_one_forgets_again() -> None:
+    """The relay commits its offsets every second: killed after relaying a forget and its undo, it
+    relays both again. The replayed forget, asked before the undo, must not delete what the
+    customer sent after the undo (before: it did, and said so again with the old request id)."""
+    cluster = Cluster()
+    cluster.send(event("page_view", 1, customer="c"))
+    cluster.forget("c", "r1", at=1000.0)
+    cluster.forget("c", "r2", undo=True, at=1001.0)
+    cluster.run()
+    cluster.send(event("product_view", 2, customer="c"))  # after the undo: a new journey
+    cluster.run()
+    assert cluster.customers() == {"c"} and cluster.states["c"].events == 1
+    cluster.forget("c", "r1", at=1000.0)  # the relay's replay
+    cluster.forget("c", "r2", undo=True, at=1001.0)
+    cluster.run()
+    assert cluster.customers() == {"c"} and cluster.states["c"].events == 1 and cluster.counted() == 1
+    assert [a["request_id"] for a in cluster.announced] == ["r1"]  # announced once, when it was applied
+    cluster.forget("c", "r3", at=1002.0)  # a new forget after the undo
+    cluster.run()
+    assert cluster.customers() == set() and cluster.counted() == 0
+    assert [a["request_id"] for a in cluster.announced] == ["r1", "r3"]
+    cluster.send(event("page_view", 3, customer="c"))
+    cluster.run()
+    assert cluster.customers() == set() and cluster.privacy.suppressed == 1
 
 
 def test_forget_undo_and_events_in_one_batch() -> None:

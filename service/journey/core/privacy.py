@@ -66,7 +66,34 @@ def make_marker(at: float, request_id: str) -> CustomerState:
 
 
 def is_marker(state: CustomerState | None) -> bool:
+    """A suppression marker, lifted or not (either way no customer: views, aggregates and the
+    churn timer pass over it)."""
     return state is not None and bool(state.extra) and FORGOTTEN_KEY in state.extra
+
+
+def lift(marker: CustomerState, undo_at: float) -> CustomerState:
+    """The marker an undo leaves: no longer suppressing, it keeps when the undo was asked, so
+    that a forget asked before it (the relay replaying both after a crash, an old signed request
+    sent again) changes nothing, while a later forget forgets again."""
+    value = marker.extra.get(FORGOTTEN_KEY)
+    at, request_id = (value[0], value[1]) if isinstance(value, list) and len(value) >= 2 else (None, None)
+    lifted = make_marker(at, request_id)  # type: ignore[arg-type]
+    lifted.extra[FORGOTTEN_KEY].append(undo_at)
+    lifted.partition = marker.partition
+    return lifted
+
+
+def lifted_at(marker: CustomerState | None) -> float | None:
+    """When the undo that lifted ``marker`` was asked (None: a marker that suppresses, or none)."""
+    if marker is None:
+        return None
+    value = marker.extra.get(FORGOTTEN_KEY)
+    return value[2] if isinstance(value, list) and len(value) == 3 and isinstance(value[2], (int, float)) else None
+
+
+def suppresses(marker: CustomerState | None) -> bool:
+    """Whether a marker read for an id with no state still suppresses it (not lifted)."""
+    return marker is not None and lifted_at(marker) is None
 
 
 def linked_ids(state: CustomerState | None, own_id: str, names: tuple[str, ...] = ("m", "l")) -> list[str]:
@@ -143,6 +170,13 @@ def plan_forget(state: CustomerState | None, request: ForgetRequest, marker: Cus
     forgotten by another request (that request id gets its confirmation too). A replay of the
     same request stays silent: its marker is durable only after the stage that wrote it had its
     outputs, the announcement among them, acknowledged (the batch protocol's order)."""
+    undone = lifted_at(marker)
+    if undone is not None:
+        if request.at <= undone:
+            # Asked before the undo that lifted this id's suppression: a replay, or an old request
+            # sent again. Applying it would delete what came after the undo.
+            return ForgetPlan(delete=False, mark=False, cascade=(), announce=False)
+        marker = None  # a new forget after the undo: as for an id never forgotten
     own = request.profile_id
     if request.origin is not None:
         # A linked anonymous id of a forgotten customer: forget it only while it is that
@@ -158,8 +192,8 @@ def plan_forget(state: CustomerState | None, request: ForgetRequest, marker: Cus
 def undo_lifts(marker: CustomerState | None, request: ForgetRequest) -> bool:
     """Whether an undo lifts ``marker``: only one asked after the forget that wrote it, so a
     stale undo (an old signed record sent again) cannot lift a later forget's suppression."""
-    if marker is None:
-        return False
+    if marker is None or lifted_at(marker) is not None:
+        return False  # nothing to lift, or lifted already
     value = marker.extra.get(FORGOTTEN_KEY)
     marked_at = value[0] if isinstance(value, list) and value and isinstance(value[0], (int, float)) else None
     return marked_at is None or request.at > marked_at

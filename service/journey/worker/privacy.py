@@ -37,12 +37,14 @@ from journey.core.privacy import (
     ForgetRequest,
     decode_forget,
     forgotten_event,
+    lift,
     make_marker,
     marker_key,
     merged_ids,
     parse_privacy_record,
     plan_forget,
     request_signed,
+    suppresses,
     undo_lifts,
 )
 from journey.core.state import CustomerState
@@ -83,8 +85,8 @@ class Privacy:
             # Only a forget writes this key: a damaged marker still means "forgotten".
             log.error("a suppression marker of partition %d is damaged and still suppresses: %s", partition, exc)
         else:
-            if marker is None:
-                return False
+            if not suppresses(marker):
+                return False  # never forgotten, or the suppression was lifted
         self.suppressed += 1
         return True
 
@@ -109,8 +111,11 @@ class Privacy:
                       rec.partition, "undo" if control == UNFORGET else "forget", exc)
             marker, damaged_marker = None, True
         if control == UNFORGET:
-            if damaged_marker or undo_lifts(marker, req):
-                writes[mk] = (rec, None, None)  # a tombstone for the marker: suppression lifted
+            if damaged_marker:
+                writes[mk] = (rec, None, None)  # a tombstone: the damaged marker is gone, and so is its time
+                self.unmarked += 1
+            elif marker is not None and undo_lifts(marker, req):
+                writes[mk] = (rec, lift(marker, req.at), None)  # suppression lifted; the undo's time kept
                 self.unmarked += 1
             return None
         try:
