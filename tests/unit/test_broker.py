@@ -51,3 +51,15 @@ def test_journey_worker_checks_the_broker_before_it_builds_the_app(monkeypatch: 
     monkeypatch.setattr(runner, "create_app", no_app)
     assert cli.main(["worker", "--bootstrap-servers", "127.0.0.1:1"]) == 2
     assert capsys.readouterr().err.startswith("journey: cannot reach Kafka at 127.0.0.1:1")
+
+
+async def test_a_broker_still_starting_gets_tries_and_the_wait_is_told_once() -> None:
+    from journey.errors import BrokerError
+    from journey.kafka.admin import check_reachable
+    from journey.kafka.broker import free_port
+
+    where = f"127.0.0.1:{free_port()}"
+    told: list[str] = []
+    with pytest.raises(BrokerError, match="cannot reach Kafka"):
+        await check_reachable(where, within_s=2.5, waiting=told.append)
+    assert told == [f"Kafka at {where} does not answer yet (KafkaConnectionError); trying for up to 2 s"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -90,21 +90,24 @@ def unreachable(bootstrap_servers: str, exc: BaseException) -> BrokerError:
 
 
 async def check_reachable(bootstrap_servers: str, *, client_options: Mapping[str, Any] | None = None,
-                          within_s: float = 10.0) -> None:
-    """Raise BrokerError unless a broker answers within ``within_s`` (a broker still starting
-    gets a few tries): what `journey worker` checks before it starts, so an unreachable broker is
-    one line that says what to do, not a traceback from deep in the consumer."""
+                          within_s: float = 30.0, waiting: Callable[[str], None] | None = None) -> None:
+    """Raise BrokerError unless a broker answers within ``within_s`` (a broker still starting, as
+    beside a worker started at the same time, gets tries every 2 s; ``waiting`` hears of the first
+    miss): what `journey worker` checks before it starts, so an unreachable broker is one line that
+    says what to do, not a traceback from deep in the consumer."""
     deadline = asyncio.get_running_loop().time() + within_s
     chatty = logging.getLogger("aiokafka")
     level = chatty.level
     chatty.setLevel(logging.CRITICAL)  # its "Unable connect" per try would come before the one line that matters
     try:
-        await _probe(bootstrap_servers, client_options, within_s, deadline)
+        await _probe(bootstrap_servers, client_options, within_s, deadline, waiting)
     finally:
         chatty.setLevel(level)
 
 
-async def _probe(bootstrap_servers: str, client_options: Mapping[str, Any] | None, within_s: float, deadline: float) -> None:
+async def _probe(bootstrap_servers: str, client_options: Mapping[str, Any] | None, within_s: float, deadline: float,
+                 waiting: Callable[[str], None] | None) -> None:
+    told = False
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(within_s * 1000),
                                     **(client_options or {}))
@@ -114,6 +117,9 @@ async def _probe(bootstrap_servers: str, client_options: Mapping[str, Any] | Non
         except KafkaError as exc:
             if asyncio.get_running_loop().time() + 2.0 > deadline:
                 raise unreachable(bootstrap_servers, exc) from exc
+            if waiting is not None and not told:
+                told = True
+                waiting(f"Kafka at {bootstrap_servers} does not answer yet ({type(exc).__name__}); trying for up to {within_s:.0f} s")
         finally:
             await admin.close()
         await asyncio.sleep(2.0)

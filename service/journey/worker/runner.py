@@ -141,7 +141,8 @@ def worker_logging(settings: Settings) -> dict[str, Any] | None:
 def run_worker(settings: Settings) -> None:
     """Start a worker in this process and block until it is stopped (SIGINT/SIGTERM); exits the
     process (0: stopped cleanly; 70: the stop timed out, see ShutdownWatchdog)."""
-    asyncio.run(check_reachable(settings.bootstrap_servers, client_options=client_options(settings)))
+    asyncio.run(check_reachable(settings.bootstrap_servers, client_options=client_options(settings),
+                                waiting=lambda text: print(f"journey: {text}", file=sys.stderr, flush=True)))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     japp = create_app(settings)
     japp.app.task(garbage.collect_now_and_then)
