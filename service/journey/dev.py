@@ -72,7 +72,7 @@ def run_dev(settings: Settings, *, rate: float, bad_every: int, seconds: float |
                              f"{variable} to a free port")
     host, _, port_text = settings.bootstrap_servers.split(",")[0].rpartition(":")
     port = int(port_text)
-    if not _port_free(host or "127.0.0.1", port):
+    if _port_taken(host or "127.0.0.1", port):
         port = free_port()
         print(f"port {port_text} is taken; the embedded broker uses {port} instead")
     broker = EmbeddedBroker(port, host=host or "127.0.0.1", log_path=var / "broker.log")
@@ -299,13 +299,6 @@ def _tail(log: Path, lines: int = 15) -> str:
         return "\n".join("    " + line for line in log.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "    (no log)"
-
-
-def _port_free(host: str, port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex((host, port)) != 0
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> None:

@@ -295,8 +295,9 @@ def assess(
 _LEVEL_INDEX = {name: i for i, name in enumerate(LEVELS)}
 
 
-def record(state: CustomerState, risk: Risk, due: float | None) -> int | None:
-    """Keep the assessment in the customer's state (compact); return the previous level.
+def record(state: CustomerState, risk: Risk, due: float | None) -> tuple[int | None, int]:
+    """Keep the assessment in the customer's state (compact); return the previous level and the
+    level changes so far.
 
     ``n`` counts the level changes so far (a first level of low is none, as it is not news), so a
     change replayed from the same state gets the same number, and its event the same id."""
@@ -309,13 +310,7 @@ def record(state: CustomerState, risk: Risk, due: float | None) -> int | None:
     if changes:
         entry["n"] = changes
     state.extra[KEY] = entry
-    return level
-
-
-def level_changes(state: CustomerState) -> int:
-    """How many times the customer's churn-risk level has changed (record's ``n``)."""
-    churn = state.extra.get(KEY)
-    return churn.get("n", 0) if churn else 0
+    return level, changes
 
 
 def stored_due(state: CustomerState) -> float | None:

@@ -3,13 +3,13 @@ hook, its timer and ``journey churn score`` all take, so they cannot disagree.""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from journey.churn.risk import LEVELS, LOW, ChurnModel, Risk, RiskConfig, StageTimes, assess, level_changes, record
+from journey.churn.risk import LEVELS, LOW, ChurnModel, Risk, RiskConfig, StageTimes, assess, record
 from journey.core import painpoints
 from journey.core.clock import iso
+from journey.core.ids import stable_id
 from journey.core.painpoints import PainConfig, PainPoint
 from journey.core.state import CustomerState
 
@@ -60,8 +60,7 @@ def churn_event_id(customer_id: str, journey_start: float | None, changes: int, 
     differ), so consumers drop the repeats; a replay that lands on another level gets a new id.
     ``journey_start`` (the state's first_seen) keeps a journey begun anew after a forget and its
     undo, whose count starts again, from reusing the ids of the one forgotten."""
-    key = f"{customer_id}\x1f{journey_start!r}\x1f{changes}\x1f{previous_level}\x1f{level}"
-    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+    return stable_id(customer_id, journey_start, changes, previous_level, level)
 
 
 _last_iso: tuple[float | None, str | None] = (None, None)
@@ -98,5 +97,5 @@ def update(
     risk = assess(state, at, model, config.risk, stage_times)
     change = risk.next_change
     due = deadline if change is None else change if deadline is None else min(change, deadline)
-    previous = record(state, risk, due)
-    return Update(risk, previous, pains, due, level_changes(state), state.first_seen)
+    previous, changes = record(state, risk, due)
+    return Update(risk, previous, pains, due, changes, state.first_seen)

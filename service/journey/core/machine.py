@@ -13,7 +13,6 @@ tests/unit/test_machine.py holds every arrival order to a reference computed fro
 
 from __future__ import annotations
 
-import hashlib
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ import msgspec
 from journey.core.clock import utc_day
 from journey.core.definition import JourneyDefinition, Kind
 from journey.core.events import Touchpoint
+from journey.core.ids import stable_id
 from journey.core.stages import ADVOCACY, NO_STAGE, PURCHASE, RETENTION, STAGES
 from journey.core.state import (
     ADVOCACY_SIGNAL,
@@ -69,8 +69,7 @@ class Transition:
     def transition_id(self) -> str:
         # Deterministic: replaying the same trigger for the same customer gives the same id,
         # so downstream consumers can drop the duplicates an at-least-once replay produces.
-        key = f"{self.customer_id}\x1f{self.from_stage}\x1f{self.to_stage}\x1f{self.trigger_event_id}"
-        return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+        return stable_id(self.customer_id, self.from_stage, self.to_stage, self.trigger_event_id)
 
     def to_event(self) -> dict[str, Any]:
         return {

@@ -7,11 +7,11 @@ consideration or decision (``stalled``), with a compact per-customer memory in
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from journey.core.clock import iso
+from journey.core.ids import stable_id
 from journey.core.stages import CONSIDERATION, DECISION, stage_name
 from journey.core.state import CustomerState
 from journey.errors import SettingsError
@@ -53,9 +53,7 @@ class PainPoint:
         stage's stall limit), so a replay reports it with the same id. A cart's id leaves the
         stage out: a replay whose batch holds more of the customer's events may find the same
         cart at a later stage."""
-        stage = self.stage if self.kind == STALLED else ""
-        key = f"{customer_id}\x1f{self.kind}\x1f{stage}\x1f{self.at!r}"
-        return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+        return stable_id(customer_id, self.kind, self.stage if self.kind == STALLED else "", self.at)
 
     def to_event(self, customer_id: str) -> dict[str, Any]:
         return {

@@ -76,9 +76,8 @@ def lift(marker: CustomerState, undo_at: float) -> CustomerState:
     that a forget asked before it (the relay replaying both after a crash, an old signed request
     sent again) changes nothing, while a later forget forgets again."""
     value = marker.extra.get(FORGOTTEN_KEY)
-    at, request_id = (value[0], value[1]) if isinstance(value, list) and len(value) >= 2 else (None, None)
-    lifted = make_marker(at, request_id)  # type: ignore[arg-type]
-    lifted.extra[FORGOTTEN_KEY].append(undo_at)
+    lifted = CustomerState()
+    lifted.extra[FORGOTTEN_KEY] = [*(value[:2] if isinstance(value, list) and len(value) >= 2 else (None, None)), undo_at]
     lifted.partition = marker.partition
     return lifted
 

@@ -18,8 +18,8 @@ from journey.core.definition import JourneyDefinition, load_definition
 from journey.core.identity import control_key, junk_ids
 from journey.core.machine import Limits
 from journey.core.privacy import salt_key
-from journey.core.state import DECODE_ERRORS, CustomerState
-from journey.errors import NewerEncoding
+from journey.core.state import CustomerState
+from journey.errors import CorruptState
 from journey.kafka.security import faust_credentials
 from journey.settings import Settings
 from journey.worker import aggregates as live_aggregates
@@ -29,6 +29,7 @@ from journey.worker.faust_internals import install_transport
 from journey.worker.metrics import WorkerMetrics
 from journey.worker.pipeline import IdentityRules, Pipeline
 from journey.worker.privacy import Privacy
+from journey.worker.store import decode_stored
 
 if TYPE_CHECKING:
     from journey.worker.aggregates import LiveAggregates
@@ -57,12 +58,9 @@ class StateCodec(codecs.Codec):
         aggregates, churn timers) and lookups pass over it as over a missing one, as the batches
         do (worker/store.py's CorruptState), instead of the worker failing at every rebalance."""
         try:
-            return CustomerState.from_wire(s)
-        except NewerEncoding:
-            raise
-        except DECODE_ERRORS as exc:  # what a damaged record makes the decoder raise (not MemoryError and the like)
-            log.error("a stored customer state cannot be read and is passed over (%s: %s); the touchpoints that need it "
-                      "are dead-lettered with this reason: restore the changelog, or forget the customer", type(exc).__name__, exc)
+            return decode_stored(s)
+        except CorruptState as exc:
+            log.error("passed over: %s", exc)
             return None
 
 

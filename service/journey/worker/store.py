@@ -21,6 +21,23 @@ from journey.errors import CorruptState, NewerEncoding, WorkerError
 from journey.worker.faust_internals import partition_db, uses_rocksdict
 
 
+def decode_stored(raw: bytes, partition: int | None = None) -> CustomerState:
+    """A stored state, decoded; CorruptState for one no journey wrote (a newer journey's raises
+    NewerEncoding: the worker exits and leaves it to a newer one, see worker/pipeline.py)."""
+    try:
+        return CustomerState.from_wire(raw)
+    except NewerEncoding:
+        raise
+    except DECODE_ERRORS as exc:  # what a damaged record makes the decoder raise (not MemoryError and the like)
+        # No key in the text: it is a customer id, and this ends up in logs and dead letters.
+        where = f" of partition {partition}" if partition is not None else ""
+        raise CorruptState(
+            f"a stored customer state{where} cannot be read ({type(exc).__name__}: {exc}); "
+            "journey did not write it so. The record that needed it is dead-lettered and the state left as it "
+            "is: restore the changelog, or forget the customer (`journey forget`) to start their journey anew"
+        ) from exc
+
+
 class StateCache:
     """Decoded states by customer key, at most ``size`` of them (0: no cache)."""
 
@@ -94,17 +111,7 @@ class StateStore:
         raw = partition_db(self.table, partition).get(key.encode())
         if raw is None:
             return None
-        try:
-            state = CustomerState.from_wire(raw)
-        except NewerEncoding:
-            raise  # a newer worker's: exit and leave it to one (worker/pipeline.py)
-        except DECODE_ERRORS as exc:  # what a damaged record makes the decoder raise (not MemoryError and the like)
-            # No key in the text: it is a customer id, and this ends up in logs and dead letters.
-            raise CorruptState(
-                f"a stored customer state of partition {partition} cannot be read ({type(exc).__name__}: {exc}); "
-                "journey did not write it so. The record that needed it is dead-lettered and the state left as it "
-                "is: restore the changelog, or forget the customer (`journey forget`) to start their journey anew"
-            ) from exc
+        state = decode_stored(raw, partition)
         if cache.size:
             cache.put(key, state)
         return state
