@@ -33,7 +33,7 @@ from journey.kafka.broker import free_port
 from journey.kafka.offsets import true_highwaters
 from journey.worker.app import changelog_topic_name
 from support.env import subprocess_env
-from support.kafka import produce, read_all, touchpoint_record, wait_committed
+from support.kafka import produce, read_to_end, touchpoint_record, wait_committed
 from support.workers import (
     WorkerProcess,
     create_topics,
@@ -200,7 +200,7 @@ async def test_forget_mid_stream_with_a_worker_killed_during_it(broker: str, tmp
         def notices(msgs: list[Any]) -> list[dict[str, Any]]:
             return [m for m in msgs if m.get("type") == "customer_forgotten"]
 
-        first = notices(await read_all(broker, settings.topic_privacy, until=lambda m: False, timeout_s=2))
+        first = notices(await read_to_end(broker, settings.topic_privacy))
         assert first, "no customer_forgotten was published"
         # The same request again, exactly as it was published (a replay by the relay or a retry).
         requests = [r for r in await read_raw(broker, settings.topic_privacy)
@@ -268,15 +268,15 @@ async def test_forget_mid_stream_with_a_worker_killed_during_it(broker: str, tmp
 
         # Later touchpoints were dropped (counted, not dead-lettered), and moved nobody.
         assert survivor.metric(SUPPRESSED) >= 4
-        transitions = await read_all(broker, settings.topic_transitions, until=lambda m: False, timeout_s=2)
+        transitions = await read_to_end(broker, settings.topic_transitions)
         late = {m["trigger_event_id"] for m in transitions if m["customer_id"] == TARGET}
         assert late <= {"t-cart", "t-anon"}, f"a forgotten customer moved: {late}"
-        dead = await read_all(broker, settings.topic_dead_letter, until=lambda m: False, timeout_s=1)
+        dead = await read_to_end(broker, settings.topic_dead_letter)
         assert not any(TARGET in (d.get("value") or "") for d in dead), "a forgotten id's touchpoint was dead-lettered"
 
         # customer_forgotten: published with the request id, naming the device (more than once only
         # if the kill made the owner's batch replay); the replayed request published nothing more.
-        after = notices(await read_all(broker, settings.topic_privacy, until=lambda m: False, timeout_s=1))
+        after = notices(await read_to_end(broker, settings.topic_privacy))
         assert {m["request_id"] for m in after} == {request_id} and {m["customer_id"] for m in after} == {TARGET}
         assert any(m["anonymous_ids"] == [DEVICE] for m in after), after
         assert len(after) == len(first), f"the replayed request published customer_forgotten again: {after}"
