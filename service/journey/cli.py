@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 import textwrap
@@ -210,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         Creates every topic journey reads or writes (JOURNEY_PARTITIONS partitions,
         JOURNEY_REPLICATION_FACTOR replicas), the customer table's changelog included. Topics that
         exist are left as they are, so it is safe to run again.""", parents=[common])
-    p.set_defaults(func=cmd_topics)
+    p.set_defaults(func=cmd_topics, one_shot=True)
 
     p = command("replay", "publish a data set as touchpoints", """
         Sends every record of a file to the touchpoints topic, as fast as Kafka takes them or at a
@@ -221,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compress event time: 86400 = a day per second (default: as fast as possible)")
     p.add_argument("--topic", default=None, help="target topic (default: JOURNEY_TOPIC_TOUCHPOINTS)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_replay)
+    p.set_defaults(func=cmd_replay, one_shot=True)
 
     p = command("forget", "forget a customer everywhere (GDPR art. 17), or lift a suppression with --undo", """
         Publishes a signed request on JOURNEY_TOPIC_PRIVACY (journey.privacy). The worker owning the
@@ -233,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default=None, help="why (kept with the request on the privacy topic, for the audit trail)")
     p.add_argument("--undo", action="store_true",
                    help="lift the suppression of an id forgotten before (its later touchpoints count again; nothing comes back)")
-    p.set_defaults(func=cmd_forget)
+    p.set_defaults(func=cmd_forget, one_shot=True)
 
     p = command("churn", "fit the churn model, or score every customer of a file", """
         The worker's churn code run over a file: `fit` learns the model's parameters from a purchase
@@ -287,6 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     prints ``journey: <message>`` and returns 2; anything else propagates with its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "one_shot", False):
+        # These commands turn every Kafka failure into one line that says what to do; aiokafka's
+        # own "Unable connect ..." per try would come before it and say less.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args) or 0)
     except JourneyError as exc:

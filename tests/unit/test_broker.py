@@ -63,3 +63,19 @@ async def test_a_broker_still_starting_gets_tries_and_the_wait_is_told_once() ->
     with pytest.raises(BrokerError, match="cannot reach Kafka"):
         await check_reachable(where, within_s=2.5, waiting=told.append)
     assert told == [f"Kafka at {where} does not answer yet (KafkaConnectionError); trying for up to 2 s"]
+
+
+
+@pytest.mark.parametrize("command", [["topics"], ["forget", "c1"]])
+def test_one_shot_commands_say_an_unreachable_broker_in_one_line(command: list[str]) -> None:
+    """Before: aiokafka's own `Unable connect to ...` line came first, and `journey forget` gave a
+    shorter message than the other commands. A process of its own: logging as a user sees it."""
+    from journey.kafka.broker import free_port
+
+    where = f"127.0.0.1:{free_port()}"
+    done = subprocess.run([sys.executable, "-m", "journey.cli", *command, "--bootstrap-servers", where],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    err = [line for line in done.stderr.splitlines() if not line.startswith("journey: note:")]
+    assert len(err) == 1 and err[0].startswith(f"journey: cannot reach Kafka at {where}"), err
+    assert "JOURNEY_KAFKA_*" in err[0]

@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from journey.errors import BrokerError
+from journey.kafka.admin import unreachable
 from journey.kafka.security import client_options
 from journey.settings import Settings
 
@@ -27,10 +28,7 @@ async def publish_once(settings: Settings, topic: str, records: Sequence[Record]
         await producer.start()
     except KafkaError as exc:
         await producer.stop()
-        raise BrokerError(
-            f"cannot reach Kafka at {settings.bootstrap_servers} ({type(exc).__name__}); start the broker, or point --bootstrap-servers "
-            "(JOURNEY_BOOTSTRAP_SERVERS) at where it runs"
-        ) from None
+        raise unreachable(settings.bootstrap_servers, exc) from None
     try:
         try:
             partitions = await producer.partitions_for(topic)

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from journey.errors import BrokerError, UsageError
+from journey.kafka.admin import unreachable
 from journey.sources.records import FORMATS, Record, records_for_format
 
 __all__ = ["FORMATS", "Record", "ReplayError", "pacing_delay", "publish", "records_for_format"]
@@ -68,10 +69,7 @@ async def publish(
         await producer.start()
     except KafkaConnectionError as exc:
         await producer.stop()
-        raise ReplayError(
-            f"cannot reach Kafka at {bootstrap_servers} ({exc}); start the broker, or point --bootstrap-servers "
-            "(JOURNEY_BOOTSTRAP_SERVERS) at where it runs"
-        ) from exc
+        raise ReplayError(str(unreachable(bootstrap_servers, exc))) from exc
 
     bar = _ProgressBar(total) if progress else None
     pending: deque[asyncio.Future[Any]] = deque()
