@@ -15,7 +15,18 @@ import pytest
 
 from journey.core.aggregates import summarize
 from journey.core.definition import load_definition
-from journey.core.identity import MERGE, BadRequest, alias_of, control_key, make_alias, sign
+from journey.core.identity import (
+    MERGE,
+    BadRequest,
+    LinkRequest,
+    MergeRequest,
+    alias_of,
+    control_key,
+    decode_link,
+    decode_merge,
+    make_alias,
+    sign,
+)
 from journey.core.machine import Limits
 from journey.core.privacy import (
     CUSTOMER_FORGOTTEN,
@@ -25,7 +36,9 @@ from journey.core.privacy import (
     UNFORGET,
     ForgetRequest,
     decode_forget,
+    forgotten_since,
     is_marker,
+    lift,
     lifted_at,
     linked_ids,
     make_marker,
@@ -269,6 +282,48 @@ def test_a_forget_replayed_after_its_undo_changes_nothing_and_a_new_one_forgets_
     cluster.send(event("page_view", 3, customer="c"))
     cluster.run()
     assert cluster.customers() == set() and cluster.privacy.suppressed == 1
+
+
+def test_a_merge_asked_before_the_forget_stays_out_after_a_quick_undo() -> None:
+    """A device's link still queued at its lagging partition when its customer is forgotten and
+    then undone: the merge it sends lands after the undo. Before, it was applied and the device's
+    journey from before the forget came back under the customer."""
+    cluster = Cluster()
+    cluster.send(event("product_view", 1, anonymous="dev-1"))
+    cluster.send(event("add_to_cart", 2, anonymous="dev-1"))
+    cluster.run()
+    cluster.send(event("page_view", 3, customer="c", anonymous="dev-1"))  # asks dev-1's partition to link
+    cluster.run(batch=1, rounds=1)
+    [link] = cluster.queue
+    cluster.forget("c", "r1", at=1000.0)
+    cluster.forget("c", "r2", undo=True, at=1001.0)
+    cluster.queue = [*cluster.queue[1:], link]  # dev-1's partition lags: the link comes after both
+    cluster.run(batch=1)
+    assert "c" not in cluster.states and "dev-1" not in cluster.states  # the cascade forgot the device
+    assert cluster.privacy.suppressed == 1 and cluster.counted() == 0
+    cluster.send(event("page_view", 10, customer="c"))  # after the undo: a new journey, nothing older
+    cluster.run()
+    assert cluster.states["c"].events == 1 and cluster.states["c"].stage == 0
+    # A device linked after the undo merges as any other.
+    cluster.send(event("product_view", 11, anonymous="dev-2"))
+    cluster.send(event("add_to_cart", 12, customer="c", anonymous="dev-2"))
+    cluster.run()
+    assert alias_of(cluster.states["dev-2"]) == "c" and cluster.states["c"].events == 3 and cluster.counted() == 1
+
+
+def test_links_and_merges_carry_their_origin_and_older_ones_still_merge() -> None:
+    link = LinkRequest("dev-1", "c", 1.7e9, "e1", 42)
+    assert decode_link(link.to_bytes()) == link
+    merge_request = MergeRequest("dev-1", "c", 1.7e9, "e1", None, 42)
+    assert decode_merge(merge_request.to_bytes()).origin == 42
+    older = MergeRequest("dev-1", "c", 1.7e9, "e1", None)  # from a worker before origins
+    assert b"origin" not in older.to_bytes() and decode_merge(older.to_bytes()).origin is None
+    with pytest.raises(BadRequest, match="origin"):
+        decode_link(orjson.dumps({"anonymous_id": "a", "customer_id": "c", "at": 1.0, "trigger_event_id": "e", "origin": -1}))
+    marker = make_marker(1.0, "r1", 50)
+    assert forgotten_since(marker, 49) and not forgotten_since(marker, 50) and not forgotten_since(marker, 51)
+    assert forgotten_since(lift(marker, 2.0), 49), "an undo keeps the forget's offset"
+    assert not forgotten_since(make_marker(1.0, "r1"), 0) and not forgotten_since(None, 0)
 
 
 def test_forget_undo_and_events_in_one_batch() -> None:

@@ -177,10 +177,17 @@ class LinkRequest:
     customer_id: str
     at: float
     trigger_event_id: str
+    #: The input offset, at the customer's partition, of the record that asked for the link (None:
+    #: a request from an older worker). The merge carries it back, so that a forget applied there
+    #: after it can refuse the merge even once an undo has lifted the suppression (docs/privacy.md).
+    origin: int | None = None
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps({"anonymous_id": self.anonymous_id, "customer_id": self.customer_id,
-                             "at": self.at, "trigger_event_id": self.trigger_event_id})
+        data: dict[str, Any] = {"anonymous_id": self.anonymous_id, "customer_id": self.customer_id,
+                                "at": self.at, "trigger_event_id": self.trigger_event_id}
+        if self.origin is not None:
+            data["origin"] = self.origin
+        return orjson.dumps(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,11 +201,16 @@ class MergeRequest:
     #: The state's encoding: CustomerState.to_wire()'s bytes in a request built here, the JSON
     #: value read (not encoded again) in one decoded.
     state: bytes | list[Any] | None
+    #: The link request's origin (LinkRequest.origin).
+    origin: int | None = None
 
     def to_bytes(self) -> bytes:
         state = orjson.Fragment(self.state) if type(self.state) is bytes else self.state
-        return orjson.dumps({"anonymous_id": self.anonymous_id, "customer_id": self.customer_id, "at": self.at,
-                             "trigger_event_id": self.trigger_event_id, "state": state})
+        data: dict[str, Any] = {"anonymous_id": self.anonymous_id, "customer_id": self.customer_id, "at": self.at,
+                                "trigger_event_id": self.trigger_event_id, "state": state}
+        if self.origin is not None:
+            data["origin"] = self.origin
+        return orjson.dumps(data)
 
     def anonymous_state(self) -> CustomerState:
         """The anonymous profile's state (raises what CustomerState's decoding raises). From a
@@ -231,12 +243,15 @@ def _fields(raw: bytes | None) -> dict[str, Any]:
             raise BadRequest(f"{name} must be a non-empty string")
     if type(data.get("at")) not in (int, float) or not EARLIEST <= data["at"] <= LATEST:
         raise BadRequest("at must be a number of epoch seconds between 1900 and 2199")
+    origin = data.get("origin")
+    if origin is not None and (type(origin) is not int or origin < 0):
+        raise BadRequest("origin must be an input offset (an integer from 0) or absent")
     return data
 
 
 def decode_link(raw: bytes | None) -> LinkRequest:
     d = _fields(raw)
-    return LinkRequest(d["anonymous_id"], d["customer_id"], float(d["at"]), d["trigger_event_id"])
+    return LinkRequest(d["anonymous_id"], d["customer_id"], float(d["at"]), d["trigger_event_id"], d.get("origin"))
 
 
 def decode_merge(raw: bytes | None) -> MergeRequest:
@@ -244,7 +259,7 @@ def decode_merge(raw: bytes | None) -> MergeRequest:
     state = d.get("state")
     if state is not None and type(state) is not list:
         raise BadRequest("state must be a customer state's encoding or null")
-    return MergeRequest(d["anonymous_id"], d["customer_id"], float(d["at"]), d["trigger_event_id"], state)
+    return MergeRequest(d["anonymous_id"], d["customer_id"], float(d["at"]), d["trigger_event_id"], state, d.get("origin"))
 
 
 def identity_event(kind: str, anonymous_id: str, customer_id: str, at: float, trigger_event_id: str,

@@ -13,7 +13,7 @@ identity protocol's way: docs/identity.md). Applying it (worker/privacy.py carri
   one forget record keyed by each, with the customer as its ``origin``;
 - ``customer_forgotten`` goes to the privacy topic for downstream services.
 
-An undo removes the marker. See docs/privacy.md for the protocol and its crash cases.
+An undo lifts the marker. See docs/privacy.md for the protocol and its crash cases.
 """
 
 from __future__ import annotations
@@ -39,8 +39,11 @@ FORGET_REQUESTED = "forget_requested"
 UNDO_REQUESTED = "forget_undo_requested"
 CUSTOMER_FORGOTTEN = "customer_forgotten"
 REQUEST_TYPES = frozenset({FORGET_REQUESTED, UNDO_REQUESTED})
-#: CustomerState.extra key of a suppression marker: [requested at, request id].
+#: CustomerState.extra key of a suppression marker: [requested at, request id], and once lifted
+#: [requested at, request id, undo asked at].
 FORGOTTEN_KEY = "forgotten"
+#: ... and of the input offset (at the id's partition) of the forget that wrote the marker.
+OFFSET_KEY = "offset"
 #: Marker keys: this prefix (with NUL bytes no real producer uses) and a salted hash's hex digest.
 MARKER_PREFIX = "\x00forgotten\x00"
 #: The longest reason kept in a request (free text, for the audit trail).
@@ -58,10 +61,13 @@ def marker_key(salt: bytes, profile_id: str) -> str:
     return MARKER_PREFIX + hmac.new(salt, profile_id.encode(), hashlib.sha256).hexdigest()
 
 
-def make_marker(at: float, request_id: str) -> CustomerState:
-    """A suppression marker: a state with no journey (the live aggregates and the churn timer skip it)."""
+def make_marker(at: float, request_id: str, offset: int | None = None) -> CustomerState:
+    """A suppression marker: a state with no journey (the live aggregates and the churn timer skip
+    it). ``offset``: the forget record's input offset, which outlives an undo (forgotten_since)."""
     st = CustomerState()
     st.extra[FORGOTTEN_KEY] = [at, request_id]
+    if offset is not None:
+        st.extra[OFFSET_KEY] = offset
     return st
 
 
@@ -78,8 +84,20 @@ def lift(marker: CustomerState, undo_at: float) -> CustomerState:
     value = marker.extra.get(FORGOTTEN_KEY)
     lifted = CustomerState()
     lifted.extra[FORGOTTEN_KEY] = [*(value[:2] if isinstance(value, list) and len(value) >= 2 else (None, None)), undo_at]
+    if OFFSET_KEY in marker.extra:
+        lifted.extra[OFFSET_KEY] = marker.extra[OFFSET_KEY]
     lifted.partition = marker.partition
     return lifted
+
+
+def forgotten_since(marker: CustomerState | None, origin: int) -> bool:
+    """Whether the id was forgotten after the record at input offset ``origin`` of its partition
+    (a link's origin): a merge that link asked for carries a journey from before the forget and
+    stays out, lifted suppression or not. False for a marker written before offsets were kept."""
+    if marker is None:
+        return False
+    offset = marker.extra.get(OFFSET_KEY)
+    return type(offset) is int and origin < offset
 
 
 def lifted_at(marker: CustomerState | None) -> float | None:

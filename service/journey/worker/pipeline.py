@@ -293,7 +293,7 @@ class Pipeline:
                 if pending is None or pending[1] is None:
                     writes[key] = (rec, state, before)
                 if needs_link(state, tp.anonymous_id, alias_window):
-                    link = LinkRequest(tp.anonymous_id, key, tp.ts, tp.event_id)
+                    link = LinkRequest(tp.anonymous_id, key, tp.ts, tp.event_id, rec.offset)
                     out.rekeyed.append(identity.control_output(LINK, tp.anonymous_id, link.to_bytes()))
                 continue
             try:
@@ -320,7 +320,7 @@ class Pipeline:
             anonymous_id = tp.anonymous_id
             if anonymous_id is not None and tp.customer_id is not None and anonymous_id != key and linkable(anonymous_id, junk):
                 if needs_link(outcome.state, anonymous_id, alias_window):
-                    link = LinkRequest(anonymous_id, key, ts, tp.event_id)
+                    link = LinkRequest(anonymous_id, key, ts, tp.event_id, rec.offset)
                     out.rekeyed.append(identity.control_output(LINK, anonymous_id, link.to_bytes()))
             applied.append((key, tp.type, tp.channel, outcome.kind, ts))
             if max_event_time is None or ts > max_event_time:
@@ -365,7 +365,8 @@ class Pipeline:
             alias = make_alias(customer_id, req.at, req.trigger_event_id)
             alias.partition = rec.partition
             writes[key] = (rec, alias, before)
-            merge_request = MergeRequest(anonymous_id, customer_id, req.at, req.trigger_event_id, state.to_wire() if state is not None else None)
+            merge_request = MergeRequest(anonymous_id, customer_id, req.at, req.trigger_event_id,
+                                         state.to_wire() if state is not None else None, req.origin)
             out.rekeyed.append(self.identity.control_output(MERGE, customer_id, merge_request.to_bytes()))
             event = identity_event("identity_merged", anonymous_id, customer_id, req.at, req.trigger_event_id)
             out.identities.append(Output(customer_id.encode(), orjson.dumps(event)))
@@ -373,6 +374,8 @@ class Pipeline:
             return
         if already_merged(state, anonymous_id):
             return  # a replayed merge request
+        if req.origin is not None and self.privacy is not None and self.privacy.forgotten_since(out, customer_id, rec.partition, req.origin, read):
+            return  # the link was asked before the customer was forgotten (an undo lifted it since): the device's journey stays forgotten
         if state is not None and state.extra and ALIAS_KEY in state.extra:
             self._dead_letter(out, rec, "bad_identity_request", "a merge request for an id that is itself an alias")
             return

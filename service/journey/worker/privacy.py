@@ -37,6 +37,7 @@ from journey.core.privacy import (
     ForgetRequest,
     decode_forget,
     forgotten_event,
+    forgotten_since,
     lift,
     make_marker,
     marker_key,
@@ -90,6 +91,21 @@ class Privacy:
         self.suppressed += 1
         return True
 
+    def forgotten_since(self, out: BatchResult, key: str, partition: int, origin: int, read: Read) -> bool:
+        """Whether ``key`` was forgotten after input offset ``origin`` of its partition (a merge
+        whose link was asked before the forget, landing after an undo); counts it dropped if so."""
+        mk = marker_key(self.salt, key)
+        pending = out.writes.get(mk)
+        try:
+            marker = pending[1] if pending is not None else read(mk, partition)
+        except CorruptState as exc:
+            log.error("a suppression marker of partition %d is damaged and still suppresses: %s", partition, exc)
+        else:
+            if not forgotten_since(marker, origin):
+                return False
+        self.suppressed += 1
+        return True
+
     # --- forget and undo records ----------------------------------------------------------
     def request(self, pipeline: Pipeline, out: BatchResult, rec: InputRecord, control: bytes, read: Read) -> str | None:
         """Apply a (signed) FORGET or UNFORGET record; returns why it cannot be applied, or None."""
@@ -136,7 +152,7 @@ class Privacy:
             writes[key] = (first, None, before)  # the batch protocol writes a tombstone and deletes it
             self.forgotten += 1
         if plan.mark:
-            new_marker = make_marker(req.at, req.request_id)
+            new_marker = make_marker(req.at, req.request_id, rec.offset)
             new_marker.partition = rec.partition
             writes[mk] = (rec, new_marker, None)
             self.marked += 1
