@@ -83,8 +83,11 @@ def build_input(
     limits: Limits,
     keep_order: bool = False,
     mix: GeneratorMix | None = None,
+    unstitched: bool = False,
 ) -> Input:
-    """Generate, encode, partition (Kafka's default murmur2 on the key) and predict."""
+    """Generate, encode, partition (Kafka's default murmur2 on the key) and predict. With
+    ``unstitched``, a touchpoint that carries a customer id loses its anonymous id: nothing links,
+    every id is a profile of its own (the traffic as journey saw it before identity)."""
     partitioner = DefaultPartitioner()
     all_partitions = list(range(partitions))
     partition_of: dict[Key, int] = {}
@@ -93,6 +96,8 @@ def build_input(
     states: dict[str, CustomerState] = {}
     pred = Prediction()
     for event in touchpoints(n_events, n_customers, seed, mix):
+        if unstitched and event.get("customer_id") is not None:
+            event.pop("anonymous_id", None)
         value = orjson.dumps(event)
         tp = validate(event)
         profile = tp.profile_id

@@ -184,6 +184,7 @@ async def measure(
     history: list[tuple[float, int]] = []
     next_check = 0.0
     last_progress = time.monotonic()
+    input_done: float | None = None  # when the produced input was committed (the workers' own records may follow)
     run_deadline = time.monotonic() + max(600.0, n_events / 500)
     while True:
         history.append((time.time(), await hw.total(changelog, parts)))
@@ -193,6 +194,8 @@ async def measure(
                 w.check()
             offsets = await topicread.committed(settings.bootstrap_servers, settings.app_id, topic, parts)
             if all(offsets.get(p, -1) >= end for p, end in ends.items()):
+                if input_done is None:
+                    input_done = time.time()
                 if not identity:
                     break
                 now_ends = {tp.partition: off for tp, off in (await hw.of(topic, parts)).items()}
@@ -223,6 +226,9 @@ async def measure(
     misses = sum(_metric(m, 'journey_state_cache_reads_total{result="miss"}') for m in ms)
     t_end = max(t_processed, t_durable)
     seconds = t_end - t0
+    if identity and input_done is not None:
+        notes.append(f"the produced input was committed {input_done - t0:.1f}s into the window; the workers' own records "
+                     f"appended behind it (links, merges) took {max(t_end - input_done, 0.0):.1f}s more")
     return Run(
         label=label, events=n_events, events_per_s=(n_events - s0) / seconds if seconds > 0 else float("nan"),
         seconds=seconds, excluded=s0, changelog_tail_s=max(0.0, t_durable - t_processed),
@@ -477,9 +483,11 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
               f"{args.partitions} partitions, store rocksdb, broker {bootstrap} (tansu), {os.cpu_count()} cores", flush=True)
 
         # 1. input
+        stitched = args.identity and not args.unstitched  # links and merges: transitions not predicted
         t = time.perf_counter()
         data = loadgen.build_input(args.events, args.customers, seed=args.seed, partitions=args.partitions,
-                                   definition=definition, limits=limits, mix=IDENTITY_MIX if args.identity else None)
+                                   definition=definition, limits=limits, mix=IDENTITY_MIX if args.identity else None,
+                                   unstitched=args.unstitched)
         gen_s = time.perf_counter() - t
         pred = data.prediction
         print(f"  generated + predicted in {gen_s:.1f}s: {pred.profiles:,} journeys, {pred.duplicates:,} duplicate "
@@ -510,12 +518,12 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
         if args.profile:
             profiler = pyspy.Recording.start(w1.pid, Path(args.profile))  # type: ignore[arg-type]
         broker_pid = broker.pid  # to report its CPU share
-        one = await measure("one worker", [w1], base, args.events, hw, broker_pid, identity=args.identity)
+        one = await measure("one worker", [w1], base, args.events, hw, broker_pid, identity=stitched)
         if profiler is not None:
             profiler.stop()
         print(f"  journey, one worker: {_fmt_rate(one.events_per_s)} over {one.seconds:.1f}s", flush=True)
         w1.stop()
-        await count_transitions(base, one, -1 if args.identity else pred.transitions)
+        await count_transitions(base, one, -1 if stitched else pred.transitions)
         bytes_per_customer, keys = await state_bytes(base)
 
         # 5. two workers, one group
@@ -526,11 +534,11 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
         if not args.skip_two:
             workers.extend(w.start() for w in pair)
             print(f"  journey, two workers (pids {pair[0].pid}, {pair[1].pid}): waiting for both to join ...", flush=True)
-            two = await measure("two workers", pair, two_settings, args.events, hw, broker_pid, identity=args.identity)
+            two = await measure("two workers", pair, two_settings, args.events, hw, broker_pid, identity=stitched)
             for w in pair:
                 w.stop()
             print(f"  journey, two workers: {_fmt_rate(two.events_per_s)} over {two.seconds:.1f}s", flush=True)
-            await count_transitions(two_settings, two, -1 if args.identity else pred.transitions)
+            await count_transitions(two_settings, two, -1 if stitched else pred.transitions)
 
         # 4. latency at half the measured throughput
         lat_settings = bench_settings(bootstrap, run, "latency", input_topic=f"bench-{run}.latency.touchpoints",
@@ -624,6 +632,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--identity", action="store_true",
                    help="anonymous-first traffic (IDENTITY_MIX: logins, two devices, guest checkouts); transitions are "
                         "not predicted then (a merge's moves depend on when it lands)")
+    p.add_argument("--unstitched", action="store_true",
+                   help="with --identity: the same traffic with the anonymous id taken off every touchpoint that carries a "
+                        "customer id, so nothing links (each id its own profile): identity's own cost is the difference")
     p.add_argument("--faust-floor", nargs="*", default=[], choices=["event", "batch", "table"],
                    help="also time Faust with a trivial agent: event (async for per event), batch (take_events), table (a table write per event)")
     p.add_argument("--floor-events", type=int, default=300_000, help="records the Faust floor runs time (default 300,000)")
