@@ -479,7 +479,8 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
         base = bench_settings(bootstrap, run, "one", input_topic=input_topic, partitions=args.partitions)
         definition = load_definition(base.journey_path)
         limits = Limits(dedupe_window=base.dedupe_window, order_window=base.order_window)
-        print(f"journey throughput bench: {args.events:,} touchpoints, {args.customers:,} customers per crowd, "
+        traffic = "anonymous-first, unstitched" if args.unstitched else "anonymous-first" if args.identity else "the default mix"
+        print(f"journey throughput bench: {args.events:,} touchpoints ({traffic}), {args.customers:,} customers per crowd, "
               f"{args.partitions} partitions, store rocksdb, broker {bootstrap} (tansu), {os.cpu_count()} cores", flush=True)
 
         # 1. input
@@ -643,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.events < 1 or args.customers < 1 or args.partitions < 1:
         p.error("--events, --customers and --partitions must be >= 1")
+    if args.unstitched and not args.identity:
+        p.error("--unstitched is a variant of --identity's traffic: give both")
     return run_in_workdir(bench, args, prefix="journey-bench-")
 
 

@@ -283,15 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bootstrap_noise(record: logging.LogRecord) -> bool:
+    """False for aiokafka's `Unable connect to "host:port"` per bootstrap try: the one-shot
+    commands say an unreachable broker in one line of their own. Its other lines stay (a node
+    the cluster advertises but that does not answer, retries, errors)."""
+    return not (isinstance(record.msg, str) and record.msg.startswith('Unable connect to "'))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand. A JourneyError (a bad setting, input or file; an unreachable broker)
     prints ``journey: <message>`` and returns 2; anything else propagates with its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "one_shot", False):
-        # These commands turn every Kafka failure into one line that says what to do; aiokafka's
-        # own "Unable connect ..." per try would come before it and say less.
-        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+        logging.getLogger("aiokafka").addFilter(_bootstrap_noise)
     try:
         return int(args.func(args) or 0)
     except JourneyError as exc:

@@ -33,7 +33,7 @@ from journey.kafka.broker import free_port
 from journey.kafka.offsets import true_highwaters
 from journey.worker.app import changelog_topic_name
 from support.env import subprocess_env
-from support.kafka import produce, read_to_end, touchpoint_record, wait_committed
+from support.kafka import produce, read_all, read_to_end, touchpoint_record, wait_committed
 from support.workers import (
     WorkerProcess,
     create_topics,
@@ -200,8 +200,13 @@ async def test_forget_mid_stream_with_a_worker_killed_during_it(broker: str, tmp
         def notices(msgs: list[Any]) -> list[dict[str, Any]]:
             return [m for m in msgs if m.get("type") == "customer_forgotten"]
 
-        first = notices(await read_to_end(broker, settings.topic_privacy))
+        # The owner may have died before it relayed the request: the survivor relays it once it
+        # reads the privacy topic, maybe only after the input above was committed. Once it is
+        # applied, the input is settled again (a replayed batch of the owner's included).
+        first = notices(await read_all(broker, settings.topic_privacy, until=lambda m: bool(notices(m)), timeout_s=60))
         assert first, "no customer_forgotten was published"
+        await wait_committed(broker, settings.app_id, settings.topic_touchpoints, timeout_s=90, check=survivor.check_alive)
+        first = notices(await read_to_end(broker, settings.topic_privacy))
         # The same request again, exactly as it was published (a replay by the relay or a retry).
         requests = [r for r in await read_raw(broker, settings.topic_privacy)
                     if orjson.loads(r.value).get("type") == "forget_requested"]

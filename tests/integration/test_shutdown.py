@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from journey.kafka.offsets import true_highwaters
+from support.kafka import committed_and_ends
 from support.sidecar_run import Deployment, get, produce, wait_for
 from support.workers import STOP_TIMEOUT_S
 
@@ -25,18 +24,6 @@ pytestmark = pytest.mark.integration
 
 PARTITIONS = 2
 N = 20
-
-
-async def _committed_and_ends(broker: str, group: str, topic: str) -> tuple[dict[int, int | None], dict[int, int]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=broker, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        ends = await true_highwaters(consumer._client, await consumer.end_offsets(tps))
-        committed = {tp.partition: await consumer.committed(tp) for tp in tps}
-        return committed, {tp.partition: ends[tp] for tp in tps}
-    finally:
-        await consumer.stop()
 
 
 async def test_a_worker_and_the_sidecar_exit_cleanly_and_in_time_on_sigterm(broker: str, tmp_path: Path) -> None:
@@ -82,7 +69,7 @@ async def test_a_worker_and_the_sidecar_exit_cleanly_and_in_time_on_sigterm(brok
         print(f"\nexit after SIGTERM: {exited}")
 
         # A clean stop commits what it processed: a restart starts after the input.
-        committed, ends = await _committed_and_ends(broker, dep.settings.app_id, dep.settings.topic_touchpoints)
+        committed, ends = await committed_and_ends(broker, dep.settings.app_id, dep.settings.topic_touchpoints)
         assert committed == ends, (committed, ends)
     finally:
         dep.stop()

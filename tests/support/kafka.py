@@ -79,16 +79,22 @@ async def read_all(
 
 
 async def committed_and_ends(bootstrap: str, group: str, topic: str) -> tuple[dict[int, int | None], dict[int, int]]:
-    """The consumer group's committed offset and the true log end of every partition of ``topic``."""
+    """The consumer group's committed offset and the true log end of every partition of ``topic``.
+
+    The commits are read first: a worker commits a batch only once what it appended (to this
+    topic too: re-keyed records, link and merge requests) is acknowledged, so the ends read after
+    them include all of that, and commits equal to the ends mean nothing is left to process.
+    (Read the other way round, a batch committing in between could hide the record it appended
+    to a partition whose end was already read.)"""
     from journey.kafka.offsets import true_highwaters
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
         tps = await _partitions(consumer, topic)
+        committed = {tp.partition: await consumer.committed(tp) for tp in tps}
         # ListOffsets is wrong on the test broker: the highwater of a fetch is right on every broker.
         ends = await true_highwaters(consumer._client, await consumer.end_offsets(tps))
-        committed = {tp.partition: await consumer.committed(tp) for tp in tps}
         return committed, {tp.partition: ends[tp] for tp in tps}
     finally:
         await consumer.stop()

@@ -320,10 +320,25 @@ def test_links_and_merges_carry_their_origin_and_older_ones_still_merge() -> Non
     assert b"origin" not in older.to_bytes() and decode_merge(older.to_bytes()).origin is None
     with pytest.raises(BadRequest, match="origin"):
         decode_link(orjson.dumps({"anonymous_id": "a", "customer_id": "c", "at": 1.0, "trigger_event_id": "e", "origin": -1}))
-    marker = make_marker(1.0, "r1", 50)
-    assert forgotten_since(marker, 49) and not forgotten_since(marker, 50) and not forgotten_since(marker, 51)
-    assert forgotten_since(lift(marker, 2.0), 49), "an undo keeps the forget's offset"
-    assert not forgotten_since(make_marker(1.0, "r1"), 0) and not forgotten_since(None, 0)
+    marker = make_marker(1.0, "r1", ("tp", 50))
+    assert forgotten_since(marker, "tp", 49) and not forgotten_since(marker, "tp", 50) and not forgotten_since(marker, "tp", 51)
+    assert forgotten_since(lift(marker, 2.0), "tp", 49), "an undo keeps the forget's offset"
+    assert not forgotten_since(marker, "another-input", 49), "offsets of another topic say nothing"
+    assert not forgotten_since(make_marker(1.0, "r1"), "tp", 0) and not forgotten_since(None, "tp", 0)
+
+
+def test_a_damaged_lifted_marker_lets_merges_in() -> None:
+    """Reached only for a customer with a state (a suppressing marker stops the merge before):
+    the marker was lifted, so refusing would drop every later device of a customer who came back."""
+    from journey.errors import CorruptState
+    from journey.worker.pipeline import BatchResult
+
+    def damaged(key: str, partition: int) -> CustomerState | None:
+        raise CorruptState("not a state this journey writes")
+
+    privacy = Privacy(SALT, clock=lambda: 2e9)
+    rec = Record(b"c", b"{}", "tp", 0, 99)
+    assert not privacy.forgotten_since(BatchResult(), rec, "c", 1, damaged) and privacy.suppressed == 0
 
 
 def test_forget_undo_and_events_in_one_batch() -> None:

@@ -42,7 +42,7 @@ REQUEST_TYPES = frozenset({FORGET_REQUESTED, UNDO_REQUESTED})
 #: CustomerState.extra key of a suppression marker: [requested at, request id], and once lifted
 #: [requested at, request id, undo asked at].
 FORGOTTEN_KEY = "forgotten"
-#: ... and of the input offset (at the id's partition) of the forget that wrote the marker.
+#: ... and of where the forget that wrote the marker was: [input topic, offset at the id's partition].
 OFFSET_KEY = "offset"
 #: Marker keys: this prefix (with NUL bytes no real producer uses) and a salted hash's hex digest.
 MARKER_PREFIX = "\x00forgotten\x00"
@@ -61,13 +61,13 @@ def marker_key(salt: bytes, profile_id: str) -> str:
     return MARKER_PREFIX + hmac.new(salt, profile_id.encode(), hashlib.sha256).hexdigest()
 
 
-def make_marker(at: float, request_id: str, offset: int | None = None) -> CustomerState:
+def make_marker(at: float, request_id: str, where: tuple[str, int] | None = None) -> CustomerState:
     """A suppression marker: a state with no journey (the live aggregates and the churn timer skip
-    it). ``offset``: the forget record's input offset, which outlives an undo (forgotten_since)."""
+    it). ``where``: the forget record's input topic and offset, which outlive an undo (forgotten_since)."""
     st = CustomerState()
     st.extra[FORGOTTEN_KEY] = [at, request_id]
-    if offset is not None:
-        st.extra[OFFSET_KEY] = offset
+    if where is not None:
+        st.extra[OFFSET_KEY] = list(where)
     return st
 
 
@@ -90,14 +90,16 @@ def lift(marker: CustomerState, undo_at: float) -> CustomerState:
     return lifted
 
 
-def forgotten_since(marker: CustomerState | None, origin: int) -> bool:
-    """Whether the id was forgotten after the record at input offset ``origin`` of its partition
-    (a link's origin): a merge that link asked for carries a journey from before the forget and
-    stays out, lifted suppression or not. False for a marker written before offsets were kept."""
+def forgotten_since(marker: CustomerState | None, topic: str, origin: int) -> bool:
+    """Whether the id was forgotten after the record at offset ``origin`` of its partition of
+    ``topic`` (a link's origin): a merge that link asked for carries a journey from before the
+    forget and stays out, lifted suppression or not. False for a marker written before offsets
+    were kept, or on another input topic (offsets of two topics say nothing of their order)."""
     if marker is None:
         return False
-    offset = marker.extra.get(OFFSET_KEY)
-    return type(offset) is int and origin < offset
+    where = marker.extra.get(OFFSET_KEY)
+    return (type(where) is list and len(where) == 2 and where[0] == topic and type(where[1]) is int
+            and origin < where[1])
 
 
 def lifted_at(marker: CustomerState | None) -> float | None:

@@ -374,7 +374,7 @@ class Pipeline:
             return
         if already_merged(state, anonymous_id):
             return  # a replayed merge request
-        if req.origin is not None and self.privacy is not None and self.privacy.forgotten_since(out, customer_id, rec.partition, req.origin, read):
+        if req.origin is not None and self.privacy is not None and self.privacy.forgotten_since(out, rec, customer_id, req.origin, read):
             return  # the link was asked before the customer was forgotten (an undo lifted it since): the device's journey stays forgotten
         if state is not None and state.extra and ALIAS_KEY in state.extra:
             self._dead_letter(out, rec, "bad_identity_request", "a merge request for an id that is itself an alias")

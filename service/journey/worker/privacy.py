@@ -91,18 +91,21 @@ class Privacy:
         self.suppressed += 1
         return True
 
-    def forgotten_since(self, out: BatchResult, key: str, partition: int, origin: int, read: Read) -> bool:
-        """Whether ``key`` was forgotten after input offset ``origin`` of its partition (a merge
-        whose link was asked before the forget, landing after an undo); counts it dropped if so."""
+    def forgotten_since(self, out: BatchResult, rec: InputRecord, key: str, origin: int, read: Read) -> bool:
+        """Whether ``key`` was forgotten after input offset ``origin`` of ``rec``'s partition (a
+        merge whose link was asked before the forget, landing after an undo); counts it dropped if so."""
         mk = marker_key(self.salt, key)
         pending = out.writes.get(mk)
         try:
-            marker = pending[1] if pending is not None else read(mk, partition)
+            marker = pending[1] if pending is not None else read(mk, rec.partition)
         except CorruptState as exc:
-            log.error("a suppression marker of partition %d is damaged and still suppresses: %s", partition, exc)
-        else:
-            if not forgotten_since(marker, origin):
-                return False
+            # A suppressing marker stopped the merge before this (is_suppressed): this one was
+            # lifted, and its offset is unreadable. Merging loses nothing; refusing every later
+            # device of a customer who came back would.
+            log.error("a lifted suppression marker of partition %d is damaged; the merge is applied: %s", rec.partition, exc)
+            return False
+        if not forgotten_since(marker, rec.topic, origin):
+            return False
         self.suppressed += 1
         return True
 
@@ -152,7 +155,7 @@ class Privacy:
             writes[key] = (first, None, before)  # the batch protocol writes a tombstone and deletes it
             self.forgotten += 1
         if plan.mark:
-            new_marker = make_marker(req.at, req.request_id, rec.offset)
+            new_marker = make_marker(req.at, req.request_id, (rec.topic, rec.offset))
             new_marker.partition = rec.partition
             writes[mk] = (rec, new_marker, None)
             self.marked += 1
