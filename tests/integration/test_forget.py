@@ -183,7 +183,7 @@ async def test_forget_mid_stream_with_a_worker_killed_during_it(broker: str, tmp
         await asyncio.sleep(0.2)  # the relay and the owner's batch are on their way
         workers[owner].kill()
         await stream
-        await wait_owns_all(survivor, settings.partitions, timeout_s=90)
+        await wait_owns_all(survivor, settings.partitions, timeout_s=180)
 
         # Phase 3: later touchpoints of the forgotten ids, and more for everyone else.
         later = [

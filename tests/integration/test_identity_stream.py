@@ -9,6 +9,8 @@ input is then replayed: the numbers stay exact and no anonymous id is merged twi
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
+from journey.core.clock import parse_iso
 from journey.core.events import validate
 from journey.sources.generator import IDENTITY_MIX, generate
 from support.journey_reference import reference
@@ -82,12 +85,53 @@ async def test_anonymous_journeys_merge_exactly_across_workers_a_kill_and_a_repl
         stages, first = got
         return (stages == want_stages and first == want_first), {"stages": (stages, want_stages), "first_touch": (first, want_first)}
 
-    try:
-        def both_publish() -> tuple[bool, Any]:
-            status, body = get(f"{base}/readyz")
-            return status == 200 and len(body["workers"]) == 2 and not body["stale_partitions"], body
+    def all_alive() -> None:
+        for proc in (*workers, sidecar):
+            proc.alive_or_fail()
 
-        await wait_for("both workers to own partitions and publish them", both_publish, dep.live(), 120)
+    def both_publish() -> tuple[bool, Any]:
+        """The two running workers (a restarted one included) publish every partition between them."""
+        status, body = get(f"{base}/readyz")
+        if status != 200:
+            return False, body
+        owners = body["workers"]
+        running = all(any(f":{w.port}/" in url for url in owners) for w in workers)
+        return running and len(owners) == 2 and not body["stale_partitions"], body
+
+    async def settled(what: str) -> None:
+        """Both workers in the group and publishing, every input record (the workers' own link and
+        merge requests included) processed, and the sidecar's numbers taken after that, exact."""
+        await wait_for(f"both workers to own partitions and publish them {what}", both_publish, dep.live(), 240)
+        await wait_committed(broker, dep.settings.app_id, topic, timeout_s=240, check=all_alive)
+        after = time.time()
+        await wait_for(f"both workers still publishing {what}", both_publish, dep.live(), 60)
+
+        def exact_since() -> tuple[bool, Any]:
+            status, body = get(f"{base}/stages")
+            if status != 200 or body.get("as_of") is None or parse_iso(body["as_of"]) <= after:
+                return False, ("the sidecar's numbers are older than the commit", status, body)
+            return exact()
+
+        await wait_for(f"exact numbers {what}", exact_since, dep.live(), 120)
+
+    def final_stages() -> None:
+        """Every known customer's final stage, through the sidecar (anonymous ids answer for their
+        customer); a lookup that meets a rebalance (503) or no answer is tried again."""
+        wrong = {}
+        deadline = time.monotonic() + 120
+        for person, stage in want_final.items():
+            while True:
+                status, body = get(f"{base}/customers/{person}", TOKEN)
+                if status in (200, 404) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            got = body.get("stage") if status == 200 else status
+            if got != (STAGES[stage] if stage >= 0 else None):
+                wrong[person] = (got, stage)
+        assert not wrong, f"{len(wrong)} customers in the wrong stage: {list(wrong.items())[:5]}"
+
+    try:
+        await wait_for("both workers to own partitions and publish them", both_publish, dep.live(), 240)
 
         half = len(events) // 2
         await produce(broker, topic, events[:half])
@@ -97,31 +141,17 @@ async def test_anonymous_journeys_merge_exactly_across_workers_a_kill_and_a_repl
         victim.process.wait()
         await produce(broker, topic, events[half:])
         workers[0] = dep.worker("worker0")  # restarted on its own RocksDB
-        await wait_for("exact numbers after the kill and restart", exact, dep.live(), 150)
-
-        # Every known customer's final stage, through the sidecar (anonymous ids answer for their customer).
-        wrong = {}
-        for person, stage in want_final.items():
-            status, body = get(f"{base}/customers/{person}", TOKEN)
-            got = body.get("stage") if status == 200 else status
-            if got != (STAGES[stage] if stage >= 0 else None):
-                wrong[person] = (got, stage)
-        assert not wrong, f"{len(wrong)} customers in the wrong stage: {list(wrong.items())[:5]}"
+        await settled("after the kill and restart")
+        await asyncio.to_thread(final_stages)
         some_device = sorted(devices)[0]
         status, body = get(f"{base}/customers/{some_device}", TOKEN)
         assert status == 200 and body["requested_id"] == some_device and body["customer_id"] != some_device
 
-        # The same input again: nothing changes, nothing is merged a second time.
+        # The same input again: nothing changes, nothing is merged a second time. Every identity
+        # event published is on the topic once the input is settled; all of them are read.
         await produce(broker, topic, events)
-        await wait_for("exact numbers after a replay", exact, dep.live(), 120)
-        # Settled (the numbers were exact before the replay too): every record of the input topic,
-        # the replay's and the link and merge requests it caused, is processed, so every identity
-        # event published is on the topic; all of them are read.
-        def all_alive() -> None:
-            for proc in (*workers, sidecar):
-                proc.alive_or_fail()
-
-        await wait_committed(broker, dep.settings.app_id, topic, timeout_s=120, check=all_alive)
+        await settled("after a replay")
+        await asyncio.to_thread(final_stages)
         msgs = await read_to_end(broker, dep.settings.topic_identities)
         merged: dict[str, set[str]] = {}
         for m in msgs:

@@ -133,7 +133,7 @@ def burst_settings(broker: str) -> Settings:
     )
 
 
-async def sample_until_caught_up(burst: Burst, timeout_s: float = 150.0) -> None:
+async def sample_until_caught_up(burst: Burst, timeout_s: float = 240.0) -> None:
     worker = burst.worker
     started = time.monotonic()
     while True:
@@ -193,8 +193,11 @@ async def test_readyz_says_catching_up_with_a_positive_lag_then_caught_up(load: 
     assert ready[first]["lag"] > load.burst.settings.catching_up_lag  # catching up = above the threshold
     assert ready[first]["lag"] <= load.burst.records
     assert ready[-1]["catching_up"] is False and ready[-1]["lag"] == 0
-    # While it was catching up the worker was ready all the same (Kubernetes keeps it in service).
-    assert all(r["ready"] for r in ready[first:])
+    # While it was catching up the worker was ready all the same (Kubernetes keeps it in service):
+    # every answer from the first catching-up one on (a sample it did not answer in time is {}).
+    answered = [s.ready for s in load.burst.samples if s.ready]
+    since = next(i for i, r in enumerate(answered) if r is ready[first])
+    assert all(r.get("ready") for r in answered[since:]), [r for r in answered[since:] if not r.get("ready")][:3]
 
 
 async def test_journey_consumer_lag_showed_the_backlog_per_partition_and_fell_to_zero(load: Load):

@@ -72,7 +72,11 @@ async def test_page_follows_the_numbers(broker: str, tmp_path: Path) -> None:
         await wait_for("the sidecar to be ready", lambda: (get(f"{base}/readyz")[0] == 200, get(f"{base}/readyz")[1]), dep.live(), 120)
         first = _events("a", 6, ["page_view", "product_view"])
         await produce(broker, dep.settings.topic_touchpoints, first)
-        await wait_for("6 customers", lambda: (get(f"{base}/stages")[1]["total"] == 6, get(f"{base}/stages")[1]), dep.live(), 30)
+        def six() -> tuple[bool, Any]:
+            status, body = get(f"{base}/stages")
+            return status == 200 and body["total"] == 6, (status, body)
+
+        await wait_for("6 customers", six, dep.live(), 90)
 
         browser = _browser()
         browser.get(base + "/")
@@ -89,15 +93,20 @@ async def test_page_follows_the_numbers(broker: str, tmp_path: Path) -> None:
             seen = (page_text("#total"), page_text("#stage-consideration td:last-child"))
             return seen == (total, consideration), seen
 
-        await wait_for("the page to show 6 customers", lambda: shows("6", "6"), dep.live(), 15)
+        await wait_for("the page to show 6 customers", lambda: shows("6", "6"), dep.live(), 60)
         assert "live" in (page_text("#status") or "")
 
         # more customers arrive: the page follows without a reload
         more = _events("b", 4, ["page_view", "add_to_cart", "purchase"])
         await produce(broker, dep.settings.topic_touchpoints, more)
-        await wait_for("the page to show 10 customers", lambda: shows("10", "6"), dep.live(), 15)
-        assert page_text("#stage-purchase td:last-child") == "4"
-        assert page_text("#funnel-purchase .reached") == "4"
+        def shows_buyers() -> tuple[bool, Any]:
+            # One condition: a snapshot between two batches may count the new customers before
+            # their purchases.
+            seen = (page_text("#total"), page_text("#stage-consideration td:last-child"),
+                    page_text("#stage-purchase td:last-child"), page_text("#funnel-purchase .reached"))
+            return seen == ("10", "6", "4", "4"), seen
+
+        await wait_for("the page to show 10 customers, 4 of them buyers", shows_buyers, dep.live(), 60)
         assert page_text("#channel-email td:nth-child(2)") not in ("", None)
 
         # nothing was fetched from anywhere but the sidecar

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from support.kafka import wait_committed
 from support.sidecar_run import Deployment, get, produce, wait_for
 
 pytestmark = pytest.mark.integration
@@ -134,9 +135,27 @@ def _numbers(base: str) -> dict[str, Any] | None:
         return None
     by_first = {}
     for ch in CHANNELS:
-        _, f = get(f"{base}/funnel?first_touch={ch}")
+        status, f = get(f"{base}/funnel?first_touch={ch}")
+        if status != 200:
+            return None
         by_first[ch] = [row["reached"] for row in f["stages"]]
     return {"stages": stages, "funnel": funnel, "channels": channels, "by_first": by_first}
+
+
+def _alive(dep: Deployment) -> None:
+    for proc in dep.procs:
+        proc.alive_or_fail()
+
+
+def _answered_numbers(base: str, tries: int = 10) -> dict[str, Any] | None:
+    """_numbers, tried again while the sidecar does not answer (a moment's timeout on a busy
+    machine is no wrong number); a wrong answer is returned as it is."""
+    for _ in range(tries):
+        got = _numbers(base)
+        if got is not None:
+            return got
+        time.sleep(0.5)
+    return None
 
 
 def _matches(got: dict[str, Any] | None, exp: dict[str, Any]) -> tuple[bool, Any]:
@@ -186,8 +205,8 @@ async def test_numbers_are_exact_with_two_workers_and_after_one_is_killed(broker
         bad = [(b"bad-key", b"{not json")]
         await produce(broker, topic, [e for c in customers for e in c.events], bad)
         exp = expected(customers)
-        await wait_for("exact numbers from two workers", lambda: _matches(_numbers(base), exp), dep.live(), 30)
-        funnel = _numbers(base)["funnel"]
+        await wait_for("exact numbers from two workers", lambda: _matches(_numbers(base), exp), dep.live(), 90)
+        funnel = _answered_numbers(base)["funnel"]
         median = funnel["stages"][1]["median_seconds_from_previous"]
         assert abs(median - exp["median_gap"]) <= 0.05 * exp["median_gap"], (median, exp["median_gap"])
 
@@ -199,7 +218,7 @@ async def test_numbers_are_exact_with_two_workers_and_after_one_is_killed(broker
             status, body = get(f"{base}/customers/{some.cid}", TOKEN)
             return status == 200, (status, body)
 
-        body = (await wait_for("the customer lookup", lookup, dep.live(), 15))[1]
+        body = (await wait_for("the customer lookup", lookup, dep.live(), 60))[1]
         assert body["stage"] == STAGES[some.target] and body["touchpoints"] == len(some.events)
         assert get(f"{base}/customers/{some.cid}")[0] == 401
 
@@ -212,6 +231,8 @@ async def test_numbers_are_exact_with_two_workers_and_after_one_is_killed(broker
             assert name in fams, (name, sorted(fams))
         lag = fams["journey_consumer_lag"].samples
         assert lag and all("partition" in s.labels and s.value >= 0 for s in lag)
+        # Every input record processed, the trailing bad one included, before its count is read.
+        await wait_committed(broker, dep.settings.app_id, topic, timeout_s=120, check=lambda: _alive(dep))
         dead = sum(
             s.value for p in ports for s in _metric_families(f"http://127.0.0.1:{p}/metrics")["journey_dead_letters"].samples
             if s.name.endswith("_total")
@@ -220,7 +241,13 @@ async def test_numbers_are_exact_with_two_workers_and_after_one_is_killed(broker
         sfams = _metric_families(f"{base}/metrics")
         by_stage = {s.labels["stage"]: s.value for s in sfams["journey_sidecar_customers"].samples}
         assert {k: by_stage[k] for k in STAGES} == exp["stages"]
-        assert sfams["journey_sidecar_staleness_seconds"].samples[0].value < 5
+
+
+        def fresh() -> tuple[bool, Any]:
+            value = _metric_families(f"{base}/metrics")["journey_sidecar_staleness_seconds"].samples[0].value
+            return value < 5, value
+
+        await wait_for("the sidecar's numbers to be under 5 s old", fresh, dep.live(), 30)
 
         # --- kill -9 one worker; the survivor takes over; the numbers stay exact
         victim, survivor = workers
@@ -235,9 +262,9 @@ async def test_numbers_are_exact_with_two_workers_and_after_one_is_killed(broker
             owners = body["workers"]
             return len(owners) == 1 and f":{survivor.port}/" in next(iter(owners)) and not body["stale_partitions"], owners
 
-        await wait_for("the survivor to publish every partition", survivor_owns_all, dep.live(), 90)
+        await wait_for("the survivor to publish every partition", survivor_owns_all, dep.live(), 180)
         takeover_s = time.monotonic() - t_kill
-        ok, diff = _matches(_numbers(base), exp)
+        ok, diff = _matches(_answered_numbers(base), exp)
         assert ok, f"numbers changed across the take-over: {diff}"
 
         # --- phase 2: new customers and old ones moving on; still exact
@@ -247,7 +274,7 @@ async def test_numbers_are_exact_with_two_workers_and_after_one_is_killed(broker
         moved = [e for c in movers for e in c.advance(min(c.target + 2, 5))]
         await produce(broker, topic, [e for c in more for e in c.events] + moved)
         exp2 = expected(customers + more)
-        await wait_for("exact numbers after the take-over and new events", lambda: _matches(_numbers(base), exp2), dep.live(), 30)
+        await wait_for("exact numbers after the take-over and new events", lambda: _matches(_numbers(base), exp2), dep.live(), 90)
         print(f"\ntake-over seen by the sidecar after {takeover_s:.1f} s")
     finally:
         dep.stop()

@@ -216,7 +216,7 @@ async def run_failover(broker: str, root: Path, *, fix: bool) -> FailoverResult:
                 s["settled"] and s["settled"] == s["actives"] and not s["in_recovery"] for s in states
             )
 
-        await _wait_for("both workers to share all partitions", both_working, workers, 90)
+        await _wait_for("both workers to share all partitions", both_working, workers, 180)
         timings["start_and_first_rebalance"] = time.monotonic() - t0
 
         t1 = time.monotonic()
@@ -254,7 +254,7 @@ async def run_failover(broker: str, root: Path, *, fix: bool) -> FailoverResult:
             state = survivor.state()
             return state if _settled(state, all_partitions) else None
 
-        await _wait_for("the survivor to take over and recover", survivor_settled, workers, 90)
+        await _wait_for("the survivor to take over and recover", survivor_settled, workers, 180)
         timings["failover_and_recovery"] = time.monotonic() - t2
         # Recovery is done once the settled survivor holds every update; a short one never gets
         # there: give it a deadline, then report what it holds.
