@@ -83,7 +83,6 @@ class InputLoop:
             for o in result.rekeyed:
                 assert o.key is not None
                 self.send(o.value, o.key.decode(), *control_headers(o.headers or ()))
-                self.queue[-1].headers = list(o.headers or ())  # all of them, as Kafka keeps them
 
     def recount(self) -> PartitionAggregate:
         """The aggregate of the states as they are (the live one must equal it)."""

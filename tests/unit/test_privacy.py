@@ -21,7 +21,6 @@ from journey.core.identity import (
     LinkRequest,
     MergeRequest,
     alias_of,
-    alias_origin,
     control_key,
     decode_link,
     decode_merge,
@@ -53,7 +52,7 @@ from journey.core.privacy import (
     undo_lifts,
 )
 from journey.core.state import CustomerState
-from journey.worker.pipeline import IdentityRules, Pipeline, Record, control_headers, origin_header
+from journey.worker.pipeline import IdentityRules, Pipeline, Record, control_headers
 from journey.worker.privacy import Privacy
 from support.loop import InputLoop, touchpoint
 
@@ -310,36 +309,6 @@ def test_a_merge_asked_before_the_forget_stays_out_after_a_quick_undo() -> None:
     cluster.send(event("add_to_cart", 12, customer="c", anonymous="dev-2"))
     cluster.run()
     assert alias_of(cluster.states["dev-2"]) == "c" and cluster.states["c"].events == 3 and cluster.counted() == 1
-
-
-def test_a_devices_touchpoint_re_keyed_before_the_forget_stays_out_after_a_quick_undo() -> None:
-    """A linked device's anonymous-only touchpoint, re-keyed to its customer before the cascade's
-    forget reached the device, lands after the undo. Before, it was applied to the new journey."""
-    cluster = Cluster()
-    _linked_customer(cluster)
-    cluster.send(event("product_view", 5, anonymous="dev-1"))  # logged out, after the link
-    cluster.run(batch=1, rounds=1)
-    [aliased] = cluster.queue  # on its way to c's partition
-    assert dict(aliased.headers)["journey-origin"].isdigit()
-    cluster.forget("c", "r1", at=1000.0)
-    cluster.forget("c", "r2", undo=True, at=1001.0)
-    cluster.queue = [*cluster.queue[1:], aliased]  # c's partition applies both before it arrives
-    cluster.run(batch=1)
-    assert cluster.customers() == {"bob"} and cluster.privacy.suppressed == 1
-    # After the undo: a new journey, and a device linked since re-keys its touchpoints as usual.
-    cluster.send(event("page_view", 10, customer="c", anonymous="dev-2"))
-    cluster.run()
-    cluster.send(event("product_view", 11, anonymous="dev-2"))
-    cluster.run()
-    assert alias_of(cluster.states["dev-2"]) == "c" and cluster.states["c"].events == 2 and cluster.counted() == 2
-
-
-def test_aliases_keep_their_links_origin_and_older_ones_none() -> None:
-    assert alias_origin(make_alias("c", 1.0, "e", 42)) == 42 and alias_of(make_alias("c", 1.0, "e", 42)) == "c"
-    assert alias_origin(make_alias("c", 1.0, "e")) is None
-    assert origin_header([("journey-origin", b"42")]) == 42
-    assert origin_header([("journey-origin", b"-1")]) is None and origin_header([("journey-origin", b"x")]) is None
-    assert origin_header([]) is None
 
 
 def test_links_and_merges_carry_their_origin_and_older_ones_still_merge() -> None:

@@ -37,9 +37,6 @@ ALIAS_KEY = "alias"
 #: header proves a record was written by a worker of this deployment (JOURNEY_CONTROL_SECRET).
 CONTROL_HEADER = "journey-control"
 SIGNATURE_HEADER = "journey-signature"
-#: Kafka header of an aliased touchpoint: its alias's link origin (decimal), outside the
-#: signature (see docs/privacy.md: a producer that could change it can send touchpoints anyway).
-ORIGIN_HEADER = "journey-origin"
 LINK, MERGE, ALIASED = b"link", b"merge", b"alias"
 #: Event times a request may carry: the touchpoint schema's range (1900-01-01 to 2199-12-31).
 EARLIEST, LATEST = -2208988800.0, 7258118399.0
@@ -74,11 +71,10 @@ def linkable(anonymous_id: str | None, junk: frozenset[str]) -> bool:
 
 
 # --- aliases: the anonymous id's record once it is linked --------------------------------------
-def make_alias(customer_id: str, at: float, trigger_event_id: str, origin: int | None = None) -> CustomerState:
-    """The record an anonymous id keeps once linked: whom its events belong to now, and the
-    link's origin (LinkRequest.origin), which its events carry to the customer."""
+def make_alias(customer_id: str, at: float, trigger_event_id: str) -> CustomerState:
+    """The record an anonymous id keeps once linked: whom its events belong to now."""
     st = CustomerState()
-    st.extra[ALIAS_KEY] = [customer_id, at, trigger_event_id] if origin is None else [customer_id, at, trigger_event_id, origin]
+    st.extra[ALIAS_KEY] = [customer_id, at, trigger_event_id]
     return st
 
 
@@ -88,13 +84,6 @@ def alias_of(state: CustomerState | None) -> str | None:
         return None
     alias = state.extra.get(ALIAS_KEY)
     return alias[0] if alias else None
-
-
-def alias_origin(state: CustomerState) -> int | None:
-    """The origin of the link an alias was made by (None: made by an older worker)."""
-    alias = state.extra.get(ALIAS_KEY)
-    origin = alias[3] if alias and len(alias) > 3 else None
-    return origin if type(origin) is int else None
 
 
 # --- the customer's identity memory (bounded) --------------------------------------------------

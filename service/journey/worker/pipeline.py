@@ -24,13 +24,11 @@ from journey.core.identity import (
     IDENTIFY,
     LINK,
     MERGE,
-    ORIGIN_HEADER,
     SIGNATURE_HEADER,
     BadRequest,
     LinkRequest,
     MergeRequest,
     alias_of,
-    alias_origin,
     already_merged,
     check_mergeable,
     control_key,
@@ -115,15 +113,6 @@ def control_headers(headers: Headers) -> tuple[bytes | None, bytes | None]:
     return control, signature
 
 
-def origin_header(headers: Headers) -> int | None:
-    """An aliased touchpoint's journey-origin header (None: absent, or not an offset)."""
-    for name, value in headers:
-        if name == ORIGIN_HEADER and value is not None:
-            text = bytes(value)
-            return int(text) if text.isdigit() and len(text) <= 19 else None
-    return None
-
-
 @dataclass(slots=True)
 class Output:
     key: bytes | None
@@ -141,14 +130,10 @@ class IdentityRules:
     #: of the repr, since whoever holds it can forge link, merge and forget records.
     key: bytes = field(default=control_key(None, "journey"), repr=False)
 
-    def control_output(self, control: bytes, key: str, value: bytes, origin: int | None = None) -> Output:
-        """One of the workers' own identity records, signed (an aliased touchpoint with its
-        alias's link origin, where known)."""
+    def control_output(self, control: bytes, key: str, value: bytes) -> Output:
+        """One of the workers' own identity records, signed."""
         kb = key.encode()
-        headers: tuple[tuple[str, bytes], ...] = ((CONTROL_HEADER, control), (SIGNATURE_HEADER, sign(self.key, control, kb, value)))
-        if origin is not None:
-            headers = (*headers, (ORIGIN_HEADER, str(origin).encode()))
-        return Output(kb, value, headers)
+        return Output(kb, value, ((CONTROL_HEADER, control), (SIGNATURE_HEADER, sign(self.key, control, kb, value))))
 
 
 @dataclass
@@ -288,16 +273,12 @@ class Pipeline:
                 continue
             if state is None and self.privacy is not None and self.privacy.is_suppressed(out, key, rec.partition, read):
                 continue  # a forgotten id: dropped, counted, never dead-lettered (that would keep its data)
-            if control is not None and self.privacy is not None:
-                origin = origin_header(headers)
-                if origin is not None and self.privacy.forgotten_since(out, rec, key, origin, read):
-                    continue  # re-keyed by a link asked before the customer was forgotten (and undone since)
             if state is not None and state.extra and ALIAS_KEY in state.extra:
                 if control is not None:  # an aliased record reached an alias: never a second hop
                     self._dead_letter(out, rec, "bad_identity_request", "an aliased touchpoint reached another alias")
                     continue
                 # A linked anonymous id: its journey is the customer's now, whenever its events arrive.
-                out.rekeyed.append(identity.control_output(ALIASED, alias_of(state), rec.value, alias_origin(state)))  # type: ignore[arg-type]
+                out.rekeyed.append(identity.control_output(ALIASED, alias_of(state), rec.value))  # type: ignore[arg-type]
                 continue
             if tp.type == IDENTIFY:
                 # Link-only: no touch, no stage; the customer exists from now on.
@@ -381,7 +362,7 @@ class Pipeline:
                 out.identities.append(Output(customer_id.encode(), orjson.dumps(event)))
                 out.conflicts += 1
                 return
-            alias = make_alias(customer_id, req.at, req.trigger_event_id, req.origin)
+            alias = make_alias(customer_id, req.at, req.trigger_event_id)
             alias.partition = rec.partition
             writes[key] = (rec, alias, before)
             merge_request = MergeRequest(anonymous_id, customer_id, req.at, req.trigger_event_id,
