@@ -227,8 +227,11 @@ async def test_numbers_are_exact_with_two_workers_and_after_one_is_killed(broker
         for name in (
             "journey_touchpoints_consumed", "journey_dead_letters", "journey_stage_transitions",
             "journey_customers", "journey_event_to_transition_seconds", "journey_consumer_lag",
+            "journey_misplaced_input_chunks",
         ):
             assert name in fams, (name, sorted(fams))
+        # The test's producer partitions as Kafka's default does: nothing is misplaced.
+        assert fams["journey_misplaced_input_chunks"].samples[0].value == 0
         lag = fams["journey_consumer_lag"].samples
         assert lag and all("partition" in s.labels and s.value >= 0 for s in lag)
         # Every input record processed, the trailing bad one included, before its count is read.

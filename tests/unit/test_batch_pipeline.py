@@ -142,7 +142,7 @@ async def test_a_revocation_waits_for_a_churn_tick_that_is_still_staging() -> No
         async def idle(self) -> None:
             events.append("idle")
 
-    japp = SimpleNamespace(settings=SimpleNamespace(topic_touchpoints="touchpoints", batch_target_ms=200),
+    japp = SimpleNamespace(settings=SimpleNamespace(topic_touchpoints="touchpoints", batch_target_ms=200, partitions=8),
                            state_lock=asyncio.Lock(), batches=Batches())
     ingest = BatchIngest(japp, max_records=10, buffer_records=20)  # type: ignore[arg-type]
     await japp.state_lock.acquire()  # the tick, mid-stage

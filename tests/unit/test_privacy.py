@@ -312,19 +312,22 @@ def test_a_merge_asked_before_the_forget_stays_out_after_a_quick_undo() -> None:
 
 
 def test_links_and_merges_carry_their_origin_and_older_ones_still_merge() -> None:
-    link = LinkRequest("dev-1", "c", 1.7e9, "e1", 42)
+    link = LinkRequest("dev-1", "c", 1.7e9, "e1", ("tp", 3, 42))
     assert decode_link(link.to_bytes()) == link
-    merge_request = MergeRequest("dev-1", "c", 1.7e9, "e1", None, 42)
-    assert decode_merge(merge_request.to_bytes()).origin == 42
+    merge_request = MergeRequest("dev-1", "c", 1.7e9, "e1", None, ("tp", 3, 42))
+    assert decode_merge(merge_request.to_bytes()).origin == ("tp", 3, 42)
     older = MergeRequest("dev-1", "c", 1.7e9, "e1", None)  # from a worker before origins
     assert b"origin" not in older.to_bytes() and decode_merge(older.to_bytes()).origin is None
-    with pytest.raises(BadRequest, match="origin"):
-        decode_link(orjson.dumps({"anonymous_id": "a", "customer_id": "c", "at": 1.0, "trigger_event_id": "e", "origin": -1}))
-    marker = make_marker(1.0, "r1", ("tp", 50))
-    assert forgotten_since(marker, "tp", 49) and not forgotten_since(marker, "tp", 50) and not forgotten_since(marker, "tp", 51)
-    assert forgotten_since(lift(marker, 2.0), "tp", 49), "an undo keeps the forget's offset"
-    assert not forgotten_since(marker, "another-input", 49), "offsets of another topic say nothing"
-    assert not forgotten_since(make_marker(1.0, "r1"), "tp", 0) and not forgotten_since(None, "tp", 0)
+    for bad in (-1, 42, ["tp", 3], ["tp", -1, 4], [1, 2, 3], ["tp", 3, 4.5]):
+        with pytest.raises(BadRequest, match="origin"):
+            decode_link(orjson.dumps({"anonymous_id": "a", "customer_id": "c", "at": 1.0, "trigger_event_id": "e", "origin": bad}))
+    marker = make_marker(1.0, "r1", ("tp", 50))  # written at partition 3
+    assert forgotten_since(marker, ("tp", 3, 49), 3)
+    assert not forgotten_since(marker, ("tp", 3, 50), 3) and not forgotten_since(marker, ("tp", 3, 51), 3)
+    assert forgotten_since(lift(marker, 2.0), ("tp", 3, 49), 3), "an undo keeps the forget's offset"
+    assert not forgotten_since(marker, ("another-input", 3, 49), 3), "offsets of another topic say nothing"
+    assert not forgotten_since(marker, ("tp", 5, 49), 3), "nor offsets of another partition"
+    assert not forgotten_since(make_marker(1.0, "r1"), ("tp", 3, 0), 3) and not forgotten_since(None, ("tp", 3, 0), 3)
 
 
 def test_a_damaged_lifted_marker_lets_merges_in() -> None:
@@ -338,7 +341,7 @@ def test_a_damaged_lifted_marker_lets_merges_in() -> None:
 
     privacy = Privacy(SALT, clock=lambda: 2e9)
     rec = Record(b"c", b"{}", "tp", 0, 99)
-    assert not privacy.forgotten_since(BatchResult(), rec, "c", 1, damaged) and privacy.suppressed == 0
+    assert not privacy.forgotten_since(BatchResult(), rec, "c", ("tp", 0, 1), damaged) and privacy.suppressed == 0
 
 
 def test_forget_undo_and_events_in_one_batch() -> None:

@@ -177,10 +177,11 @@ class LinkRequest:
     customer_id: str
     at: float
     trigger_event_id: str
-    #: The input offset, at the customer's partition, of the record that asked for the link (None:
-    #: a request from an older worker). The merge carries it back, so that a forget applied there
-    #: after it can refuse the merge even once an undo has lifted the suppression (docs/privacy.md).
-    origin: int | None = None
+    #: Where the record that asked for the link was: (input topic, partition, offset) (None: a
+    #: request from an older worker). The merge carries it back, so that a forget applied at that
+    #: partition after it can refuse the merge even once an undo has lifted the suppression
+    #: (docs/privacy.md).
+    origin: tuple[str, int, int] | None = None
 
     def to_bytes(self) -> bytes:
         data: dict[str, Any] = {"anonymous_id": self.anonymous_id, "customer_id": self.customer_id,
@@ -202,7 +203,7 @@ class MergeRequest:
     #: value read (not encoded again) in one decoded.
     state: bytes | list[Any] | None
     #: The link request's origin (LinkRequest.origin).
-    origin: int | None = None
+    origin: tuple[str, int, int] | None = None
 
     def to_bytes(self) -> bytes:
         state = orjson.Fragment(self.state) if type(self.state) is bytes else self.state
@@ -244,8 +245,11 @@ def _fields(raw: bytes | None) -> dict[str, Any]:
     if type(data.get("at")) not in (int, float) or not EARLIEST <= data["at"] <= LATEST:
         raise BadRequest("at must be a number of epoch seconds between 1900 and 2199")
     origin = data.get("origin")
-    if origin is not None and (type(origin) is not int or origin < 0):
-        raise BadRequest("origin must be an input offset (an integer from 0) or absent")
+    if origin is not None:
+        if not (type(origin) is list and len(origin) == 3 and type(origin[0]) is str
+                and type(origin[1]) is int and type(origin[2]) is int and origin[1] >= 0 and origin[2] >= 0):
+            raise BadRequest("origin must be [input topic, partition, offset] or absent")
+        data["origin"] = (origin[0], origin[1], origin[2])
     return data
 
 

@@ -90,16 +90,18 @@ def lift(marker: CustomerState, undo_at: float) -> CustomerState:
     return lifted
 
 
-def forgotten_since(marker: CustomerState | None, topic: str, origin: int) -> bool:
-    """Whether the id was forgotten after the record at offset ``origin`` of its partition of
-    ``topic`` (a link's origin): a merge that link asked for carries a journey from before the
-    forget and stays out, lifted suppression or not. False for a marker written before offsets
-    were kept, or on another input topic (offsets of two topics say nothing of their order)."""
+def forgotten_since(marker: CustomerState | None, origin: tuple[str, int, int], partition: int) -> bool:
+    """Whether the id, whose marker is ``marker`` at ``partition``, was forgotten after the record
+    at ``origin`` (input topic, partition, offset: a link's origin): a merge that link asked for
+    carries a journey from before the forget and stays out, lifted suppression or not. False for
+    a marker written before offsets were kept, and for an origin of another topic or partition
+    (offsets of two logs say nothing of their order)."""
     if marker is None:
         return False
     where = marker.extra.get(OFFSET_KEY)
-    return (type(where) is list and len(where) == 2 and where[0] == topic and type(where[1]) is int
-            and origin < where[1])
+    topic, origin_partition, offset = origin
+    return (type(where) is list and len(where) == 2 and where[0] == topic and origin_partition == partition
+            and type(where[1]) is int and offset < where[1])
 
 
 def lifted_at(marker: CustomerState | None) -> float | None:

@@ -21,6 +21,7 @@ from journey.worker.batchsize import BatchSizer
 from journey.worker.faust_internals import JourneyConsumer, install_transport
 from journey.worker.pipeline import InputRecord
 from journey.worker.produce import BatchSender
+from journey.worker.routing import RoutingCheck
 from journey.worker.store import StateStore
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class BatchIngest:
     def __init__(self, japp: JourneyApp, *, max_records: int, buffer_records: int) -> None:
         self.japp = japp
         self.topic = japp.settings.topic_touchpoints
+        self.routing = RoutingCheck(japp.settings.partitions, self.topic)
         self.sizer = BatchSizer(max_records, japp.settings.batch_target_ms / 1000)
         self.buffer_records = buffer_records
         self._chunks: deque[_Chunk] = deque()
@@ -71,6 +73,8 @@ class BatchIngest:
 
     # --- the fetcher's side (JourneyConsumer calls these) ---------------------------------
     def put(self, tp: TP, records: list[Any], generation: int, ack_from: int) -> None:
+        if records:
+            self.routing.sample(tp.partition, records[0].key)
         self._chunks.append(_Chunk(tp, records, generation, ack_from))
         self._buffered += len(records)
         self._arrived.set()
@@ -112,6 +116,7 @@ class BatchIngest:
         floor = StateStore.min_cache_size(settings.batch_size, settings.churn_max_per_tick)
         store = StateStore(japp.customers, cache_size=max(settings.state_cache, floor))
         japp.metrics.watch_state_cache(store.cache)
+        japp.metrics.watch_routing(lambda: self.routing.misplaced)
         batches = japp.batches = BatchProtocol(japp, store, BatchSender(app.producer), ack_offsets=self._acker(consumer))
         generation = None
         stages: deque[Stage] = deque()

@@ -80,6 +80,10 @@ class WorkerMetrics:
         JOURNEY_STATE_CACHE is large enough for this worker's active customers."""
         self.registry.register(_StateCacheCollector(cache))
 
+    def watch_routing(self, misplaced: Callable[[], int]) -> None:
+        """Export journey_misplaced_input_chunks_total (worker/routing.py) at scrape time."""
+        self.registry.register(_RoutingCollector(misplaced))
+
     def watch_lag(self, topic: str, lags: Callable[[], Mapping[int, int | None]]) -> None:
         """Export journey_consumer_lag{topic, partition} as ``lags()`` says at scrape time (None:
         the partition's end is not known yet, no series): a gauge set by a timer would lag
@@ -139,6 +143,20 @@ class _LagCollector:
         for partition, lag in self.lags().items():
             if lag is not None:
                 family.add_metric([self.topic, str(partition)], lag)
+        yield family
+
+
+class _RoutingCollector:
+    def __init__(self, misplaced: Callable[[], int]) -> None:
+        self.misplaced = misplaced
+
+    def collect(self) -> Any:
+        family = CounterMetricFamily(
+            "journey_misplaced_input_chunks",
+            "Fetched chunks of input whose checked record is not on the partition Kafka's default partitioner "
+            "(murmur2) gives its key: a producer partitioning another way splits customers (see the worker's warning)",
+        )
+        family.add_metric([], self.misplaced())
         yield family
 
 

@@ -293,7 +293,7 @@ class Pipeline:
                 if pending is None or pending[1] is None:
                     writes[key] = (rec, state, before)
                 if needs_link(state, tp.anonymous_id, alias_window):
-                    link = LinkRequest(tp.anonymous_id, key, tp.ts, tp.event_id, rec.offset)
+                    link = LinkRequest(tp.anonymous_id, key, tp.ts, tp.event_id, (rec.topic, rec.partition, rec.offset))
                     out.rekeyed.append(identity.control_output(LINK, tp.anonymous_id, link.to_bytes()))
                 continue
             try:
@@ -320,7 +320,7 @@ class Pipeline:
             anonymous_id = tp.anonymous_id
             if anonymous_id is not None and tp.customer_id is not None and anonymous_id != key and linkable(anonymous_id, junk):
                 if needs_link(outcome.state, anonymous_id, alias_window):
-                    link = LinkRequest(anonymous_id, key, ts, tp.event_id, rec.offset)
+                    link = LinkRequest(anonymous_id, key, ts, tp.event_id, (rec.topic, rec.partition, rec.offset))
                     out.rekeyed.append(identity.control_output(LINK, anonymous_id, link.to_bytes()))
             applied.append((key, tp.type, tp.channel, outcome.kind, ts))
             if max_event_time is None or ts > max_event_time:

@@ -91,9 +91,9 @@ class Privacy:
         self.suppressed += 1
         return True
 
-    def forgotten_since(self, out: BatchResult, rec: InputRecord, key: str, origin: int, read: Read) -> bool:
-        """Whether ``key`` was forgotten after input offset ``origin`` of ``rec``'s partition (a
-        merge whose link was asked before the forget, landing after an undo); counts it dropped if so."""
+    def forgotten_since(self, out: BatchResult, rec: InputRecord, key: str, origin: tuple[str, int, int], read: Read) -> bool:
+        """Whether ``key`` was forgotten after ``origin`` (a merge whose link was asked before the
+        forget, landing after an undo at ``rec``'s partition); counts it dropped if so."""
         mk = marker_key(self.salt, key)
         pending = out.writes.get(mk)
         try:
@@ -104,7 +104,7 @@ class Privacy:
             # device of a customer who came back would.
             log.error("a lifted suppression marker of partition %d is damaged; the merge is applied: %s", rec.partition, exc)
             return False
-        if not forgotten_since(marker, rec.topic, origin):
+        if not forgotten_since(marker, origin, rec.partition):
             return False
         self.suppressed += 1
         return True
