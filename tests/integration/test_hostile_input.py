@@ -238,3 +238,28 @@ async def test_no_customer_id_or_personal_property_in_the_info_log_or_the_metric
         assert marker not in metrics, [line for line in metrics.splitlines() if marker in line][:5]
     for value in _person("alice").values():
         assert value not in log and value not in metrics
+
+
+async def test_input_on_another_partition_than_its_keys_is_reported(run: Run):
+    """A record keyed by its customer but placed on another partition than Kafka's default
+    partitioner gives that key (a librdkafka producer's crc32 default): counted and explained in
+    the worker's log, without the key."""
+    from aiokafka.partitioner import murmur2
+
+    settings = run.worker.settings
+    key = f"misplaced-{uuid.uuid4().hex[:8]}"
+    wrong = ((murmur2(key.encode()) & 0x7FFFFFFF) + 1) % settings.partitions
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.topic_touchpoints, orjson.dumps(_ev("misplaced", None, "page_view", T(59)) | {"customer_id": key}),
+                                     key=key.encode(), partition=wrong)
+    finally:
+        await producer.stop()
+    for _ in range(120):  # alone in its fetch, so it is the record the worker checks
+        if run.worker.metric("journey_misplaced_input_chunks_total") >= 1:
+            break
+        await asyncio.sleep(0.5)
+    assert run.worker.metric("journey_misplaced_input_chunks_total") >= 1
+    warning = [line for line in run.worker.log_text().splitlines() if "partitioner=murmur2_random" in line]
+    assert warning and f"[{wrong}]" in warning[0] and key not in warning[0], warning
