@@ -33,6 +33,7 @@ from support.workers import (
     namespaced_settings,
     stop_all,
     wait_owns_all,
+    wait_shared,
     wait_until_processing,
 )
 
@@ -70,6 +71,7 @@ async def test_a_killed_workers_customers_are_recovered_by_the_survivor(broker: 
         a.start()
         b.start()
         await wait_until_processing(settings, [a, b])
+        await wait_shared([a, b], settings.partitions)  # both own customers: the kill below tests something
 
         # Phase 1: every customer views and buys once. First many small batches, so the changelog
         # has many; the last customers all at once, so each changelog partition ends with a batch of

@@ -41,6 +41,7 @@ from support.workers import (
     settings_env,
     stop_all,
     wait_owns_all,
+    wait_shared,
     wait_until_processing,
 )
 
@@ -143,6 +144,7 @@ async def test_forget_mid_stream_with_a_worker_killed_during_it(broker: str, tmp
             }),
         )
         await wait_until_processing(settings, list(workers.values()))
+        await wait_shared(list(workers.values()), settings.partitions)  # the target's owner is one of the two
         any_worker = workers["a"]
 
         # Phase 1: everyone views a product; the target browses anonymously, then adds to cart

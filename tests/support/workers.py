@@ -266,6 +266,23 @@ async def wait_owns_all(worker: WorkerProcess, partitions: int, timeout_s: float
     raise AssertionError(f"the worker does not own all {partitions} partitions after {timeout_s:.0f}s: {ready}\n{worker.log_tail()}")
 
 
+async def wait_shared(workers: list[WorkerProcess], partitions: int, timeout_s: float = 180) -> None:
+    """Wait until every worker is ready and owns some input partition, and together they own each
+    once: the probes of :func:`wait_until_processing` can all be answered by the first worker to
+    join, before the second has a share."""
+    deadline = time.monotonic() + timeout_s
+    owned: list[list[int]] = []
+    while time.monotonic() < deadline:
+        for w in workers:
+            w.check_alive()
+        answers = [await asyncio.to_thread(w.readyz) for w in workers]
+        owned = [list(a.get("partitions") or []) if a.get("ready") else [] for a in answers]
+        if all(owned) and sorted(p for ps in owned for p in ps) == list(range(partitions)):
+            return
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"the workers do not share the {partitions} partitions after {timeout_s:.0f}s: {owned}")
+
+
 def is_probe(customer_id: str | None) -> bool:
     return bool(customer_id) and customer_id.startswith("__probe__")  # type: ignore[union-attr]
 
