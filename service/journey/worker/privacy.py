@@ -61,6 +61,13 @@ log = logging.getLogger(__name__)
 Read = Callable[[str, int], CustomerState | None]
 
 
+def _marker(out: BatchResult, mk: str, partition: int, read: Read) -> CustomerState | None:
+    """The suppression marker under ``mk``: as this batch last wrote it, else as stored (raises
+    CorruptState for a damaged one)."""
+    pending = out.writes.get(mk)
+    return pending[1] if pending is not None else read(mk, partition)
+
+
 class Privacy:
     """The pipeline's privacy hook (Pipeline.privacy). Counts are plain ints, exported at scrape time."""
 
@@ -78,10 +85,8 @@ class Privacy:
     # --- suppression (the pipeline asks only for ids with no state) ------------------------
     def is_suppressed(self, out: BatchResult, key: str, partition: int, read: Read) -> bool:
         """Whether ``key`` (which has no state) is forgotten; counts the record dropped if so."""
-        mk = marker_key(self.salt, key)
-        pending = out.writes.get(mk)
         try:
-            marker = pending[1] if pending is not None else read(mk, partition)
+            marker = _marker(out, marker_key(self.salt, key), partition, read)
         except CorruptState as exc:
             # Only a forget writes this key: a damaged marker still means "forgotten".
             log.error("a suppression marker of partition %d is damaged and still suppresses: %s", partition, exc)
@@ -94,10 +99,8 @@ class Privacy:
     def forgotten_since(self, out: BatchResult, rec: InputRecord, key: str, origin: tuple[str, int, int], read: Read) -> bool:
         """Whether ``key`` was forgotten after ``origin`` (a merge whose link was asked before the
         forget, landing after an undo at ``rec``'s partition); counts it dropped if so."""
-        mk = marker_key(self.salt, key)
-        pending = out.writes.get(mk)
         try:
-            marker = pending[1] if pending is not None else read(mk, rec.partition)
+            marker = _marker(out, marker_key(self.salt, key), rec.partition, read)
         except CorruptState as exc:
             # A suppressing marker stopped the merge before this (is_suppressed): this one was
             # lifted, and its offset is unreadable. Merging loses nothing; refusing every later
@@ -121,10 +124,9 @@ class Privacy:
             return "a forget request under another key than its id; journey writes these itself"
         writes = out.writes
         mk = marker_key(self.salt, key)
-        pending_marker = writes.get(mk)
         damaged_marker = False
         try:
-            marker = pending_marker[1] if pending_marker is not None else read(mk, rec.partition)
+            marker = _marker(out, mk, rec.partition, read)
         except CorruptState as exc:  # written anew by a forget, lifted by an undo
             log.error("a suppression marker of partition %d is damaged; the %s request replaces it: %s",
                       rec.partition, "undo" if control == UNFORGET else "forget", exc)

@@ -30,7 +30,10 @@ class RoutingCheck:
 
     def sample(self, partition: int, key: bytes | None) -> bool:
         """Check one record's place; False (counted, warned about now and then) when misplaced."""
-        if key is None or self.expected(key) == partition:
+        if key is None:
+            return True
+        expected = self.expected(key)
+        if expected == partition:
             return True
         self.misplaced += 1
         now = time.monotonic()
@@ -42,6 +45,6 @@ class RoutingCheck:
                 "or the topic does not have JOURNEY_PARTITIONS=%d partitions. journey writes its own records for a "
                 "customer with murmur2, so such a customer's journey is split over two partitions and identity links "
                 "miss their anonymous ids. Fix the producers' partitioner (journey_misplaced_input_chunks_total counts "
-                "these)", self.topic, partition, self.expected(key), self.partitions, self.partitions,
+                "these)", self.topic, partition, expected, self.partitions, self.partitions,
             )
         return False
