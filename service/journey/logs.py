@@ -22,8 +22,9 @@ __all__ = ["JsonFormatter", "MaskCustomerIds", "TEXT_FORMAT", "identity", "loggi
 TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 #: What the access log shows instead of a customer id.
 MASK = "***"
-#: The id in a customer path, and its query (DELETE's ?reason= is free text about the person).
-_CUSTOMER_PATH = re.compile(r"(/customers/)[^/?#\s]+(\?[^#\s]*)?")
+#: The id in a customer path (slashes included: an id may hold one, and /customers//x routes
+#: too), and its query (DELETE's ?reason= is free text about the person); any case of the path.
+_CUSTOMER_PATH = re.compile(r"(/customers/)[^?#\s]+(\?[^#\s]*)?", re.IGNORECASE)
 #: LogRecord attributes that are not "extra" fields (uvicorn adds a copy of its message with
 #: terminal colors).
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName", "color_message"}

@@ -51,16 +51,20 @@ _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 Port = Annotated[int, Field(ge=1, le=65535)]
 TopicName = Annotated[str, Field(pattern=_TOPIC_NAME.pattern)]
 NonEmpty = Annotated[str, Field(min_length=1)]
-Positive = Annotated[float, Field(gt=0)]
-Share = Annotated[float, Field(gt=0, lt=1)]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Share = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=1)]
+
+#: The longest finite retention (a timedelta, which Faust builds from it, holds ~2.7e9 years).
+MAX_RETENTION_MS = 10**17
 
 #: What to give instead, for the settings whose checks say more than their type does.
 _EXPECT = {
     "bootstrap_servers": "host:port pairs, comma separated (e.g. kafka-0:9092,kafka-1:9092)",
     "worker_urls": "http:// or https:// URLs with a host, comma separated (e.g. http://worker-0:6066)",
-    "retention_ms": "a whole number of milliseconds >= 1, or -1 (keep forever)",
-    "dead_letter_retention_ms": "a whole number of milliseconds >= 1 (e.g. 604800000 for 7 days)",
+    "retention_ms": "a whole number of milliseconds from 1 to 10**17 (about 3 million years), or -1 (keep forever)",
+    "session_timeout_s": "seconds from 6 (Kafka's group.min.session.timeout.ms) to 90 (the consumer's request timeout)",
+    "dead_letter_retention_ms": "a whole number of milliseconds from 1 to 10**17 (e.g. 604800000 for 7 days)",
     "kafka_ssl_cafile": "the path of an existing CA bundle file (PEM)",
     "identity_junk_ids": "ids separated by commas (e.g. undefined,null,anonymous)",
 }
@@ -137,7 +141,7 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for TLS (default: the system's CAs)")
     retention_ms: int = Field(7 * 24 * 3600 * 1000, description="retention of the input and output topics (-1: forever)")
     dead_letter_retention_ms: int = Field(
-        7 * 24 * 3600 * 1000, ge=1, description="retention of the dead-letter topic, which holds rejected records' raw "
+        7 * 24 * 3600 * 1000, ge=1, le=MAX_RETENTION_MS, description="retention of the dead-letter topic, which holds rejected records' raw "
         "values (personal data among them): always bounded")
     # --- worker
     data_dir: Path = Field(default_factory=Path.cwd, description="where a worker keeps its RocksDB state")
@@ -149,7 +153,9 @@ class Settings(BaseSettings):
         500.0, description="the event-loop time one batch's processing aims at: batches grow under a backlog while "
         "they take less (bigger batches cost less per record), shrink when they take more")
     fetch_max_wait_ms: int = Field(50, ge=0, description="the consumer's fetch wait: bounds the latency of a quiet stream")
-    session_timeout_s: Positive = Field(30.0, description="how long a dead worker's partitions wait before they move")
+    session_timeout_s: float = Field(
+        30.0, ge=6, le=90, allow_inf_nan=False,
+        description="how long a dead worker's partitions wait before they move (6-90 s: the broker's minimum, the consumer's request timeout)")
     commit_interval_s: Positive = Field(1.0, description="offset commit interval")
     state_cache: Count = Field(100_000, description="customer states kept decoded in memory (~3 KiB each)")
     rocksdb_write_buffer_mb: Count = Field(
@@ -167,8 +173,9 @@ class Settings(BaseSettings):
         description="anonymous ids that never link to a customer (comma separated, case-insensitive)")
     identity_alias_window: Count = Field(16, description="anonymous ids each customer remembers having linked")
     control_secret: SecretStr | None = Field(
-        None, description="signs the workers' own identity records on the input topic, so no producer can write one "
-        "(secret; the same on every worker; set it in production; unset: derived from the app id, which any producer can know)")
+        None, description="signs the workers' own identity records on the input topic and the forget requests of the "
+        "sidecar and `journey forget`, so no producer can write one (secret; the same on every worker, the sidecar and "
+        "wherever `journey forget` runs; set it in production; unset: derived from the app id, which any producer can know)")
     privacy_salt: SecretStr | None = Field(
         None, description="salts the hashes under which forgotten ids are suppressed (secret; the same on every worker; "
         "set it in production; unset: derived from the app id)")
@@ -182,7 +189,9 @@ class Settings(BaseSettings):
     # --- churn risk and pain points
     churn_params_file: Path | None = Field(
         None, description="churn model parameters from `journey churn fit` (default: <schemas_dir>/churn-params.json)")
-    churn_horizon_days: Positive = Field(90.0, description="the score is the probability of no purchase within this horizon")
+    churn_horizon_days: Positive = Field(
+        90.0, description="the score is the probability of no purchase within this horizon (a learned params file "
+        "scores the horizon it was fitted for: the worker warns when this differs)")
     churn_medium_threshold: Share = Field(0.5, description="lowest score of the medium level (below the high threshold)")
     churn_high_threshold: Share = Field(0.8, description="lowest score of the high level")
     churn_abandonment_window_hours: Positive = Field(24.0, description="cart abandonment window (event time)")
@@ -198,7 +207,8 @@ class Settings(BaseSettings):
     worker_urls: str = Field(
         "http://127.0.0.1:6066", description="workers' web addresses (comma separated), for the sidecar's customer lookups")
     api_token: SecretStr | None = Field(
-        None, description="bearer token for GET /customers/{id} (secret; unset: the endpoint is off)")
+        None, description="bearer token for GET and DELETE /customers/{id} (secret; the same on workers and sidecar; "
+        "unset: the endpoints are off)")
     # --- journey dev
     dev_rate: Positive = Field(40.0, description="`journey dev`: touchpoints per second of the generated feed")
     dev_dir: Path = Field(Path("var/dev"), description="`journey dev`: logs and the worker's state")
@@ -277,8 +287,8 @@ class Settings(BaseSettings):
     @field_validator("retention_ms")
     @classmethod
     def _retention(cls, value: int) -> int:
-        if value != -1 and value < 1:
-            raise ValueError("must be at least 1 ms, or -1 to keep records forever")
+        if value != -1 and not 1 <= value <= MAX_RETENTION_MS:
+            raise ValueError(f"must be 1 to {MAX_RETENTION_MS} ms, or -1 to keep records forever")
         return value
 
     @field_validator("kafka_ssl_cafile")

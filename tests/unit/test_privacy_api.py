@@ -37,6 +37,18 @@ def test_delete_needs_the_token_and_answers_202_with_a_request_id(client: TestCl
     assert asked == [("c-1", "art. 17")]
 
 
+def test_delete_takes_an_id_with_a_slash(client: TestClient) -> None:
+    asked: list[str] = []
+
+    async def forget(customer_id: str, reason: str | None) -> str:
+        asked.append(customer_id)
+        return "f" * 32
+
+    client.app.state.journey.forget = forget
+    r = client.delete("/customers/tenant%2F42", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 202 and asked == ["tenant/42"]
+
+
 def test_delete_says_when_the_request_cannot_be_published(client: TestClient) -> None:
     async def forget(customer_id: str, reason: str | None) -> str:
         raise BrokerError("topic 'journey.privacy' does not exist; run `journey topics`")

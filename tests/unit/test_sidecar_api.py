@@ -101,6 +101,23 @@ def test_customer_endpoint_checks_the_token() -> None:
         assert r.status_code == 503 and "JOURNEY_WORKER_URLS" in r.json()["error"]
 
 
+def test_customer_ids_with_a_slash_and_too_long_ones() -> None:
+    app = create_sidecar(Settings(partitions=PARTITIONS, api_token="s3cret"), consume=False)
+    asked: list[str] = []
+
+    async def fetch(worker_urls: list[str], customer_id: str, authorization: str) -> tuple[int, dict[str, str]]:
+        asked.append(customer_id)
+        return 200, {"customer_id": customer_id}
+
+    with TestClient(app) as c, pytest.MonkeyPatch.context() as mp:
+        mp.setattr("journey.sidecar.routes.fetch_customer", fetch)
+        auth = {"Authorization": "bearer s3cret"}  # the scheme is case-insensitive (RFC 7235)
+        r = c.get("/customers/tenant%2F42", headers=auth)
+        assert r.status_code == 200 and asked == ["tenant/42"], r.text
+        r = c.get("/customers/" + "e" * 201, headers=auth)  # no touchpoint has such an id: the caller's mistake
+        assert r.status_code == 422 and "1 to 200 characters" in r.json()["error"] and len(asked) == 1
+
+
 def test_metrics_parse_and_hold_the_series(client: TestClient) -> None:
     a = _state(2, "email", {"email": 1})
     a.extra = {"churn": {"s": 0.9, "l": "high"}, "pain": {"a": [1, 1.7e9]}}  # as journey.churn.risk / core.painpoints keep them

@@ -65,6 +65,11 @@ def run_sidecar(settings: Settings) -> None:
     logging.config.dictConfig(config)  # before the app is built: its start-up logs too
     for name in unknown_variables():
         log.warning("%s is set but is no journey setting (a typo? see `journey config --help`); it is ignored", name)
+    if settings.api_token is not None and settings.control_secret is None:
+        # DELETE /customers/{id} would answer 202 for a request that workers with a secret ignore.
+        log.warning("JOURNEY_CONTROL_SECRET is not set on the sidecar: DELETE /customers/{id} signs forget requests with "
+                    "a key derived from the app id, and workers that run with a secret ignore them "
+                    "(journey_privacy_requests_total{outcome=\"unsigned\"}); set the workers' secret here too")
     uvicorn.run(
         create_sidecar(settings), host=settings.sidecar_host, port=settings.sidecar_port,
         log_level=settings.log_level, log_config=config, access_log=settings.access_log,

@@ -11,10 +11,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from journey.auth import bearer_ok
+from journey.auth import refusal
 from journey.core.clock import iso
 from journey.core.events import CHANNELS
 from journey.core.funnel import attribution, channel_report, funnel, no_stage_count, stage_counts
+from journey.core.privacy import MAX_ID
 from journey.errors import BrokerError, InputError
 from journey.sidecar.proxy import WorkersUnreachable, fetch_customer
 from journey.sidecar.state import SidecarState
@@ -100,28 +101,22 @@ async def live(request: Request) -> dict[str, Any]:
 
 
 def _refused(state: SidecarState, authorization: str | None) -> JSONResponse | None:
-    """The answer to a customer request without the bearer token (None: it has it). The
-    endpoints are off (404) while no token is configured."""
-    token = state.settings.api_token
-    if not token:
-        return JSONResponse(
-            {"error": "the customer endpoint is off: set JOURNEY_API_TOKEN (workers and sidecar) to enable it"},
-            status_code=404,
-        )
-    if not bearer_ok(authorization, token):
-        return JSONResponse(
-            {"error": "missing or wrong bearer token: send Authorization: Bearer <JOURNEY_API_TOKEN>"},
-            status_code=401, headers={"WWW-Authenticate": "Bearer"},
-        )
-    return None
+    """The answer to a customer request without the bearer token (None: it has it)."""
+    refused = refusal(authorization, state.settings.api_token)
+    if refused is None:
+        return None
+    status, body, headers = refused
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
-@router.get("/customers/{customer_id}", summary="One customer's state and recent transitions (bearer token)")
+@router.get("/customers/{customer_id:path}", summary="One customer's state and recent transitions (bearer token)")
 async def customer(request: Request, customer_id: str, authorization: str | None = Header(None)) -> JSONResponse:
     state = _state(request)
     refused = _refused(state, authorization)
     if refused is not None:
         return refused
+    if not 0 < len(customer_id) <= MAX_ID:
+        return JSONResponse({"error": f"a customer id is 1 to {MAX_ID} characters; got {len(customer_id)}"}, status_code=422)
     try:
         status, body = await fetch_customer(state.worker_urls, customer_id, authorization or "")
     except WorkersUnreachable as exc:
@@ -129,7 +124,7 @@ async def customer(request: Request, customer_id: str, authorization: str | None
     return JSONResponse(body, status_code=status)
 
 
-@router.delete("/customers/{customer_id}", status_code=202,
+@router.delete("/customers/{customer_id:path}", status_code=202,
                summary="Forget a customer everywhere: state, linked anonymous ids, later touchpoints (bearer token)")
 async def forget_customer(
     request: Request, customer_id: str, authorization: str | None = Header(None),

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from journey.auth import bearer_ok
+from journey.auth import refusal
 from journey.core.identity import alias_of
 from journey.core.privacy import is_marker
 from journey.worker.faust_internals import built_consumer, fetcher_state
@@ -36,13 +36,9 @@ def register(japp: JourneyApp) -> None:
         ready, detail = readiness(japp)
         return web.json({"ready": ready, **detail}, status=200 if ready else 503)
 
-    @app.page("/customers/{customer_id}")
     @app.table_route(table=customers, match_info="customer_id")
-    async def customer(web: Any, request: Any, customer_id: str) -> Any:
-        if not settings.api_token:
-            return web.json({"error": "the customer endpoint is off: set JOURNEY_API_TOKEN to enable it"}, status=404)
-        if not bearer_ok(request.headers.get("Authorization"), settings.api_token):
-            return web.json({"error": "missing or wrong bearer token"}, status=401)
+    async def owned_customer(web: Any, request: Any, customer_id: str) -> Any:
+        """Answered by the worker owning the customer's partition (Faust forwards it there)."""
         state = customers.get(customer_id)
         if state is None or is_marker(state):  # a forgotten customer is as unknown as one never seen
             return web.json({"error": f"no customer {customer_id!r} has been seen"}, status=404)
@@ -50,6 +46,15 @@ def register(japp: JourneyApp) -> None:
         if linked is not None:  # a linked anonymous id: the sidecar asks for the customer next
             return web.json({"customer_id": customer_id, "linked_to": linked})
         return web.json({"customer_id": customer_id, **state.to_public()})
+
+    @app.page("/customers/{customer_id}")
+    async def customer(web: Any, request: Any, customer_id: str) -> Any:
+        # The token first: a request without it is refused here, never forwarded to the owner.
+        refused = refusal(request.headers.get("Authorization"), settings.api_token)
+        if refused is not None:
+            status, body, headers = refused
+            return web.json(body, status=status, headers=headers)
+        return await owned_customer(web, request, customer_id)  # type: ignore[call-arg]  # Faust types the routed view as (view, request)
 
 
 def readiness(japp: JourneyApp) -> tuple[bool, dict[str, Any]]:
