@@ -243,3 +243,17 @@ def test_old_params_files_still_load_and_keep_their_model(tmp_path):
     old = load_model(PARAMS_V1)
     assert old.learned is None and old.calibration is not None and old.name == "bgnbd+backtest"
     assert old.version == json.loads(PARAMS_V1.read_text())["version"] + "+" + old.calibration.version
+
+
+def test_a_horizon_other_than_the_fitted_one_is_said(capsys):
+    """A learned score is the probability for the horizon it was fitted on: asking another one
+    changes only a line of the reasons, so the command says so (the worker logs the same)."""
+    shipped = REPO / "schemas/churn-params.json"
+    model = load_model(shipped)
+    assert model.fitted_horizon_days == 90.0 and model.horizon_mismatch(90.0) is None
+    argv = ["churn", "score", str(SAMPLE), "--format", "cdnow", "--as-of", "1997-09-30", "--params", str(shipped)]
+    assert main([*argv, "--horizon-days", "30"]) == 0
+    err = capsys.readouterr().err
+    assert "fitted for a 90-day horizon but 30 days were asked" in err and "--horizon-days 30" in err
+    assert main(argv) == 0
+    assert "horizon" not in capsys.readouterr().err

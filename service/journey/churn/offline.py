@@ -357,4 +357,7 @@ def run(args: Any, settings: Settings) -> int:
         args.horizon_days = churn_settings.horizon_days
         return cmd_fit(args, definition, churn_settings.config(definition.purchase_types))
     model = load_model(args.params or churn_settings.params_path(settings))
+    mismatch = model.horizon_mismatch(churn_settings.horizon_days)
+    if mismatch is not None:
+        print(f"journey: warning: {mismatch}", file=sys.stderr)
     return cmd_score(args, definition, churn_settings.config(definition.purchase_types), model)

@@ -114,6 +114,27 @@ class ChurnModel:
             return f"{self.params.version}+{self.learned.version}"
         return self.params.version + (f"+{self.calibration.version}" if self.calibration is not None else "")
 
+    @property
+    def fitted_horizon_days(self) -> float | None:
+        """The horizon the score was fitted for (the learned layer's, or an old calibration's);
+        None for plain parameters, which score any horizon."""
+        if self.learned is not None:
+            return self.learned.horizon_days
+        return self.calibration.horizon_days if self.calibration is not None else None
+
+    def horizon_mismatch(self, horizon_days: float) -> str | None:
+        """What to tell a user who asks for ``horizon_days`` from a model fitted for another
+        horizon (None: no mismatch). A learned score is the probability for its own horizon,
+        whatever is asked; the reasons' BG/NBD line follows the ask."""
+        fitted = self.fitted_horizon_days
+        if fitted is None or fitted == horizon_days:
+            return None
+        what = (f"the score stays the probability of no purchase within {fitted:g} days" if self.learned is not None
+                else "its calibration does not hold for another horizon")
+        return (f"the churn params were fitted for a {fitted:g}-day horizon but {horizon_days:g} days were asked "
+                f"(JOURNEY_CHURN_HORIZON_DAYS or --horizon-days): {what}; re-run `journey churn fit --horizon-days "
+                f"{horizon_days:g}`, or ask for {fitted:g} days")
+
     def to_dict(self) -> dict[str, Any]:
         data = self.params.to_dict()
         if self.calibration is not None:

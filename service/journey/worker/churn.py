@@ -46,14 +46,9 @@ class ChurnWorker:
         self.settings = churn_settings or ChurnSettings.from_settings(settings)
         self.model = load_model(self.settings.params_path(settings))
         self.config = self.settings.config(japp.definition.purchase_types)
-        cal = self.model.calibration
-        if cal is not None and cal.horizon_days != self.config.risk.horizon_days:
-            log.warning(
-                "churn params %s were calibrated for a %g-day horizon, the worker scores %g days; "
-                "re-run `journey churn fit --horizon-days %g` for calibrated scores",
-                self.settings.params_path(settings), cal.horizon_days, self.config.risk.horizon_days,
-                self.config.risk.horizon_days,
-            )
+        mismatch = self.model.horizon_mismatch(self.config.risk.horizon_days)
+        if mismatch is not None:
+            log.warning("%s (%s)", mismatch, self.settings.params_path(settings))
         self.clock = EventClock(allowed_lateness_s=self.settings.allowed_lateness_s, live_window_s=self.settings.live_window_s)
         self.index = DueIndex()
         self.stage_times = StageTimes(self.config.risk)
