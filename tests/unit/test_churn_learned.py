@@ -195,6 +195,11 @@ def test_plan_validates_at_two_or_more_cuts_inside_the_history():
     assert short.window_days < 273 and "too short" in short.note
     with pytest.raises(validation.ValidationSkipped, match="two cuts"):
         validation.plan(0, 40, 90)
+    # A horizon under two weeks (a shop bought from every few days) is validated on its own window.
+    weekly = validation.plan(0, 1000, 7)
+    assert weekly.window_days == 7 and len(weekly.cuts) >= 2 and not weekly.note
+    for cut in weekly.cuts:
+        assert cut + 7 <= 1000 and all(t + 7 <= cut for t in weekly.training[cut])
 
 
 # --- fitting on histories
@@ -310,27 +315,31 @@ def test_the_validation_table_is_in_the_params_file(loyal_returns, tmp_path):
 
 
 def test_when_the_learned_score_does_not_win_the_plain_one_ships_and_says_why():
-    # Nothing but purchases from one kind of customer: the model is right, nothing to learn.
-    rng = np.random.default_rng(9)
+    # Customers drawn from the BG/NBD process itself (a purchase rate from a gamma, a dropout
+    # chance after each repeat purchase from a beta): the plain model is the true one, so the
+    # learned layer has nothing to add out of time and must not ship. (Seeds 1-8 all give this;
+    # a continuous-time dropout instead, as in an earlier version of this test, lets recency win.)
+    rng = np.random.default_rng(1)
     events = []
-    for c in range(1500):
-        t = rng.uniform(0, 250)
-        end = t + rng.exponential(200)
-        k = 0
-        while t < min(end, 455):
+    for c in range(3000):
+        rate, dropout = rng.gamma(1.0, 1 / 30.0), rng.beta(0.7, 2.2)
+        t, k = rng.uniform(0, 250), 0
+        while t < 455:
             events.append({"event_id": f"{c}-{k}", "customer_id": f"c{c}", "type": "purchase",
                            "timestamp": (T0 + timedelta(days=float(t))).isoformat(), "channel": "direct",
                            "properties": {"order_id": f"{c}-{k}", "amount": 10.0}})
-            t, k = t + rng.exponential(25), k + 1
+            k += 1
+            if k > 1 and rng.random() < dropout:
+                break
+            t += rng.exponential(1 / rate)
     model, report = fit_model(touchpoints_of(events), DEFINITION, until=UNTIL, horizon_days=90.0)
     v = report["validation"]
-    if v["selection"]["shipped"] == "bgnbd":
-        assert model.learned is not None and model.name == "bgnbd+platt"
-        assert "does not beat the plain BG/NBD probability out of time by a clear margin" in v["selection"]["why"]
-        active = {n for n, w in validation.effects(model.learned).items()}
-        assert active == {"bgnbd_log_odds"}
-    else:  # it may win by chance: then by the margin, at every cut
-        assert min(v["selection"]["auc_gain"]) >= -validation.MARGIN and np.mean(v["selection"]["auc_gain"]) >= validation.MARGIN
+    assert v["selection"]["shipped"] == "bgnbd", v["selection"]
+    assert model.learned is not None and model.name == "bgnbd+validated"
+    assert "does not beat the plain BG/NBD probability out of time by a clear margin" in v["selection"]["why"]
+    assert {n for n, w in validation.effects(model.learned).items()} == {"bgnbd_log_odds"}
+    # Cuts W/3 apart share label days: no Platt map can be measured out of time, so none ships.
+    assert v["calibration"]["method"] in ("none", "anchor") and "no Platt map" in v["calibration"]["why"]
 
 
 def test_a_degenerate_bgnbd_fit_is_a_model_choice(loyal_returns):

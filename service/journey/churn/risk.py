@@ -86,7 +86,7 @@ class RiskConfig:
 
 #: Model names by what the learned layer ships (journey.churn.learned.SHIPPED).
 _SHIPPED_NAMES: Mapping[str, str] = {
-    "learned": "bgnbd+learned", "features": "learned-features", "bgnbd": "bgnbd+platt", "bgnbd-raw": "bgnbd",
+    "learned": "bgnbd+learned", "features": "learned-features", "bgnbd": "bgnbd+validated", "bgnbd-raw": "bgnbd",
 }
 
 

@@ -16,9 +16,9 @@ short for H; the report says so). BG/NBD is re-fitted at each snapshot on what c
   report says why.
 - **Regularisation.** L2, its strength chosen by a time split inside each fit's own snapshots
   (fit on the older ones, scored on the newest).
-- **Calibration.** A Platt map (a * z + b) fitted on the evaluation cuts' out-of-time scores is
-  folded into the shipped weights; its calibration error is measured cross-fitted (each cut with
-  the map of the other cuts).
+- **Calibration.** No map, or an anchor to the BG/NBD base rate at the scoring date, whichever
+  has the lower calibration error out of time. No Platt map: the cuts are W/3 apart, so a map
+  fitted on other cuts would learn from labels in a cut's future.
 
 numpy/scipy, offline only. Details: docs/churn-model.md.
 """
@@ -54,6 +54,8 @@ MIN_ROWS = 200
 MIN_PER_LABEL = 20
 #: Fewest days of history before the first snapshot.
 MIN_HISTORY_DAYS = 28
+#: The shortest label window a longer horizon is validated on when the history is short.
+MIN_WINDOW_DAYS = 14
 MAX_EVAL_CUTS = 3
 MAX_TRAIN_SNAPSHOTS = 4
 MAX_CHANNELS = 8
@@ -86,8 +88,11 @@ class Plan:
 
 def plan(first_day: int, until_day: int, horizon_days: float) -> Plan:
     """The largest label window W <= H that leaves 2+ evaluation cuts, and its snapshots."""
-    horizon = int(round(horizon_days))
-    for window in range(horizon, 13, -7 if horizon > 14 else -1):
+    horizon = max(int(round(horizon_days)), 1)
+    # Windows shrink down to 14 days, or to H itself for a shorter horizon (a weekly one of a
+    # shop bought from every few days is validated on 7-day windows).
+    shortest = min(horizon, MIN_WINDOW_DAYS)
+    for window in range(horizon, shortest - 1, -7 if horizon > MIN_WINDOW_DAYS else -1):
         step = max(round(window / 3), 7)
         start = until_day - window
         grid = []
@@ -108,8 +113,8 @@ def plan(first_day: int, until_day: int, horizon_days: float) -> Plan:
         return Plan(window, step, tuple(used), tuple(cuts), training, tuple(grid[:MAX_TRAIN_SNAPSHOTS]), until_day, note)
     raise ValidationSkipped(
         f"the history has {until_day - first_day} days of purchases; an out-of-time validation needs two cuts, "
-        f"each with {MIN_HISTORY_DAYS}+ days of history and a label window of 14+ days after the training snapshots "
-        f"(about {7 * 14 // 3 + MIN_HISTORY_DAYS}+ days in all)")
+        f"each with {MIN_HISTORY_DAYS}+ days of history and a label window of {shortest}+ days after the training "
+        f"snapshots (about {MIN_HISTORY_DAYS + 3 * max(shortest, 7)}+ days in all)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,7 +324,7 @@ def fit_on(
 
 
 def fit_platt(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(a, b) of the calibration map sigmoid(a z + b), a > 0 (it keeps the order)."""
+    """(a, b) of the one-feature logistic sigmoid(a z + b), a > 0 (it keeps the order): recency alone."""
     from scipy.optimize import minimize
 
     yf = y.astype(float)
@@ -456,26 +461,25 @@ def validate_and_fit(
 
     # Calibration, measured out of time like everything else. "anchor": shift the log-odds so the
     # mean score equals the BG/NBD fit's mean probability at the scoring date (a fit on what came
-    # before it: it follows the base rate); "platt": a * z + b fitted on the other cuts' scores.
+    # before it: it follows the base rate). No Platt map (a * z + b fitted on the cuts' scores):
+    # the cuts' label windows overlap, so its error could only be measured with labels from a
+    # cut's future, and would look better than it is.
     pairs = oot[shipped]
     anchored = [(z + anchor_shift(z, snapshots[cut].p), y) for (z, y), cut in zip(pairs, used_cuts, strict=True)]
     options: dict[str, list[np.ndarray]] = {
         "none": [sigmoid(z) for z, _ in pairs],
         "anchor": [sigmoid(z) for z, _ in anchored],
-        "platt": _cross_fitted_platt(pairs),
-        "anchor+platt": _cross_fitted_platt(anchored),
     }
     errors = {k: float(np.mean([ece(p, y) for p, (_z, y) in zip(v, pairs, strict=True)])) for k, v in options.items()}
     method = min(options, key=lambda k: (round(errors[k], 4), len(k)))  # ties: the simpler one
-    base = anchored if method.startswith("anchor") else pairs
-    a, b = fit_platt(np.concatenate([z for z, _ in base]), np.concatenate([y for _, y in base])) if method.endswith("platt") else (1.0, 0.0)
     for entry, p, (_z, y) in zip(per_cut, options[method], pairs, strict=True):
         entry["measures"]["shipped"] = _rounded(measures(p, y))
     calibration = {
-        "method": method, "a": a, "b": b,
+        "method": method, "a": 1.0, "b": 0.0,
         "ece": {k: round(v, 4) for k, v in errors.items()},
         "why": (f"{CALIBRATION_NAMES[method]}: the lowest out-of-time ECE of "
-                + ", ".join(f"{k} {v:.3f}" for k, v in errors.items()) + " (Platt cross-fitted: each cut with the map of the others)"),
+                + ", ".join(f"{k} {v:.3f}" for k, v in errors.items())
+                + " (no Platt map: it could only be measured with labels from a cut's future)"),
     }
 
     # The shipped layer, fitted on the newest snapshots.
@@ -486,7 +490,7 @@ def validate_and_fit(
     spec, spec_report = make_spec(final_rows, W, signal_window_days)
     if shipped == "bgnbd":
         fit = Fit(spec, 0.0, _only(spec, learned.BGNBD_LOG_ODDS), _means(spec, final_rows), 0.0)
-        final_choice: dict[str, Any] = {"lambda": None, "lambda_split": "plain BG/NBD: nothing fitted but the Platt map"}
+        final_choice: dict[str, Any] = {"lambda": None, "lambda_split": "plain BG/NBD: nothing fitted"}
     else:
         drop = (learned.BGNBD_LOG_ODDS,) if shipped == "features" else ()
         fit, final_choice = fit_on(spec, final_rows, drop)
@@ -512,7 +516,7 @@ def validate_and_fit(
         "features": spec_report,
         "degenerate_bgnbd": degenerate,
     }
-    layer = fit.layer(shipped, a, b, {"validation": report})
+    layer = fit.layer(shipped, fitted_on={"validation": report})
     report["effects"] = effects(layer)
     return Outcome(layer, report)
 
@@ -520,8 +524,6 @@ def validate_and_fit(
 CALIBRATION_NAMES = {
     "none": "no calibration map",
     "anchor": "anchored to the BG/NBD mean probability at the scoring date",
-    "platt": "a Platt map fitted on the evaluation cuts' out-of-time scores",
-    "anchor+platt": "anchored to the BG/NBD mean probability, then a Platt map fitted on the cuts' out-of-time scores",
 }
 
 
@@ -536,16 +538,6 @@ def anchor_shift(z: np.ndarray, p: np.ndarray) -> float:
         else:
             hi = mid
     return (lo + hi) / 2
-
-
-def _cross_fitted_platt(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-    out = []
-    for i in range(len(pairs)):
-        z_other = np.concatenate([z for j, (z, _y) in enumerate(pairs) if j != i])
-        y_other = np.concatenate([y for j, (_z, y) in enumerate(pairs) if j != i])
-        a, b = fit_platt(z_other, y_other)
-        out.append(sigmoid(a * pairs[i][0] + b))
-    return out
 
 
 def effects(layer: Layer) -> dict[str, float]:
