@@ -257,3 +257,15 @@ def test_a_horizon_other_than_the_fitted_one_is_said(capsys):
     assert "fitted for a 90-day horizon but 30 days were asked" in err and "--horizon-days 30" in err
     assert main(argv) == 0
     assert "horizon" not in capsys.readouterr().err
+
+
+def test_a_horizon_longer_than_the_history_validates_is_anchored_to_it(tmp_path, capsys):
+    """The sample's 39 weeks cannot validate 273 days at two cuts: the layer is fitted on shorter
+    windows, and only the anchor makes its score the 273-day probability it is named as."""
+    params = tmp_path / "params.json"
+    out = run(capsys, "churn", "fit", str(SAMPLE), "--format", "cdnow", "--until", "1997-09-30", "--out", str(params),
+              "--horizon-days", "273")
+    report = load_model(params).learned.fitted_on["validation"]
+    assert report["label_window_days"] < 273 and "too short" in report["note"]
+    assert report["calibration"]["method"] == "anchor" and "to the 273-day level" in report["calibration"]["why"]
+    assert "to the 273-day level" in out
