@@ -1,6 +1,6 @@
 """The worker's pure hot path alone, on the generator's events: where a batch's time goes.
 
-    PYTHONPATH=service python bench/pipeline_micro.py [--events 200000] [--customers 20000] [--batch 1000]
+    PYTHONPATH=service python bench/pipeline_micro.py [--events 200000] [--customers 20000] [--batch 1000] [--identity [--unstitched]]
 
 No Kafka, no Faust. The records are the benchmark's own input (bench/loadgen.py: the journey
 mix of `journey dev`, keyed by customer, in partition order). Stages timed per event:
@@ -61,13 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--identity", action="store_true",
                    help="anonymous-first traffic (IDENTITY_MIX); the pipeline's own records (links, merges, linked "
                         "anonymous events) are fed back as later records, as the input topic does")
+    p.add_argument("--unstitched", action="store_true",
+                   help="with --identity: the same input with the anonymous id taken off every touchpoint that carries a "
+                        "customer id (nothing links): identity's own cost is the difference")
     args = p.parse_args(argv)
+    if args.unstitched and not args.identity:
+        p.error("--unstitched needs --identity")
 
     settings = Settings()
     definition = load_definition(settings.journey_path)
     limits = Limits(dedupe_window=settings.dedupe_window, order_window=settings.order_window)
     mix = IDENTITY_MIX if args.identity else None
-    data = loadgen.build_input(args.events, args.customers, seed=7, partitions=args.partitions, definition=definition, limits=limits, mix=mix)
+    data = loadgen.build_input(args.events, args.customers, seed=7, partitions=args.partitions, definition=definition, limits=limits, mix=mix,
+                              unstitched=args.unstitched)
     # Interleave the partitions the way a fetch does: a run of records from each in turn.
     now = int(time.time() * 1000)  # Kafka record timestamps: milliseconds
     records = [Record(k, v, "touchpoints", p, off, now) for p, off, k, v in loadgen.fetch_order(data)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -361,13 +362,19 @@ def merge(into: CustomerState, other: CustomerState, anonymous_id: str, *, order
     return before, stage
 
 
+#: array's typecode of an EVENT_KEY_SIZE-byte unsigned integer.
+_KEY_TYPECODE = "Q"
+assert array(_KEY_TYPECODE).itemsize == EVENT_KEY_SIZE
+
+
 def _seen_union(into: CustomerState, other: CustomerState, window: int) -> tuple[bytearray, list[int] | None]:
     """Both dedupe memories united (the other's ids first, as older), the latest ``window`` kept;
     ids from before version 4 (seen_legacy) are older than every other and go first."""
     size = EVENT_KEY_SIZE
     mine, theirs = into.seen, other.seen
-    keys = {bytes(mine[i:i + size]) for i in range(0, len(mine), size)}  # a set: windows may be large
-    seen = bytearray().join(key for key in (bytes(theirs[i:i + size]) for i in range(0, len(theirs), size)) if key not in keys) + mine
+    # The keys as machine integers (array does the slicing in C; the round trip is exact).
+    keys = set(array(_KEY_TYPECODE, mine))  # a set: windows may be large
+    seen = bytearray(array(_KEY_TYPECODE, [k for k in array(_KEY_TYPECODE, theirs) if k not in keys])) + mine
     del seen[:max(0, len(seen) - window * size)]
     room = window - len(seen) // size
     known = into.seen_legacy or []
