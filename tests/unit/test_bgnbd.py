@@ -313,3 +313,10 @@ def test_roc_auc_matches_pairwise_definition():
     pairwise = ((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean()
     assert roc_auc(scores, labels) == pytest.approx(pairwise, rel=1e-12)
     assert roc_auc(-scores, labels) == pytest.approx(1 - pairwise, rel=1e-12)
+
+
+def test_a_history_that_ends_on_every_first_purchase_is_a_degenerate_fit():
+    """T = 0 for everyone: the likelihood is flat, the optimum arbitrary; the fit must say so
+    (it reported r=0.5, alpha=5e5 as a converged, sound fit)."""
+    result = bgnbd.fit([0] * 50, [0] * 50, [0] * 50)
+    assert result.degenerate and "T = 0 for all" in result.message

@@ -307,6 +307,13 @@ def fit(
     values = {n: min(max(v, box[n][0]), box[n][1]) for n, v in zip(PARAM_NAMES, (r, alpha, a, b), strict=True)}
     params = BGNBDParams(**values)
     degenerate, why = _degeneracy(params, box)
+    if not degenerate and float(np.max(T)) <= 0.0:
+        # Nobody has been observed for any time since their first purchase: the likelihood is flat
+        # in the rate, so the optimum is wherever the search stopped.
+        degenerate, why = True, (
+            "degenerate BG/NBD fit: every customer's first purchase is on the last day of the history (T = 0 for "
+            "all), so the data say nothing about purchase rates or dropout and the parameters are arbitrary. Fit on "
+            "a history that goes on after the first purchases (an --until later than them)")
     converged = bool(best.success)
     if degenerate:
         message = why
