@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
@@ -55,16 +56,16 @@ Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Share = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=1)]
 
-#: The longest finite retention (a timedelta, which Faust builds from it, holds ~2.7e9 years).
-MAX_RETENTION_MS = 10**17
+#: The longest finite retention: what a timedelta (Faust builds one from it) holds, ~2.7 million years.
+MAX_RETENTION_MS = timedelta.max // timedelta(milliseconds=1)
 
 #: What to give instead, for the settings whose checks say more than their type does.
 _EXPECT = {
     "bootstrap_servers": "host:port pairs, comma separated (e.g. kafka-0:9092,kafka-1:9092)",
     "worker_urls": "http:// or https:// URLs with a host, comma separated (e.g. http://worker-0:6066)",
-    "retention_ms": "a whole number of milliseconds from 1 to 10**17 (about 3 million years), or -1 (keep forever)",
+    "retention_ms": f"a whole number of milliseconds from 1 to {MAX_RETENTION_MS} (about 2.7 million years), or -1 (keep forever)",
     "session_timeout_s": "seconds from 6 (Kafka's group.min.session.timeout.ms) to 90 (the consumer's request timeout)",
-    "dead_letter_retention_ms": "a whole number of milliseconds from 1 to 10**17 (e.g. 604800000 for 7 days)",
+    "dead_letter_retention_ms": f"a whole number of milliseconds from 1 to {MAX_RETENTION_MS} (e.g. 604800000 for 7 days)",
     "kafka_ssl_cafile": "the path of an existing CA bundle file (PEM)",
     "identity_junk_ids": "ids separated by commas (e.g. undefined,null,anonymous)",
 }

@@ -47,6 +47,11 @@ def test_delete_takes_an_id_with_a_slash(client: TestClient) -> None:
     client.app.state.journey.forget = forget
     r = client.delete("/customers/tenant%2F42", headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 202 and asked == ["tenant/42"]
+    # A literal slash is a mistyped path, never an id: nobody else is forgotten.
+    for path in ("/customers/c-42/", "/customers//c-42", "/customers/tenant/42"):
+        r = client.delete(path, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 404 and "%2F" in r.json()["error"], path
+    assert asked == ["tenant/42"]
 
 
 def test_delete_says_when_the_request_cannot_be_published(client: TestClient) -> None:

@@ -109,10 +109,22 @@ def _refused(state: SidecarState, authorization: str | None) -> JSONResponse | N
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def _unencoded_slash(request: Request) -> JSONResponse | None:
+    """A 404 for a path with a literal '/' after /customers/ (a trailing slash, a doubled one):
+    an id holding a slash arrives percent-encoded (%2F), so this is a mistyped path, and taking
+    it as the id would look up, or forget, somebody else."""
+    raw: bytes = request.scope.get("raw_path") or request.url.path.encode()
+    tail = raw.split(b"?", 1)[0].split(b"/customers/", 1)[-1]
+    if b"/" not in tail:
+        return None
+    return JSONResponse({"error": "no such path: after /customers/ comes one id; percent-encode a '/' in it as %2F"},
+                        status_code=404)
+
+
 @router.get("/customers/{customer_id:path}", summary="One customer's state and recent transitions (bearer token)")
 async def customer(request: Request, customer_id: str, authorization: str | None = Header(None)) -> JSONResponse:
     state = _state(request)
-    refused = _refused(state, authorization)
+    refused = _refused(state, authorization) or _unencoded_slash(request)
     if refused is not None:
         return refused
     if not 0 < len(customer_id) <= MAX_ID:
@@ -131,7 +143,7 @@ async def forget_customer(
     reason: str | None = Query(None, max_length=500, description="why (kept with the request, for the audit trail)"),
 ) -> JSONResponse:
     state = _state(request)
-    refused = _refused(state, authorization)
+    refused = _refused(state, authorization) or _unencoded_slash(request)
     if refused is not None:
         return refused
     try:
