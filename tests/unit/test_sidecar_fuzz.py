@@ -70,10 +70,15 @@ def _no_server_error(ctx: Any, response: Any, case: Any) -> bool:
     return True
 
 
+def _has_the_token(authorization: str | None) -> bool:
+    """The header carries the token (the scheme's case does not matter, RFC 7235)."""
+    return authorization is not None and authorization[:7].lower() == "bearer " and authorization[7:].strip() == TOKEN
+
+
 def _shows_no_customer_without_the_token(ctx: Any, response: Any, case: Any) -> bool:
     headers = {k.lower(): v for k, v in (case.headers or {}).items()}
     if MARKER in response.text:
-        assert headers.get("authorization") == f"Bearer {TOKEN}", (
+        assert _has_the_token(headers.get("authorization")), (
             f"{case.method} {case.formatted_path} answered {response.status_code} with a customer to "
             f"Authorization {headers.get('authorization')!r}"
         )
@@ -84,7 +89,7 @@ def _forgets_no_one_without_the_token(ctx: Any, response: Any, case: Any) -> boo
     """A DELETE (a forget) is never accepted without the token."""
     headers = {k.lower(): v for k, v in (case.headers or {}).items()}
     if case.method.upper() == "DELETE" and 200 <= response.status_code < 300:
-        assert headers.get("authorization") == f"Bearer {TOKEN}", (
+        assert _has_the_token(headers.get("authorization")), (
             f"DELETE {case.formatted_path} answered {response.status_code} to Authorization {headers.get('authorization')!r}"
         )
     return True
@@ -103,7 +108,9 @@ def test_the_fake_worker_and_the_token_do_show_a_customer() -> None:
     with TestClient(APP) as client:
         shown = client.get("/customers/c-1", headers={"Authorization": f"Bearer {TOKEN}"})
         assert shown.status_code == 200 and MARKER in shown.text
-        for header in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"Authorization": f"bearer {TOKEN}"}):
+        assert client.get("/customers/c-1", headers={"Authorization": f"bearer {TOKEN}"}).status_code == 200  # RFC 7235
+        for header in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"Authorization": f"Basic {TOKEN}"},
+                       {"Authorization": f"Bearer{TOKEN}"}):
             refused = client.get("/customers/c-1", headers=header)
             assert refused.status_code == 401 and MARKER not in refused.text
             assert client.delete("/customers/c-1", headers=header).status_code == 401
