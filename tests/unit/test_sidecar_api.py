@@ -140,3 +140,4 @@ def test_live_page_is_self_contained(client: TestClient) -> None:
     assert "http" not in html.replace("http://www.w3.org/2000/svg", "")
     live = client.get("/live").json()
     assert live["ready"] is False and live["status"]["missing_partitions"] == [0, 1]
+    assert "workers" not in live["status"] and "workers" in client.get("/readyz").json()  # hosts: for operators only

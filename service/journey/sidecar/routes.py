@@ -83,6 +83,8 @@ async def live(request: Request) -> dict[str, Any]:
     state = _state(request)
     agg = state.book.merged()
     ready, detail = state.ready()
+    # The page needs no worker names (hosts and ports: /readyz has them, for operators).
+    detail.pop("workers", None)
     now = time.time()
     counts = stage_counts(agg)
     return {
