@@ -37,16 +37,21 @@ def reached_counts(slots: list[int]) -> list[int]:
 
 
 def median_of_buckets(buckets: Mapping[int, int]) -> float | None:
-    """The (lower) median of a bucketed histogram, as its bucket's representative value (+-5%)."""
+    """The median of a bucketed histogram from its buckets' representative values (within 5% of
+    the exact median for durations of a second or more; one under a second counts as 0.5 s). An
+    even count: the mean of the two middle values, as the median is defined."""
     total = sum(buckets.values())
     if total <= 0:
         return None
-    rank = (total + 1) // 2  # 1-based rank of the lower median
+    low_rank, high_rank = (total + 1) // 2, total // 2 + 1  # 1-based ranks of the middle value(s)
+    low: float | None = None
     seen = 0
     for b in sorted(buckets):
         seen += buckets[b]
-        if seen >= rank:
-            return bucket_value(b)
+        if low is None and seen >= low_rank:
+            low = bucket_value(b)
+        if seen >= high_rank:
+            return (low + bucket_value(b)) / 2  # type: ignore[operator]  # set at or before this bucket
     return None  # unreachable with non-negative counts
 
 
