@@ -112,7 +112,7 @@ def expected(customers: list[Customer]) -> dict[str, Any]:
         "channels": channels,
         "first_touch": dict(first_touch),
         "last_touch": dict(last_touch),
-        "median_gap": gaps[(len(gaps) + 1) // 2 - 1],
+        "median_gap": (gaps[(len(gaps) - 1) // 2] + gaps[len(gaps) // 2]) / 2,  # the two middle ones of an even count
     }
 
 

@@ -437,3 +437,14 @@ def test_a_customer_who_never_purchased_keeps_first_and_last_touch_across_the_up
 def test_an_unknown_state_encoding_is_refused_with_what_to_do():
     with pytest.raises(ValueError, match="encoding 9 .*newer journey"):
         CustomerState.from_wire(orjson.dumps([9, 1, 2]))
+
+
+def test_an_event_id_and_an_order_id_that_read_the_same_are_two_orders():
+    # A purchase without order_id is its own order under its event id; another purchase whose
+    # order_id happens to be that same text is another order (ids of two kinds, e.g. numbered
+    # from 1 by two systems).
+    events = [tp("purchase", 0, event_id="o1"), tp("purchase", 60 * 24, order_id="o1")]
+    for order in (events, events[::-1]):
+        state, _ = run(order)
+        assert state.purchases == 2 and state.stage == 4  # retention
+        assert observable(state) == reference(events)
