@@ -279,8 +279,9 @@ def ref_evaluate(state: CustomerState, now: float, config: PainConfig) -> list[P
     w = config.abandonment_window_s
     for cart in sorted(pain.get("c") or (), key=lambda c: c[0]):
         ts, channel = cart
-        if painpoints._purchased_within(state, ts, w):
-            painpoints._resolve(pain, cart, state.last_purchase)  # type: ignore[arg-type]
+        purchased = painpoints._purchase_within(state, ts, w)
+        if purchased is not None:
+            painpoints._resolve(pain, cart, purchased)
         elif now >= ts + w:
             painpoints._resolve(pain, cart, ts + w)
             count, _ = pain.get("a") or (0, None)

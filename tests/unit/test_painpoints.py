@@ -76,6 +76,15 @@ def test_purchase_that_arrives_before_its_cart_event_still_cancels():
     assert c.evaluate(T0 + 48 * H) == []
 
 
+def test_a_late_cart_is_cancelled_by_any_purchase_in_its_window_not_only_the_last():
+    c = Customer()
+    c.event("purchase", T0 + 1 * H, order_id="o1")  # inside the cart's window
+    c.event("purchase", T0 + 240 * H, order_id="o2")  # ten days later: the last purchase
+    c.event("add_to_cart", T0)  # arrives last, happened first
+    assert c.evaluate(T0 + 300 * H) == []
+    assert painpoints.abandoned_carts(c.state) == (0, None)
+
+
 def test_cart_events_inside_an_open_window_are_one_cart_and_replays_are_ignored():
     c = Customer()
     c.event("add_to_cart", T0)

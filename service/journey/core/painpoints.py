@@ -101,8 +101,9 @@ def evaluate_due(state: CustomerState, now: float, config: PainConfig) -> tuple[
     w = config.abandonment_window_s
     for cart in sorted(pain.get("c") or (), key=lambda c: c[0]):
         ts, channel = cart
-        if _purchased_within(state, ts, w):
-            _resolve(pain, cart, state.last_purchase)  # type: ignore[arg-type]
+        purchased = _purchase_within(state, ts, w)
+        if purchased is not None:
+            _resolve(pain, cart, purchased)
         elif now >= ts + w:
             _resolve(pain, cart, ts + w)
             count, _ = pain.get("a") or (0, None)
@@ -178,9 +179,16 @@ def _open_cart(state: CustomerState, ts: float, channel: str, config: PainConfig
     _store(state, pain)
 
 
-def _purchased_within(state: CustomerState, ts: float, window: float) -> bool:
-    last = state.last_purchase
-    return last is not None and ts <= last <= ts + window
+def _purchase_within(state: CustomerState, ts: float, window: float) -> float | None:
+    """The earliest purchase the state knows of (its orders' times, the first and the last
+    purchase) from ``ts`` to ``ts + window``, or None. Any of them, not the last only: a cart that
+    arrives after later purchases was still bought within its window."""
+    end = ts + window
+    found = None
+    for t in (state.first_purchase, state.last_purchase, *state.order_times):
+        if t is not None and ts <= t <= end and (found is None or t < found):
+            found = t
+    return found
 
 
 def _resolve(pain: dict[str, Any], cart: list[Any], decided_until: float) -> None:
