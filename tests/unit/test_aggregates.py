@@ -87,10 +87,9 @@ def test_step_histograms_match_a_direct_count() -> None:
     states, agg = _run(_events(9, customers=200))
     expected: dict[tuple[str, int], Counter] = {}
     for st in states.values():
-        for step in range(len(STAGES) - 1):
-            a, b = st.reached[step], st.reached[step + 1]
-            if a is not None and b is not None:
-                expected.setdefault((st.first_channel, step), Counter())[bucket_of(b - a) if b > a else 0] += 1
+        for step, wait in enumerate(_steps_of(st.reached)):
+            if wait is not None:
+                expected.setdefault((st.first_channel, step), Counter())[bucket_of(wait) if wait > 0 else 0] += 1
     assert len(expected) > 10  # several channels and steps
     recount = PartitionAggregate.of(states.values())
     for ch in CHANNELS:
@@ -157,14 +156,17 @@ def test_funnel_filtered_by_first_touch_channel() -> None:
     assert all(r["reached"] == 0 for r in funnel(agg, first_touch="nonexistent"))
 
 
+def _steps_of(reached: list[float | None]) -> list[float | None]:
+    """The reference: a stage reached only after a higher one (the customer was past it) makes no
+    step; every other pair of consecutive reached stages makes one."""
+    kept = [t if t is None or all(u is None or u >= t for u in reached[i + 1:]) else None for i, t in enumerate(reached)]
+    return [None if a is None or b is None else b - a for a, b in zip(kept, kept[1:], strict=False)]
+
+
 def test_median_time_between_stages_is_within_five_percent() -> None:
     states, agg = _run(_events(7, customers=200))
     for step in range(len(STAGES) - 1):
-        waits = sorted(
-            max(0.0, st.reached[step + 1] - st.reached[step])  # type: ignore[operator]
-            for st in states.values()
-            if st.reached[step] is not None and st.reached[step + 1] is not None
-        )
+        waits = sorted(w for st in states.values() if (w := _steps_of(st.reached)[step]) is not None)
         got = funnel(agg)[step + 1]["median_seconds_from_previous"]
         if not waits:
             assert got is None
@@ -175,6 +177,23 @@ def test_median_time_between_stages_is_within_five_percent() -> None:
         # Each middle value is read as its bucket's value: within 5%, or 0.5 s under a second.
         slack = sum(0.5 if w < 1.0 else 0.05 * w for w in middle) / 2
         assert abs(got - exact) <= slack + 1e-3, (step, got, exact)
+
+
+def test_a_stage_reached_after_a_higher_one_is_no_step() -> None:
+    # ad click, cart an hour later, purchase three hours after that, then a product view two days
+    # on: consideration was skipped (the transitions say so), not reached after the purchase.
+    hour = 3600.0
+    events = [
+        {"event_id": f"e{i}", "customer_id": "c1", "type": t, "timestamp": _iso(T0 + h * hour), "channel": "email",
+         "properties": {"order_id": "o1", "amount": 5.0} if t == "purchase" else {}}
+        for i, (t, h) in enumerate([("ad_click", 0), ("add_to_cart", 1), ("purchase", 4), ("product_view", 52)])
+    ]
+    for order in (events, events[::-1]):
+        states, agg = _run(order)
+        assert states["c1"].reached[1] is not None  # the state keeps the view's time
+        steps = [agg.step_buckets(i) for i in range(len(STAGES) - 1)]
+        assert steps[0] == {} and steps[1] == {}  # awareness->consideration, consideration->decision
+        assert steps[2] == {bucket_of(3 * hour): 1}  # decision->purchase
 
 
 def test_buckets_are_fine_enough() -> None:

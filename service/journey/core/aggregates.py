@@ -8,7 +8,7 @@ same numbers. Details: docs/journey-rules.md.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from journey.core import painpoints
@@ -54,6 +54,23 @@ def bucket_value(bucket: int) -> float:
         return 0.5
     value: float = BUCKET_RATIO ** (bucket - 0.5)
     return value
+
+
+def passed(reached: Sequence[float | None]) -> tuple[float | None, ...]:
+    """The reached times as the step histograms read them: a stage's time later than a higher
+    stage's is left out (None), since the customer was past it then (a product view after the
+    purchase reaches consideration in the state, but is no step of the funnel). A function of
+    the times alone, so whatever order the events came in."""
+    out = list(reached)
+    low = math.inf
+    for i in range(len(out) - 1, -1, -1):
+        t = out[i]
+        if t is not None:
+            if t > low:
+                out[i] = None
+            else:
+                low = t
+    return tuple(out)
 
 
 def summarize(state: CustomerState | None) -> Summary | None:
@@ -235,6 +252,7 @@ class PartitionAggregate:
 
     def _apply_steps(self, first: str, reached: tuple[float | None, ...], sign: int) -> None:
         per_step = None
+        reached = passed(reached)
         t0 = reached[0]
         for i in range(STEPS):
             t1 = reached[i + 1]
@@ -254,6 +272,7 @@ class PartitionAggregate:
         """Same first touch, other reached times: only the steps whose ends moved change."""
         per_step = None
         removed = False
+        b_reached, a_reached = passed(b_reached), passed(a_reached)
         b0, a0 = b_reached[0], a_reached[0]
         for i in range(STEPS):
             b1, a1 = b_reached[i + 1], a_reached[i + 1]
