@@ -318,9 +318,10 @@ def _purchase(
     amount = round(rng.lognormvariate(3.6, 0.8), 2)
     yield gap, "purchase", channel, {"order_id": order_id, "amount": amount, "currency": currency}
     if rng.random() < mix.split_purchase:
-        # The shop reports the same order again (payment captured, shipped): one purchase.
+        # The shop reports the same order again (payment captured, shipped): one purchase, and no
+        # amount (a purchase's amount is its own line's, and these add no line: revenue stays).
         for status in ("paid", "shipped")[: 1 + rng.randrange(2)]:
-            props = {"order_id": order_id, "amount": amount, "currency": currency, "status": status}
+            props = {"order_id": order_id, "currency": currency, "status": status}
             yield _gap(rng, pace.session), "purchase", channel, props
 
 
