@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from journey.errors import JourneyError
+from journey.errors import JourneyError, UsageError
 from journey.settings import Settings
 
 
@@ -62,14 +63,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from journey.sources.replay import publish
 
     settings = _settings(args)
+    if args.skip < 0:
+        raise UsageError(f"--skip must be 0 or more records, not {args.skip}")
     records, total = records_for_format(args.file, args.format)
+    if args.skip:
+        # The records come in the same order every time: resume after what a failed run got acknowledged.
+        records = itertools.islice(records, args.skip, None)
+        total = max(total - args.skip, 0) if total is not None else None
     sent = asyncio.run(
         publish(
             settings.bootstrap_servers, args.topic or settings.topic_touchpoints, records,
             speed=args.speed, progress=not args.quiet, total=total, client_options=client_options(settings),
+            skipped=args.skip,
         )
     )
-    print(f"sent {sent} touchpoints from {args.file} to {args.topic or settings.topic_touchpoints}")
+    skipped = f" after skipping the first {args.skip}" if args.skip else ""
+    print(f"sent {sent} touchpoints from {args.file}{skipped} to {args.topic or settings.topic_touchpoints}")
     return 0
 
 
@@ -215,13 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("replay", "publish a data set as touchpoints", """
         Sends every record of a file to the touchpoints topic, as fast as Kafka takes them or at a
-        multiple of their event time (--speed). Event ids make a replay idempotent.""", parents=[common])
+        multiple of their event time (--speed). The records and their event ids are the same on every
+        run, but a worker drops a repeated event only while the customer still remembers it (their
+        last 32 event ids and 16 orders): after a failed run, resume with --skip N (N: what it says
+        was acknowledged) rather than replaying the whole file again.""", parents=[common])
     p.add_argument("file", type=Path, help="the file (or, for completejourney, the directory)")
     p.add_argument("--format", required=True, choices=formats, help=format_help)
     p.add_argument("--speed", type=float, default=None,
                    help="compress event time: 86400 = a day per second (default: as fast as possible)")
     p.add_argument("--topic", default=None, help="target topic (default: JOURNEY_TOPIC_TOUCHPOINTS)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--skip", type=int, default=0, metavar="N",
+                   help="leave out the first N records (resume a run that failed after N were acknowledged)")
     p.set_defaults(func=cmd_replay, one_shot=True)
 
     p = command("forget", "forget a customer everywhere (GDPR art. 17), or lift a suppression with --undo", """

@@ -201,7 +201,8 @@ def test_completejourney_ids_are_deterministic(complete_journey: list[dict[str, 
     assert len(set(ids)) == len(ids)
     second_read, _ = _records(CJ, "completejourney")
     assert sorted(orjson.loads(v)["event_id"] for _, v, _ in second_read) == sorted(ids)
-    assert ids[0] == "cj-campaign-2"  # line 2: the first row under the header
+    first = _csv_rows("campaigns.csv")[0]  # from the row's content, not its line
+    assert ids[0] == f"cj-campaign-{first['campaign_id']}-{first['household_id']}-1"
 
 
 def _write_cj(directory: Path, **overrides: str) -> None:
@@ -244,7 +245,42 @@ def test_completejourney_bad_row_names_file_and_line(tmp_path: Path, override: s
 def test_completejourney_missing_file_is_named(tmp_path: Path) -> None:
     _write_cj(tmp_path)
     (tmp_path / "transactions_sample.csv").unlink()
-    with pytest.raises(CompleteJourneyFormatError, match="transactions_sample.csv does not exist"):
+    with pytest.raises(CompleteJourneyFormatError, match="has no transactions.csv or transactions_sample.csv"):
+        list(read_completejourney(tmp_path))
+
+
+def test_completejourney_reads_the_full_table_gzipped_files_and_a_byte_order_mark(tmp_path: Path) -> None:
+    _write_cj(tmp_path)
+    expected = list(read_completejourney(tmp_path))
+    # The full table's name, gzipped; the descriptions saved with a BOM (as spreadsheets do).
+    sample = tmp_path / "transactions_sample.csv"
+    (tmp_path / "transactions.csv.gz").write_bytes(gzip.compress(sample.read_bytes()))
+    sample.unlink()
+    descriptions = tmp_path / "campaign_descriptions.csv"
+    descriptions.write_bytes(b"\xef\xbb\xbf" + descriptions.read_bytes())
+    assert list(read_completejourney(tmp_path)) == expected
+
+
+def test_completejourney_ids_follow_the_rows_not_their_order(tmp_path: Path) -> None:
+    header = ("household_id,store_id,basket_id,product_id,quantity,sales_value,retail_disc,"
+              "coupon_disc,coupon_match_disc,week,transaction_timestamp\n")
+    rows = ["10,1,900,5,1.0,2.50,0,0,0,1,2017-03-05 10:00:00\n", "10,1,900,6,1.0,1.00,0,0,0,1,2017-03-05 10:00:00\n",
+            "10,1,900,5,1.0,2.50,0,0,0,1,2017-03-05 10:00:00\n", "11,1,901,5,1.0,3.00,0,0,0,1,2017-03-04 09:00:00\n"]
+
+    def ids(lines: list[str]) -> Counter[tuple[str, str]]:
+        _write_cj(tmp_path, transactions_sample__csv=header + "".join(lines))
+        return Counter((e["event_id"], orjson.dumps(e["properties"]).decode()) for e in read_completejourney(tmp_path)
+                       if e["type"] == "purchase")
+
+    # Sorted by time, as the full table is: every row keeps its id (identical rows share theirs in turn).
+    assert ids(rows) == ids(sorted(rows, key=lambda r: r.rsplit(",", 1)[1]))
+    assert len(ids(rows)) == 4
+
+
+def test_completejourney_text_that_is_not_utf8_names_the_file_and_line(tmp_path: Path) -> None:
+    _write_cj(tmp_path, campaigns__csv="campaign_id,household_id\n1,10\n")
+    (tmp_path / "campaigns.csv").write_bytes(b"campaign_id,household_id\n1,10\n1,\xff\xfe\n")
+    with pytest.raises(CompleteJourneyFormatError, match="campaigns.csv:3: not UTF-8"):
         list(read_completejourney(tmp_path))
 
 
@@ -469,3 +505,29 @@ def test_readers_agree_with_the_expectation(path: Path, fmt: str) -> None:
     derived = {c: "retention" if len(ids) > 1 else "purchase" for c, ids in orders.items()}
     derived.update({c: "awareness" for c in aware - set(orders)})
     assert derived == expected_stages(path, fmt)
+
+
+def test_replay_skip_resumes_where_a_failed_run_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from journey.cli import main
+    from journey.sources import replay
+
+    data = tmp_path / "t.jsonl"
+    data.write_text("".join(
+        f'{{"event_id": "{i}", "customer_id": "c", "type": "page_view", "timestamp": "2024-01-01T00:00:0{i}+00:00"}}\n'
+        for i in range(5)))
+    sent: list[tuple[list[bytes], int | None, int]] = []
+
+    async def publish(servers: str, topic: str, records: Any, *, total: int | None, skipped: int = 0, **_: Any) -> int:
+        values = [value for _key, value, _when in records]
+        sent.append((values, total, skipped))
+        return len(values)
+
+    monkeypatch.setattr(replay, "publish", publish)
+    assert main(["replay", str(data), "--format", "jsonl", "--quiet", "--skip", "3"]) == 0
+    values, total, skipped = sent[0]
+    assert [orjson.loads(v)["event_id"] for v in values] == ["3", "4"] and total is None and skipped == 3  # jsonl: not counted ahead
+    assert "after skipping the first 3" in capsys.readouterr().out
+    # A failed run says where to resume, counting what an earlier --skip left out.
+    assert "resume with --skip 10 " in replay._resume(10)
+    assert main(["replay", str(data), "--format", "jsonl", "--quiet", "--skip", "-1"]) == 2

@@ -8,8 +8,10 @@ timestamps (read as UTC) and event ids fixed so that replays are reproducible. D
 from __future__ import annotations
 
 import csv
+import gzip
 import math
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from os import PathLike
 from pathlib import Path
@@ -20,7 +22,8 @@ from journey.errors import InputError
 DESCRIPTIONS = "campaign_descriptions.csv"
 CAMPAIGNS = "campaigns.csv"
 COUPONS = "coupon_redemptions.csv"
-TRANSACTIONS = "transactions_sample.csv"
+#: The full transactions table, or the sample of it that data/ holds (each plain or gzipped).
+TRANSACTIONS = ("transactions.csv", "transactions_sample.csv")
 
 
 class CompleteJourneyFormatError(InputError):
@@ -42,10 +45,23 @@ def read_completejourney(directory: str | PathLike[str]) -> Iterator[dict[str, A
     or a value that cannot be read.
     """
     directory = Path(directory)
-    campaigns = _campaign_descriptions(directory / DESCRIPTIONS)
-    yield from _campaigns_received(directory / CAMPAIGNS, campaigns)
-    yield from _coupons_redeemed(directory / COUPONS)
-    yield from _purchases(directory / TRANSACTIONS)
+    campaigns = _campaign_descriptions(_find(directory, DESCRIPTIONS))
+    yield from _campaigns_received(_find(directory, CAMPAIGNS), campaigns)
+    yield from _coupons_redeemed(_find(directory, COUPONS))
+    yield from _purchases(_find(directory, *TRANSACTIONS))
+
+
+def _find(directory: Path, *names: str) -> Path:
+    """The first of ``names`` (or of them gzipped, ``.gz``) in ``directory``."""
+    for name in names:
+        for candidate in (directory / name, directory / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    wanted = " or ".join(names)
+    raise CompleteJourneyFormatError(
+        f"{directory} has no {wanted} (plain or .gz); a Complete Journey directory needs "
+        f"{DESCRIPTIONS}, {CAMPAIGNS}, {COUPONS} and {' or '.join(TRANSACTIONS)}"
+    )
 
 
 def _campaign_descriptions(path: Path) -> dict[str, tuple[str, str]]:
@@ -57,6 +73,7 @@ def _campaign_descriptions(path: Path) -> dict[str, tuple[str, str]]:
 
 
 def _campaigns_received(path: Path, campaigns: dict[str, tuple[str, str]]) -> Iterator[dict[str, Any]]:
+    seen: Counter[str] = Counter()
     for line, row in _rows(path, ("campaign_id", "household_id")):
         campaign_id = row["campaign_id"]
         if campaign_id not in campaigns:
@@ -66,9 +83,12 @@ def _campaigns_received(path: Path, campaigns: dict[str, tuple[str, str]]) -> It
                 f"add the campaign there or remove the row",
             )
         campaign_type, start = campaigns[campaign_id]
+        household = _household(path, line, row)
         yield {
-            "event_id": f"cj-campaign-{line}",
-            "customer_id": _household(path, line, row),
+            # From the row's content (and how many such rows came before), not its line: a file
+            # sorted or filtered otherwise still gives every row the id a replay deduplicates on.
+            "event_id": _nth(seen, f"cj-campaign-{campaign_id}-{household}"),
+            "customer_id": household,
             "type": "campaign_received",
             "timestamp": start,
             "channel": "ads",
@@ -78,10 +98,13 @@ def _campaigns_received(path: Path, campaigns: dict[str, tuple[str, str]]) -> It
 
 def _coupons_redeemed(path: Path) -> Iterator[dict[str, Any]]:
     columns = ("household_id", "coupon_upc", "campaign_id", "redemption_date")
+    seen: Counter[str] = Counter()
     for line, row in _rows(path, columns):
+        household = _household(path, line, row)
+        key = f"cj-coupon-{household}-{row['campaign_id']}-{row['coupon_upc']}-{row['redemption_date']}"
         yield {
-            "event_id": f"cj-coupon-{line}",
-            "customer_id": _household(path, line, row),
+            "event_id": _nth(seen, key),
+            "customer_id": household,
             "type": "coupon_redeemed",
             "timestamp": _midnight_utc(path, line, row["redemption_date"]),
             "channel": "store",
@@ -91,6 +114,7 @@ def _coupons_redeemed(path: Path) -> Iterator[dict[str, Any]]:
 
 def _purchases(path: Path) -> Iterator[dict[str, Any]]:
     columns = ("household_id", "store_id", "basket_id", "product_id", "sales_value", "transaction_timestamp")
+    seen: Counter[str] = Counter()
     for line, row in _rows(path, columns):
         try:
             amount = float(row["sales_value"])
@@ -101,7 +125,7 @@ def _purchases(path: Path) -> Iterator[dict[str, Any]]:
         if not row["basket_id"]:
             raise _error(path, line, "basket_id is empty; every purchase line needs its basket")
         yield {
-            "event_id": f"cj-txn-{line}",
+            "event_id": _nth(seen, f"cj-txn-{row['basket_id']}-{row['product_id']}"),
             "customer_id": _household(path, line, row),
             "type": "purchase",
             "timestamp": _utc_timestamp(path, line, row["transaction_timestamp"]),
@@ -116,28 +140,41 @@ def _purchases(path: Path) -> Iterator[dict[str, Any]]:
         }
 
 
+def _nth(seen: Counter[str], key: str) -> str:
+    """``key`` and how many times it came so far (identical rows: the same ids in any order)."""
+    seen[key] += 1
+    return f"{key}-{seen[key]}"
+
+
 def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line number, row) for each data row; the header must name every ``required`` column."""
-    try:
-        handle = path.open("r", encoding="utf-8", newline="")
-    except FileNotFoundError:
-        raise CompleteJourneyFormatError(
-            f"{path} does not exist; a Complete Journey directory needs "
-            f"{DESCRIPTIONS}, {CAMPAIGNS}, {COUPONS} and {TRANSACTIONS}"
-        ) from None
-    with handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in required if c not in (reader.fieldnames or ())]
+    """(line number, row) for each data row; the header must name every ``required`` column.
+    Plain or gzipped (by its first bytes), UTF-8 with or without a byte-order mark."""
+    with path.open("rb") as probe:
+        gzipped = probe.read(2) == b"\x1f\x8b"
+    with gzip.open(path, "rb") if gzipped else path.open("rb") as raw:
+        reader = csv.DictReader(_text_lines(path, raw))
+        fields = reader.fieldnames or ()
+        missing = [c for c in required if c not in fields]
         if missing:
-            raise _error(
-                path, 1,
-                f"the header lacks column(s) {', '.join(missing)} "
-                f"(found: {', '.join(reader.fieldnames or ()) or 'nothing'})",
-            )
+            raise _error(path, 1, f"the header lacks column(s) {', '.join(missing)} (found: {', '.join(fields) or 'nothing'})")
         for row in reader:
             if None in row or any(row[c] is None for c in required):
                 raise _error(path, reader.line_num, "wrong number of fields for the header")
             yield reader.line_num, row
+
+
+def _text_lines(path: Path, raw: Iterable[bytes]) -> Iterator[str]:
+    """The file's lines as text, each decoded on its own so that an error can name its line."""
+    number = 0
+    try:
+        for number, line in enumerate(raw, 1):  # noqa: B007 - read after the loop, in the error
+            try:
+                text = line.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise _error(path, number, f"not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8") from None
+            yield text
+    except (OSError, EOFError) as exc:  # a damaged gzip stream
+        raise _error(path, number + 1, f"cannot be read ({exc}); is the file complete?") from None
 
 
 def _household(path: Path, line: int, row: dict[str, str]) -> str:

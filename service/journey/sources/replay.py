@@ -48,13 +48,15 @@ async def publish(
     progress: bool,
     total: int | None,
     client_options: Mapping[str, Any] | None = None,
+    skipped: int = 0,
 ) -> int:
     """Send ``records`` to ``topic`` in order; return how many the brokers acknowledged.
 
     With ``speed``, gaps between records' event times are replayed divided by ``speed``
     (86400 = one day per second); records without an event time, or earlier than one already
     sent, go out at once. Without it, records go out as fast as Kafka takes them. Every send
-    is awaited (acks=all) before returning. ``progress`` draws a bar on stderr.
+    is awaited (acks=all) before returning. ``progress`` draws a bar on stderr. ``skipped``:
+    records of the file left out before these (a resumed run), for the error's --skip advice.
     """
     if speed is not None and not speed > 0:
         raise UsageError(f"speed must be a positive number (86400 = one day per second), not {speed!r}; fix --speed")
@@ -83,7 +85,7 @@ async def publish(
             raise ReplayError(
                 f"Kafka did not accept a record for topic {topic!r} at {bootstrap_servers} "
                 f"after {acknowledged} were acknowledged: {exc!r}. Check that the topic exists "
-                f"and the broker is healthy, then replay again (event ids make a replay idempotent)"
+                f"and the broker is healthy, then {_resume(skipped + acknowledged)}"
             ) from exc
         acknowledged += 1
 
@@ -116,13 +118,20 @@ async def publish(
     except KafkaError as exc:
         raise ReplayError(
             f"sending to topic {topic!r} at {bootstrap_servers} failed after {acknowledged} "
-            f"records: {exc!r}"
+            f"records: {exc!r}; {_resume(skipped + acknowledged)}"
         ) from exc
     finally:
         if bar is not None:
             bar.close(acknowledged)
         await producer.stop()
     return acknowledged
+
+
+def _resume(done: int) -> str:
+    """How to go on after a failed run that got ``done`` records of the file acknowledged."""
+    return (f"resume with --skip {done} (the records come in the same order every time; a worker drops a repeated "
+            "event only while its customer still remembers it, so a whole second replay would count busy customers' "
+            "events twice; the few records in flight at the failure are sent again and dropped as repeats)")
 
 
 class _ProgressBar:
