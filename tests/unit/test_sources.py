@@ -370,6 +370,12 @@ def test_jsonl_round_trip_is_byte_exact(tmp_path: Path, compress: bool) -> None:
     assert list(read_jsonl_lines(path)) == LINES
 
 
+def test_jsonl_drops_a_byte_order_mark_and_a_last_carriage_return(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + LINES[0] + b"\r\n" + LINES[1] + b"\r")  # a Windows editor's file, cut short
+    assert list(read_jsonl_lines(path)) == LINES[:2]
+
+
 def test_jsonl_truncated_gzip_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "cut.jsonl.gz"
     path.write_bytes(gzip.compress(b"\n".join(LINES * 50))[:-30])  # the end of the stream is missing

@@ -18,6 +18,7 @@ from journey.errors import InputError
 from journey.sources.ordering import event_time
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_BOM = b"\xef\xbb\xbf"
 
 
 class JsonlReadError(InputError):
@@ -28,7 +29,8 @@ def read_jsonl_lines(path: str | PathLike[str]) -> Iterator[bytes]:
     """Yield each non-blank line of ``path`` as it is in the file, without its line ending.
 
     A gzip file is recognised by its first two bytes, whatever its name. The line ending
-    (``\\n`` or ``\\r\\n``) is dropped; nothing else is changed.
+    (``\\n`` or ``\\r\\n``, the last line's too) and a UTF-8 byte-order mark before the first line
+    (which editors on Windows write; it is no part of the JSON) are dropped; nothing else is changed.
     """
     with open(path, "rb") as raw:
         compressed = raw.read(2) == _GZIP_MAGIC
@@ -39,10 +41,12 @@ def read_jsonl_lines(path: str | PathLike[str]) -> Iterator[bytes]:
             with stream:
                 for line in stream:
                     number += 1
+                    if number == 1 and line.startswith(_BOM):
+                        line = line[len(_BOM):]
                     if line.endswith(b"\n"):
                         line = line[:-1]
-                        if line.endswith(b"\r"):
-                            line = line[:-1]
+                    if line.endswith(b"\r"):
+                        line = line[:-1]
                     if line.strip():
                         yield line
         except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
