@@ -202,6 +202,23 @@ def test_a_replayed_batch_merges_nothing_twice_and_emits_the_same_transition_ids
     assert {t["transition_id"] for t in cluster.transitions} == first_ids
 
 
+def test_a_both_ids_copy_of_an_event_already_seen_still_links() -> None:
+    # The same event first without, then with, the anonymous id (a producer adding the device id
+    # on a retry): it counts once, and the device's journey still joins the customer's.
+    cluster = Cluster()
+    cluster.send(event("purchase", 0, anonymous="dev-5", order_id="g1", amount=10.0))
+    cluster.run()
+    view = event("page_view", 10, customer="c5")
+    cluster.send(view)
+    cluster.run()
+    cluster.send({**view, "anonymous_id": "dev-5"})
+    cluster.run()
+    final = cluster.final()
+    assert set(final) == {"c5"} and final["c5"]["purchases"] == 1 and final["c5"]["stage"] == 3
+    assert [i["anonymous_id"] for i in cluster.identities if i["type"] == "identity_merged"] == ["dev-5"]
+    assert cluster.counts() == Counter({3: 1})  # one person, in purchase
+
+
 def test_a_replayed_merge_request_is_ignored() -> None:
     cluster = Cluster()
     cluster.send(event("purchase", 1, anonymous="dev-9", order_id="g"))

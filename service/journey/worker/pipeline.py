@@ -308,6 +308,16 @@ class Pipeline:
                 continue
             if outcome.duplicate:
                 out.duplicates += 1
+                anonymous_id = tp.anonymous_id
+                if (anonymous_id is not None and tp.customer_id is not None and anonymous_id != key
+                        and linkable(anonymous_id, junk) and needs_link(outcome.state, anonymous_id, alias_window)):
+                    # Seen before without this anonymous id (a customer-only copy came first): the
+                    # event counts once, but the link it asks for must still go out.
+                    if pending is None or pending[1] is None:
+                        outcome.state.partition = rec.partition
+                        writes[key] = (rec, outcome.state, before)
+                    link = LinkRequest(anonymous_id, key, tp.ts, tp.event_id, (rec.topic, rec.partition, rec.offset))
+                    out.rekeyed.append(identity.control_output(LINK, anonymous_id, link.to_bytes()))
                 continue
             if pending is None or pending[1] is None:  # later events of the batch change the same object
                 outcome.state.partition = rec.partition
