@@ -68,6 +68,7 @@ _EXPECT = {
     "dead_letter_retention_ms": f"a whole number of milliseconds from 1 to {MAX_RETENTION_MS} (e.g. 604800000 for 7 days)",
     "kafka_ssl_cafile": "the path of an existing CA bundle file (PEM)",
     "identity_junk_ids": "ids separated by commas (e.g. undefined,null,anonymous)",
+    "api_token": "a token of letters, digits and ASCII punctuation, e.g. from `openssl rand -hex 32`",
 }
 
 
@@ -248,6 +249,14 @@ class Settings(BaseSettings):
     def _blank_secret_is_unset(cls, value: Any) -> Any:
         # A blank token would otherwise turn the customer endpoint on with an empty password.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("api_token")
+    @classmethod
+    def _sendable_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # It travels in an HTTP header: printable ASCII without spaces (RFC 6750), or no client can send it.
+        if value is not None and not all("!" <= c <= "~" for c in value.get_secret_value()):
+            raise ValueError("must be printable ASCII without spaces (it is sent in an HTTP header)")
+        return value
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

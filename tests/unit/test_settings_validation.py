@@ -66,6 +66,13 @@ def test_a_bad_value_is_refused_with_its_variable_its_value_and_what_to_give(var
     assert hint in message and "unset it for the default" in message
 
 
+def test_an_api_token_no_http_client_can_send_is_refused_without_showing_it() -> None:
+    for token in ("tökén-do-not-show", "two words-do-not-show"):
+        message = refused({"JOURNEY_API_TOKEN": token})
+        assert "JOURNEY_API_TOKEN" in message and "HTTP header" in message and "do-not-show" not in message
+    assert Settings.from_env({"JOURNEY_API_TOKEN": "a1-B2_c3.~!"}).api_token is not None
+
+
 def test_every_bad_value_is_reported_at_once() -> None:
     message = refused({"JOURNEY_PARTITIONS": "x", "JOURNEY_WEB_PORT": "0"})
     assert "JOURNEY_PARTITIONS='x'" in message and "JOURNEY_WEB_PORT='0'" in message
