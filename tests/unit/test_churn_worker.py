@@ -216,7 +216,7 @@ async def test_score_batch_notes_only_the_applied_touchpoints_of_each_customer(t
     pain = {key: state.extra.get("pain") for key, (_r, state, _b) in result.writes.items()}
     assert pain["a"] == {"c": [[T0, "ads"]]}
     assert pain["b"] is None
-    assert pain["c"] == {"r": T0 + 3600}
+    assert pain["c"] == {"d": [[T0, T0 + 3600]]}  # the cart at T0, bought an hour later
     assert worker.index.due_time("a") == pytest.approx(T0 + DAY_S)
 
 

@@ -85,6 +85,31 @@ def test_a_late_cart_is_cancelled_by_any_purchase_in_its_window_not_only_the_las
     assert painpoints.abandoned_carts(c.state) == (0, None)
 
 
+def test_a_late_older_cart_of_its_own_is_reported_and_a_replay_of_a_decided_one_is_not():
+    c = Customer()
+    c.event("add_to_cart", T0 + 48 * H)
+    c.event("purchase", T0 + 49 * H, order_id="o1")  # buys that cart
+    assert c.evaluate(T0 + 100 * H) == []
+    c.event("add_to_cart", T0 + 48.5 * H)  # a late copy of an event of the bought cart: a replay
+    assert c.evaluate(T0 + 200 * H) == []
+    c.event("add_to_cart", T0)  # two days earlier, a cart of its own that nothing bought
+    found = c.evaluate(T0 + 200 * H)
+    assert [(p.kind, p.at) for p in found] == [("cart_abandoned", T0 + 24 * H)]
+    assert painpoints.abandoned_carts(c.state) == (1, T0 + 24 * H)
+
+
+def test_the_decided_carts_memory_is_bounded_and_what_leaves_it_counts_as_decided():
+    c = Customer()
+    for day in range(painpoints.MAX_DECIDED_CARTS + 1):  # a cart a day, each bought within the hour
+        c.event("add_to_cart", T0 + day * 24 * H)
+        c.event("purchase", T0 + day * 24 * H + H, order_id=f"o{day}")
+        assert c.evaluate(T0 + day * 24 * H + 2 * H) == []
+    pain = c.state.extra["pain"]
+    assert len(pain["d"]) == painpoints.MAX_DECIDED_CARTS and pain["r"] == T0 + H  # the first one's end
+    c.event("add_to_cart", T0 - 100 * H)  # older than a window no longer kept: taken as decided
+    assert "c" not in c.state.extra["pain"]
+
+
 def test_cart_events_inside_an_open_window_are_one_cart_and_replays_are_ignored():
     c = Customer()
     c.event("add_to_cart", T0)

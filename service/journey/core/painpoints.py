@@ -21,6 +21,8 @@ CART_ABANDONED = "cart_abandoned"
 STALLED = "stalled"
 #: Open carts remembered per customer (bounded memory; the oldest goes first).
 MAX_OPEN_CARTS = 4
+#: Decided carts' windows remembered per customer (a late event inside one is a replay).
+MAX_DECIDED_CARTS = 4
 
 
 @dataclass(frozen=True)
@@ -156,8 +158,8 @@ def abandoned_carts(state: CustomerState) -> tuple[int, float | None]:
 
 def _open_cart(state: CustomerState, ts: float, channel: str, config: PainConfig) -> None:
     pain = state.extra.get(KEY) or {}
-    if ts <= pain.get("r", float("-inf")):
-        return  # a replayed or very late cart event: that cart was already decided
+    if ts <= pain.get("r", float("-inf")) or any(start <= ts <= end for start, end in pain.get("d", ())):
+        return  # a replayed or very late event of a cart already decided
     carts = pain.get("c")
     if not carts:  # the usual case: the customer's only open cart
         pain["c"] = [[ts, channel]]
@@ -192,10 +194,17 @@ def _purchase_within(state: CustomerState, ts: float, window: float) -> float | 
 
 
 def _resolve(pain: dict[str, Any], cart: list[Any], decided_until: float) -> None:
-    """Close ``cart``: cart events up to ``decided_until`` (the purchase, or the window's end)
-    belonged to it, so a replay of one of them cannot open a new cart."""
+    """Close ``cart``: cart events from its start to ``decided_until`` (the purchase, or the
+    window's end) belonged to it, so a replay of one of them cannot open a new cart. The last
+    MAX_DECIDED_CARTS such windows are kept ("d"), so that a late cart event outside them, an
+    older cart of its own, still opens one; events up to the end of a window no longer kept
+    ("r") count as decided."""
     pain["c"] = [c for c in pain.get("c", []) if c[0] != cart[0]]
-    pain["r"] = max(pain.get("r", decided_until), decided_until)
+    windows = [*pain.get("d", ()), [cart[0], decided_until]]
+    if len(windows) > MAX_DECIDED_CARTS:
+        forgotten = windows.pop(0)[1]
+        pain["r"] = max(pain.get("r", forgotten), forgotten)
+    pain["d"] = windows
 
 
 def _store(state: CustomerState, pain: dict[str, Any]) -> None:
