@@ -119,7 +119,7 @@ def test_compose_restarts_journey_and_gives_a_worker_time_to_stop():
 def test_kubernetes_pods_run_as_the_image_user_with_requests_and_versioned_images():
     shutdown = Settings().shutdown_timeout_s
     for doc in _kubernetes():
-        if doc["kind"] not in ("Job", "StatefulSet", "Deployment"):
+        if doc["kind"] not in ("StatefulSet", "Deployment"):
             continue
         name = f"{doc['kind']}/{doc['metadata']['name']}"
         pod = doc["spec"]["template"]["spec"]
@@ -127,7 +127,9 @@ def test_kubernetes_pods_run_as_the_image_user_with_requests_and_versioned_image
         assert security["runAsNonRoot"] is True and security["runAsUser"] == USER_ID, name
         if any(c["args"] == ["worker"] for c in pod["containers"]):
             assert pod.get("terminationGracePeriodSeconds", 30) > shutdown, f"{name}: killed before it can stop"
-        for container in pod["containers"]:
+        # journey's topics exist, with their configs, before a worker or a sidecar starts.
+        assert [c["args"] for c in pod.get("initContainers", [])] == [["topics"]], f"{name}: no topics first"
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
             assert container["image"] == f"journey:{VERSION}", name
             assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
             assert {"cpu", "memory"} <= set(container["resources"]["requests"]), f"{name}: no resource requests"
