@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -81,6 +83,20 @@ def test_the_privacy_topic_is_compacted_and_dead_letters_are_never_kept_forever(
     assert specs[settings.topic_transitions].configs() == {"retention.ms": "-1"}
     with pytest.raises(SettingsError, match="JOURNEY_DEAD_LETTER_RETENTION_MS"):
         Settings(dead_letter_retention_ms=-1)
+
+
+def test_the_changelog_has_the_erasure_compaction_lag_whoever_creates_it(tmp_path: Path) -> None:
+    # `journey topics` creates it so; a worker that starts first creates it itself (Faust), the same.
+    from journey.kafka.admin import ERASURE_COMPACTION_LAG_MS
+    from journey.worker.app import create_app
+    from journey.worker.topics import all_topic_specs
+
+    settings = Settings(data_dir=tmp_path)
+    expected = str(ERASURE_COMPACTION_LAG_MS)
+    by_topics = {s.name: s for s in all_topic_specs(settings)}
+    changelog = create_app(settings).customers.changelog_topic
+    assert by_topics[changelog.get_topic_name()].configs()["max.compaction.lag.ms"] == expected
+    assert changelog.config["max.compaction.lag.ms"] == expected
 
 
 # --- the relay's send: never lose a request ------------------------------------------------------

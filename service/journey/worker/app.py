@@ -20,6 +20,7 @@ from journey.core.machine import Limits
 from journey.core.privacy import salt_key
 from journey.core.state import CustomerState
 from journey.errors import CorruptState
+from journey.kafka.admin import ERASURE_COMPACTION_LAG_MS
 from journey.kafka.security import faust_credentials
 from journey.settings import Settings
 from journey.worker import aggregates as live_aggregates
@@ -176,7 +177,9 @@ def create_app(settings: Settings, definition: JourneyDefinition | None = None) 
             default=None,
             beacon=app.tables.beacon,
             partitions=settings.partitions,
-            extra_topic_configs={"retention.ms": str(settings.retention_ms)},
+            # As `journey topics` creates it (worker/topics.py), should this worker create it first.
+            extra_topic_configs={"retention.ms": str(settings.retention_ms),
+                                 "max.compaction.lag.ms": str(ERASURE_COMPACTION_LAG_MS)},
             options=rocksdb_options(settings),
         )
     )
