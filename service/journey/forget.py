@@ -8,7 +8,7 @@ import time
 import uuid
 
 from journey.core.identity import control_key
-from journey.core.privacy import FORGET_REQUESTED, MAX_ID, UNDO_REQUESTED, signed_request
+from journey.core.privacy import FORGET_REQUESTED, UNDO_REQUESTED, id_length_error, signed_request
 from journey.errors import InputError
 from journey.kafka.publish import publish_once
 from journey.settings import Settings
@@ -18,8 +18,9 @@ async def request_forget(settings: Settings, customer_id: str, *, undo: bool = F
                          source: str = "cli") -> str:
     """Publish a forget (or undo) request for ``customer_id``; returns its request id once the
     broker has it. The workers apply it within seconds when they are running."""
-    if not 0 < len(customer_id) <= MAX_ID:
-        raise InputError(f"a customer id is 1 to {MAX_ID} characters; got {len(customer_id)}")
+    wrong = id_length_error(customer_id)
+    if wrong is not None:
+        raise InputError(wrong)
     secret = settings.control_secret.get_secret_value() if settings.control_secret is not None else None
     request_id = uuid.uuid4().hex
     record = signed_request(

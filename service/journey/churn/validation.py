@@ -472,16 +472,15 @@ def validate_and_fit(
     }
     errors = {k: float(np.mean([ece(p, y) for p, (_z, y) in zip(v, pairs, strict=True)])) for k, v in options.items()}
     method = min(options, key=lambda k: (round(errors[k], 4), len(k)))  # ties: the simpler one
-    calibration_why = (f"{CALIBRATION_NAMES[method]}: the lowest out-of-time ECE of "
-                       + ", ".join(f"{k} {v:.3f}" for k, v in errors.items())
-                       + " (no Platt map: it could only be measured with labels from a cut's future)")
+    measured = ", ".join(f"{k} {v:.3f}" for k, v in errors.items())
+    calibration_why = (f"{CALIBRATION_NAMES[method]}: the lowest out-of-time ECE of {measured} "
+                       "(no Platt map: it could only be measured with labels from a cut's future)")
     if W != round(horizon_days):
         # Fitted on W-day labels: only the anchor (to the BG/NBD probability within H at the end
         # of the history) makes the shipped score the H-day probability it is named as.
         method = "anchor"
         calibration_why = (f"{CALIBRATION_NAMES[method]}, which carries the {W}-day score to the {horizon_days:g}-day "
-                           f"level (out-of-time ECE of the {W}-day score: "
-                           + ", ".join(f"{k} {v:.3f}" for k, v in errors.items()) + ")")
+                           f"level (out-of-time ECE of the {W}-day score: {measured})")
     for entry, p, (_z, y) in zip(per_cut, options[method], pairs, strict=True):
         entry["measures"]["shipped"] = _rounded(measures(p, y))
     calibration = {"method": method, "a": 1.0, "b": 0.0, "ece": {k: round(v, 4) for k, v in errors.items()},

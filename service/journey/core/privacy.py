@@ -287,11 +287,19 @@ def forgotten_event(customer_id: str, request_id: str, requested_at: float, at: 
             "at": iso(at), "requested_at": iso(requested_at), "anonymous_ids": anonymous_ids}
 
 
+def id_length_error(customer_id: str) -> str | None:
+    """Why ``customer_id`` cannot be an id journey keeps (None: it can)."""
+    if 0 < len(customer_id) <= MAX_ID:
+        return None
+    return f"a customer id is 1 to {MAX_ID} characters; got {len(customer_id)}"
+
+
 def signed_request(signing_key: bytes, kind: str, customer_id: str, request_id: str, at: float, *,
                    reason: str | None = None, source: str = "cli") -> tuple[bytes, bytes, tuple[tuple[str, bytes], ...]]:
     """(key, value, headers) of a request for the privacy topic, signed so the relay applies it."""
-    if not 0 < len(customer_id) <= MAX_ID:
-        raise ValueError(f"a customer id is 1 to {MAX_ID} characters (got {len(customer_id)})")
+    wrong = id_length_error(customer_id)
+    if wrong is not None:
+        raise ValueError(wrong)
     key = customer_id.encode()
     value = orjson.dumps(request_event(kind, customer_id, request_id, at, reason=reason, source=source))
     return key, value, ((SIGNATURE_HEADER, sign_request(signing_key, key, value)),)

@@ -15,7 +15,7 @@ from journey.auth import refusal
 from journey.core.clock import iso
 from journey.core.events import CHANNELS
 from journey.core.funnel import attribution, channel_report, funnel, no_stage_count, stage_counts
-from journey.core.privacy import MAX_ID
+from journey.core.privacy import id_length_error
 from journey.errors import BrokerError, InputError
 from journey.sidecar.proxy import WorkersUnreachable, fetch_customer
 from journey.sidecar.state import SidecarState
@@ -129,8 +129,9 @@ async def customer(request: Request, customer_id: str, authorization: str | None
     refused = _refused(state, authorization) or _unencoded_slash(request)
     if refused is not None:
         return refused
-    if not 0 < len(customer_id) <= MAX_ID:
-        return JSONResponse({"error": f"a customer id is 1 to {MAX_ID} characters; got {len(customer_id)}"}, status_code=422)
+    wrong = id_length_error(customer_id)
+    if wrong is not None:
+        return JSONResponse({"error": wrong}, status_code=422)
     try:
         status, body = await fetch_customer(state.worker_urls, customer_id, authorization or "")
     except WorkersUnreachable as exc:

@@ -15,7 +15,7 @@ import orjson
 
 from journey.core.clock import iso
 from journey.core.definition import JourneyDefinition, Kind
-from journey.core.events import InvalidTouchpoint, decode
+from journey.core.events import InvalidTouchpoint, Touchpoint, decode
 from journey.core.identity import (
     ALIAS_KEY,
     ALIASED,
@@ -293,8 +293,7 @@ class Pipeline:
                 if pending is None or pending[1] is None:
                     writes[key] = (rec, state, before)
                 if needs_link(state, tp.anonymous_id, alias_window):
-                    link = LinkRequest(tp.anonymous_id, key, tp.ts, tp.event_id, (rec.topic, rec.partition, rec.offset))
-                    out.rekeyed.append(identity.control_output(LINK, tp.anonymous_id, link.to_bytes()))
+                    self._ask_link(out, rec, tp, tp.anonymous_id, key)
                 continue
             try:
                 outcome = apply(state, tp, definition, limits)
@@ -306,32 +305,27 @@ class Pipeline:
                     # holds that object: write it, so the store agrees with what later reads see.
                     writes[key] = (rec, state, before)
                 continue
+            # A touchpoint with both ids links them, a duplicate too: it may have come first
+            # without the anonymous id (a customer-only copy), and counts once all the same.
+            anonymous_id = tp.anonymous_id
+            linked = (anonymous_id is not None and tp.customer_id is not None and anonymous_id != key
+                      and linkable(anonymous_id, junk) and needs_link(outcome.state, anonymous_id, alias_window))
+            if linked:
+                self._ask_link(out, rec, tp, anonymous_id, key)  # type: ignore[arg-type]  # checked above
             if outcome.duplicate:
                 out.duplicates += 1
-                anonymous_id = tp.anonymous_id
-                if (anonymous_id is not None and tp.customer_id is not None and anonymous_id != key
-                        and linkable(anonymous_id, junk) and needs_link(outcome.state, anonymous_id, alias_window)):
-                    # Seen before without this anonymous id (a customer-only copy came first): the
-                    # event counts once, but the link it asks for must still go out.
-                    if pending is None or pending[1] is None:
-                        outcome.state.partition = rec.partition
-                        writes[key] = (rec, outcome.state, before)
-                    link = LinkRequest(anonymous_id, key, tp.ts, tp.event_id, (rec.topic, rec.partition, rec.offset))
-                    out.rekeyed.append(identity.control_output(LINK, anonymous_id, link.to_bytes()))
-                continue
+                if not linked:
+                    continue  # nothing changed
             if pending is None or pending[1] is None:  # later events of the batch change the same object
                 outcome.state.partition = rec.partition
                 writes[key] = (rec, outcome.state, before)
+            if outcome.duplicate:
+                continue  # only the links asked for changed
             if tp.customer_id is None:
                 mark_anonymous(outcome.state, new=state is None)
             else:
                 mark_customer(outcome.state)
             ts = tp.ts
-            anonymous_id = tp.anonymous_id
-            if anonymous_id is not None and tp.customer_id is not None and anonymous_id != key and linkable(anonymous_id, junk):
-                if needs_link(outcome.state, anonymous_id, alias_window):
-                    link = LinkRequest(anonymous_id, key, ts, tp.event_id, (rec.topic, rec.partition, rec.offset))
-                    out.rekeyed.append(identity.control_output(LINK, anonymous_id, link.to_bytes()))
             applied.append((key, tp.type, tp.channel, outcome.kind, ts))
             if max_event_time is None or ts > max_event_time:
                 max_event_time = ts
@@ -341,6 +335,11 @@ class Pipeline:
                     out.trigger_timestamps.append(rec.timestamp / 1000)
         out.max_event_time = max_event_time
         return out
+
+    def _ask_link(self, out: BatchResult, rec: InputRecord, tp: Touchpoint, anonymous_id: str, key: str) -> None:
+        """A link request for ``anonymous_id`` to the customer ``key``, from the touchpoint ``tp`` at ``rec``."""
+        link = LinkRequest(anonymous_id, key, tp.ts, tp.event_id, (rec.topic, rec.partition, rec.offset))
+        out.rekeyed.append(self.identity.control_output(LINK, anonymous_id, link.to_bytes()))
 
     def _identity_request(
         self, out: BatchResult, rec: InputRecord, control: bytes, read: Callable[[str, int], CustomerState | None]
