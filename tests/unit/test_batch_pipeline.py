@@ -153,3 +153,32 @@ async def test_a_revocation_waits_for_a_churn_tick_that_is_still_staging() -> No
     japp.state_lock.release()
     await asyncio.wait_for(revoking, 1)
     assert events == ["tick staged", "idle", "forget"]
+
+
+async def test_the_first_batch_after_a_rebalance_empties_the_cache_only_between_churn_ticks() -> None:
+    """The ingest's own check for a new generation waits for every stage and empties the cache
+    under the state lock, as a revocation does: a churn tick staging in between would have its
+    pending states dropped before they were durable (the batch would then read older ones)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from journey.worker.ingest import BatchIngest
+
+    events: list[str] = []
+
+    class Batches:
+        async def idle(self) -> None:
+            events.append("idle")
+
+    japp = SimpleNamespace(settings=SimpleNamespace(topic_touchpoints="touchpoints", batch_target_ms=200, partitions=8),
+                           state_lock=asyncio.Lock())
+    ingest = BatchIngest(japp, max_records=10, buffer_records=20)  # type: ignore[arg-type]
+    store = SimpleNamespace(forget=lambda: events.append("forget"))
+    await japp.state_lock.acquire()  # a churn tick, mid-stage
+    switching = asyncio.create_task(ingest._new_generation(Batches(), store))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    assert events == [] and not switching.done()
+    events.append("tick staged")
+    japp.state_lock.release()
+    await asyncio.wait_for(switching, 1)
+    assert events == ["tick staged", "idle", "forget"]

@@ -132,10 +132,7 @@ class BatchIngest:
                     continue
                 try:
                     if generation != app.consumer_generation_id:
-                        # A rebalance since the last batch (before_revoke empties the cache too;
-                        # this also covers a revocation Faust did not wait for).
-                        await batches.idle()
-                        store.forget()
+                        await self._new_generation(batches, store)
                         generation = app.consumer_generation_id
                     records, spans = self._records(chunks)
                     try:
@@ -147,6 +144,15 @@ class BatchIngest:
                     garbage.settle()
                 finally:
                     self._idle.set()
+
+    async def _new_generation(self, batches: BatchProtocol, store: StateStore) -> None:
+        """A rebalance since the last batch: every stage durable, then the cache emptied (as
+        before_revoke does; this also covers a revocation Faust did not wait for). Under the
+        state lock: a churn tick staging between the wait and the forget would have its pending
+        states dropped before they are durable, and the batch would read older ones."""
+        async with self.japp.state_lock:
+            await batches.idle()
+            store.forget()
 
     def _acker(self, consumer: JourneyConsumer) -> Any:
         monitor = self.japp.app.monitor
