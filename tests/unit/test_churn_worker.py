@@ -307,3 +307,33 @@ async def test_worker_and_churn_score_agree(tmp_path: Path, params: str) -> None
             assert rows[key]["level"] == churn["l"], key
             checked += 1
     assert checked >= 30
+
+
+async def test_a_timer_failure_skips_one_unchanged_customer_and_exits_once_a_state_changed(tmp_path: Path, monkeypatch: Any) -> None:
+    """Before a customer's state changes, a failure costs that customer alone (the others of the
+    chunk are re-scored and staged); after it changed in place, a failure to make its events
+    exits the worker (writing it would drop the events, skipping it would leave the cache ahead)."""
+    worker, producer, protocol = make_worker(tmp_path)
+    for c in ("c0", "c1", "c2"):
+        await score_batch(worker, protocol, c, buyer(c, [0, 7, 14, 21, 28]))
+    due = max(worker.index.due_time(c) or 0.0 for c in ("c0", "c1", "c2"))
+    worker.clock.observe(due + 3600, time.time())
+    calls = [0]
+
+    def summarize(state: CustomerState | None) -> None:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise ValueError("an odd state")
+
+    worker.japp.pipeline.summarize = summarize
+    assert await tick(worker) == 2  # the other two of the chunk
+    assert len(sent(producer, RISK)) == 2  # their level changes; the skipped one's state is as it was
+
+    exits: list[str] = []
+    monkeypatch.setattr("journey.worker.churn.exit_replaying", exits.append)
+    monkeypatch.setattr(worker, "_collect", lambda *a: (_ for _ in ()).throw(RuntimeError("cannot encode")))
+    worker.japp.pipeline.summarize = None
+    worker.clock.observe(due + 400 * DAY_S, time.time())
+    with pytest.raises(RuntimeError, match="cannot encode"):
+        await worker.tick()
+    assert exits == ["the churn timer could not make a customer's churn-risk or pain-point events"]

@@ -146,7 +146,11 @@ class ChurnWorker:
                 continue
             if state is None or state.partition is None or ALIAS_KEY in state.extra:
                 continue  # moved away, written before partitions were recorded, or a linked anonymous id
-            before = summarize(state) if summarize is not None else None
+            try:
+                before = summarize(state) if summarize is not None else None
+            except Exception:  # unchanged: left as it is (a batch reading it would fail the same way)
+                log.exception("churn timer: a customer's state of partition %d could not be summarized; skipped", state.partition)
+                continue
             try:
                 u = update(state, now, self.model, self.config, self.stage_times)
             except Exception:  # one customer's odd history must not stop the timer (as in score_batch)
@@ -154,8 +158,15 @@ class ChurnWorker:
                 changed.append((key, state))  # changed in place up to the failure: written as it is
                 written.writes[key] = (Record(key.encode(), None, topic, state.partition, -1), state, before)
                 continue
-            self.index.schedule(key, u.due, state.partition)
-            self._collect(key, u, outputs)
+            try:
+                self.index.schedule(key, u.due, state.partition)
+                self._collect(key, u, outputs)
+            except Exception:
+                # The state changed in place (the cache holds it) but its outputs cannot be made:
+                # writing it would drop them for good, skipping it would leave the cache ahead of
+                # the store. A restart reads the store and the changelog again (as a batch's failure).
+                exit_replaying("the churn timer could not make a customer's churn-risk or pain-point events")
+                raise
             changed.append((key, state))
             written.writes[key] = (Record(key.encode(), None, topic, state.partition, -1), state, before)
         self.japp.metrics.churn_timer_customers.set(len(self.index))
