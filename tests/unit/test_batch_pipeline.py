@@ -143,7 +143,8 @@ async def test_a_revocation_waits_for_a_churn_tick_that_is_still_staging() -> No
             events.append("idle")
 
     japp = SimpleNamespace(settings=SimpleNamespace(topic_touchpoints="touchpoints", batch_target_ms=200, partitions=8),
-                           state_lock=asyncio.Lock(), batches=Batches())
+                           state_lock=asyncio.Lock(), batches=Batches(),
+                           app=SimpleNamespace(conf=SimpleNamespace(broker_rebalance_timeout=60.0)))
     ingest = BatchIngest(japp, max_records=10, buffer_records=20)  # type: ignore[arg-type]
     await japp.state_lock.acquire()  # the tick, mid-stage
     revoking = asyncio.create_task(ingest.before_revoke())
@@ -182,3 +183,30 @@ async def test_the_first_batch_after_a_rebalance_empties_the_cache_only_between_
     japp.state_lock.release()
     await asyncio.wait_for(switching, 1)
     assert events == ["tick staged", "idle", "forget"]
+
+
+async def test_a_revocation_that_cannot_settle_within_half_the_rebalance_timeout_exits(monkeypatch) -> None:
+    """A stage the broker never acknowledges must not outlive the rebalance: past its timeout the
+    group gives the partitions to another member, and the stage would then write the changelog
+    behind the new owner's back. The revocation waits half the rebalance timeout, then exits."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from journey.worker.ingest import BatchIngest
+
+    exits: list[str] = []
+    monkeypatch.setattr("journey.worker.ingest.exit_replaying", exits.append)
+
+    class Batches:
+        store = SimpleNamespace(forget=lambda: None)
+
+        async def idle(self) -> None:
+            await asyncio.Event().wait()  # acknowledgements that never come
+
+    japp = SimpleNamespace(settings=SimpleNamespace(topic_touchpoints="touchpoints", batch_target_ms=200, partitions=8),
+                           state_lock=asyncio.Lock(), batches=Batches(),
+                           app=SimpleNamespace(conf=SimpleNamespace(broker_rebalance_timeout=0.2)))
+    ingest = BatchIngest(japp, max_records=10, buffer_records=20)  # type: ignore[arg-type]
+    assert ingest.revoke_wait_s() == 0.1
+    await asyncio.wait_for(ingest.before_revoke(), 2)
+    assert len(exits) == 1 and "waited 0.1 s" in exits[0] and "not acknowledging" in exits[0]

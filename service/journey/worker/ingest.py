@@ -92,6 +92,22 @@ class BatchIngest:
         dropped = self.drop()
         if dropped:
             log.info("rebalance or stop: dropped %d buffered records; they are read again from the committed offsets", dropped)
+        bound = self.revoke_wait_s()
+        try:
+            await asyncio.wait_for(self._settle(), timeout=bound)
+        except TimeoutError:
+            # The group completes the rebalance without a member that does not answer within its
+            # rebalance timeout: our stages, still waiting on the broker, would then write the
+            # changelog after the partitions' new owner has begun. Exiting ends them (nothing
+            # of theirs was committed); the new owner replays from the committed offsets.
+            exit_replaying(f"a rebalance or stop waited {bound:g} s for this worker's batches in flight to become durable "
+                           "(the broker is not acknowledging their writes)")
+
+    def revoke_wait_s(self) -> float:
+        """How long a revocation may wait for the batches in flight: half the group's rebalance timeout."""
+        return float(self.japp.app.conf.broker_rebalance_timeout) / 2
+
+    async def _settle(self) -> None:
         await self._idle.wait()
         batches = self.japp.batches
         if batches is not None:
