@@ -62,3 +62,42 @@ def test_observe_keeps_each_owned_partition_equal_to_a_recount() -> None:
         assert live.parts[p] == PartitionAggregate.of(mine)
         assert live.offsets[p] == highest[p]
     assert 2 not in live.parts and 2 not in live.offsets
+
+
+def test_a_partition_given_back_after_a_missed_generation_is_rebuilt_from_the_table() -> None:
+    """A worker dropped from the group (a session timeout) while another member processed its
+    partition, then given the partition back: the table holds the other member's writes (Faust
+    recovers them), so the aggregate must be rebuilt, not kept; a rebalance it took part in keeps it."""
+    from faust.types import TP
+
+    pipe = Pipeline(DEFINITION, Limits(), summarize=summarize, copy_reads=False)
+    table: dict[str, CustomerState] = {}
+    assignment = {TP("touchpoints", 0)}
+    app = SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: assignment), consumer_generation_id=1)
+    settings = SimpleNamespace(topic_touchpoints="touchpoints", app_id="journey", web_port=6066)
+    live = LiveAggregates(SimpleNamespace(settings=settings, app=app, customers=table))  # type: ignore[arg-type]
+
+    def event(i: int, customer: str, etype: str) -> Record:
+        value = {"event_id": f"e{i}", "customer_id": customer, "type": etype, "timestamp": iso(T0 + i),
+                 "properties": {"order_id": "o1", "amount": 5.0}}
+        return Record(customer.encode(), orjson.dumps(value), "touchpoints", 0, i)
+
+    def process(records: list[Record], observed: bool) -> None:
+        result = pipe.process(records, table)
+        table.update({k: s for k, (_r, s, _b) in result.writes.items() if s is not None})
+        if observed:
+            live.observe(spans_of(records), result)
+
+    live.on_assigned(assignment)
+    live.on_recovered()
+    process([event(0, "c1", "page_view"), event(1, "c2", "page_view")], observed=True)
+    app.consumer_generation_id = 2  # a rebalance this worker took part in: kept as it is
+    live.on_assigned(assignment)
+    live.on_recovered()
+    assert live.parts[0].slots() == PartitionAggregate.of(table.values()).slots()
+    # Generation 3 went on without this worker: another member applied these to the table.
+    process([event(2, "c1", "purchase"), event(3, "c3", "page_view")], observed=False)
+    app.consumer_generation_id = 4
+    live.on_assigned(assignment)
+    live.on_recovered()
+    assert live.parts[0].slots() == PartitionAggregate.of(table.values()).slots()

@@ -42,6 +42,8 @@ class LiveAggregates:
         self.offsets: dict[int, int] = {}
         #: Input partitions of the current assignment (some may still be recovering).
         self.assigned: set[int] = set()
+        #: The group generation of the last assignment seen (None before the first).
+        self.generation: int | None = None
         s = japp.settings
         self.identity = f"{s.app_id}@{socket.gethostname()}:{s.web_port}/pid{os.getpid()}"
 
@@ -61,7 +63,18 @@ class LiveAggregates:
 
     # --- ownership -------------------------------------------------------------------------
     def on_assigned(self, assigned: Iterable[TP]) -> None:
-        """A new assignment (the full set): forget partitions we no longer own."""
+        """A new assignment (the full set): forget partitions we no longer own, and every one
+        after a generation this worker missed."""
+        generation = getattr(self.japp.app, "consumer_generation_id", None)
+        if generation is not None and generation != self.generation:
+            if self.generation is not None and generation > self.generation + 1:
+                # Dropped from the group (a session timeout) and back: another member may have
+                # processed partitions we are given again meanwhile, and the table recovered
+                # their writes. Every aggregate is rebuilt from the table once it is recovered.
+                log.info("group generation %d after %d: rebuilding every partition's aggregate", generation, self.generation)
+                self.parts.clear()
+                self.offsets.clear()
+            self.generation = generation
         self.assigned = {tp.partition for tp in assigned if tp.topic == self.topic}
         for p in list(self.parts):
             if p not in self.assigned:
