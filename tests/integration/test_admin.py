@@ -67,4 +67,4 @@ def test_journey_topic_specs_follow_settings() -> None:
         assert specs[name].partitions == 5
         assert specs[name].configs() == {"retention.ms": "1234"}
     aggregates = specs[settings.topic_aggregates].configs()
-    assert aggregates == {"retention.ms": str(3600 * 1000), "cleanup.policy": "compact,delete"}
+    assert aggregates == {"retention.ms": str(3600 * 1000), "cleanup.policy": "compact,delete", "segment.ms": str(600 * 1000)}

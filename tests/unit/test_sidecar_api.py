@@ -36,6 +36,7 @@ P1 = [_state(1, "email", {"email": 1, "search": 3}), _state(-1, "other", {"other
 def client() -> TestClient:
     app = create_sidecar(Settings(partitions=PARTITIONS), consume=False)
     with TestClient(app) as c:
+        c.app.state.journey.consumer.caught_up = True  # as if it had read the aggregates topic to its end
         yield c
 
 
@@ -50,6 +51,19 @@ def test_numbers_wait_for_every_partition(client: TestClient) -> None:
     r = client.get("/stages")
     assert r.status_code == 503 and "[1]" in r.json()["detail"]
     assert client.get("/readyz").status_code == 503
+
+
+def test_numbers_wait_for_the_aggregates_topic_to_be_read_to_its_end(client: TestClient) -> None:
+    """At start the first snapshots read may be an hour old (the topic keeps up to its retention):
+    every partition has one long before the newest are read, and they must not be served."""
+    _feed(client, 0, P0, 10)
+    _feed(client, 1, P1, 7)
+    assert client.get("/stages").status_code == 200
+    client.app.state.journey.consumer.caught_up = False
+    for path in ("/stages", "/funnel", "/channels"):
+        r = client.get(path)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+        assert "reading the aggregates topic to its end" in r.json()["detail"]
 
 
 def test_stages_funnel_channels_are_exact(client: TestClient) -> None:

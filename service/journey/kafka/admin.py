@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 #: The aggregates topic only carries the latest snapshot per key; an hour is plenty.
 AGGREGATES_RETENTION_MS = 3600 * 1000
+#: Its segments roll this often: Kafka compacts and deletes closed segments only, and the
+#: default (a week, or 1 GiB) would leave a starting sidecar hours of snapshots to read.
+AGGREGATES_SEGMENT_MS = 600 * 1000
 #: Compacted topics that hold personal data (the customer table's changelog, the privacy topic)
 #: compact a record away at most this long after a newer one (a tombstone) replaced it.
 ERASURE_COMPACTION_LAG_MS = 24 * 3600 * 1000
@@ -76,6 +79,7 @@ def journey_topic_specs(settings: Settings) -> list[TopicSpec]:
             settings.replication_factor,
             AGGREGATES_RETENTION_MS,
             cleanup_policy="compact,delete",
+            extra_configs={"segment.ms": str(AGGREGATES_SEGMENT_MS)},
         )
     )
     return specs

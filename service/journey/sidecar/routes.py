@@ -28,7 +28,14 @@ def _state(request: Request) -> SidecarState:
 
 
 def _complete(state: SidecarState) -> None:
-    """Refuse to answer with numbers that leave out partitions nobody has reported yet."""
+    """Refuse to answer with numbers that leave out partitions nobody has reported yet, or that
+    may be older than what the aggregates topic holds (not read to its end yet)."""
+    if not state.consumer.caught_up:
+        raise HTTPException(
+            status_code=503,
+            detail="the sidecar is still reading the aggregates topic to its end after its start: the numbers read so far may be old; see /readyz",
+            headers={"Retry-After": "1"},
+        )
     missing = state.book.missing(state.consumer.input_partitions)
     if missing:
         raise HTTPException(
