@@ -31,7 +31,7 @@ async def test_ensure_topics_creates_once_with_configs(broker: str) -> None:
     suffix = uuid.uuid4().hex[:8]
     specs = [
         TopicSpec(f"plain-{suffix}", 3, 1, 60_000),
-        TopicSpec(f"compacted-{suffix}", 2, 1, 120_000, cleanup_policy="compact,delete"),
+        TopicSpec(f"compacted-{suffix}", 2, 1, 120_000, cleanup_policy="compact,delete", extra_configs={"segment.ms": "600000"}),
     ]
     assert await ensure_topics(broker, specs) == [s.name for s in specs]
     assert await ensure_topics(broker, specs) == []
@@ -40,6 +40,7 @@ async def test_ensure_topics_creates_once_with_configs(broker: str) -> None:
     assert partitions == specs[1].partitions
     assert configs["retention.ms"] == str(specs[1].retention_ms)
     assert configs["cleanup.policy"] == "compact,delete"
+    assert configs["segment.ms"] == "600000"
 
 
 async def test_only_missing_topics_are_created(broker: str) -> None:
