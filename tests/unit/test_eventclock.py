@@ -45,6 +45,16 @@ def test_live_stream_follows_the_wall_clock_through_silence():
     assert clock.now(NOW + 86400) == NOW + 86400 - 30
 
 
+def test_a_late_event_after_a_quiet_spell_does_not_end_a_live_stream():
+    clock = EventClock(allowed_lateness_s=30.0, live_window_s=300.0)
+    clock.observe(NOW - 10, NOW)
+    clock.observe(NOW - 3600, NOW + 600)  # ten quiet minutes, then an event an hour late
+    assert clock.live
+    assert clock.now(NOW + 86400) == NOW + 86400 - 30  # silence still counts
+    clock.observe(NOW + 86400 - 2 * 86400, NOW + 86400)  # a backfill of older events: still live
+    assert clock.live
+
+
 def test_a_stream_far_behind_the_wall_clock_is_not_live():
     clock = EventClock(live_window_s=300.0, allowed_lateness_s=0.0)
     clock.observe(NOW - 301, NOW)

@@ -40,8 +40,9 @@ class EventClock:
             return
         if self._max_event is None or event_time > self._max_event:
             self._max_event = event_time
-        # Judged when events arrive: a live stream that goes quiet stays live (silence counts).
-        self._live = wall - self._max_event <= self.live_window_s
+            # Judged when the newest event time moves: a live stream that goes quiet stays live
+            # (silence counts), and a late event after a quiet spell does not end it.
+            self._live = wall - event_time <= self.live_window_s
 
     @property
     def live(self) -> bool:
