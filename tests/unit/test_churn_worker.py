@@ -337,3 +337,41 @@ async def test_a_timer_failure_skips_one_unchanged_customer_and_exits_once_a_sta
     with pytest.raises(RuntimeError, match="cannot encode"):
         await worker.tick()
     assert exits == ["the churn timer could not make a customer's churn-risk or pain-point events"]
+
+
+async def test_rebuild_learns_the_typical_stage_times_from_the_states_as_the_stream_taught_them(tmp_path: Path) -> None:
+    """After a restart the stream's lessons are gone: the rebuild recounts each owned customer's
+    moves out of awareness, consideration and decision from the reached times in its state, and
+    for events in order that is exactly what the transitions taught (a web funnel's minutes,
+    not the configured days, so its silent visitors keep their levels)."""
+    import random
+
+    rng = random.Random(5)
+    worker, _producer, protocol = make_worker(tmp_path)
+    records = []
+    steps = ["page_view", "product_view", "add_to_cart", "purchase"]
+    for c in range(400):
+        at = T0 + rng.uniform(0, 3600)
+        for i, etype in enumerate(steps[: rng.randint(1, 4)]):
+            if i and rng.random() < 0.3:
+                continue  # a skipped stage
+            at += rng.uniform(30, 900)  # minutes apart
+            tp = {"event_id": f"c{c}-{i}", "customer_id": f"c{c}", "type": etype, "timestamp": iso(at),
+                  "properties": {"order_id": f"o{c}", "amount": 5} if etype == "purchase" else {}}
+            records.append(Record(f"c{c}".encode(), orjson.dumps(tp), "tp", 0, len(records)))
+    result = Pipeline(DEFINITION, Limits()).process(records, {})
+    async with worker.japp.state_lock:
+        worker.score_batch(result)  # learns from the batch's transitions, as in the stream
+        await protocol.stage([(k, 0, s) for k, (_r, s, _b) in result.writes.items()], [])
+    await protocol.idle()
+    taught = [worker.stage_times.typical_s(s) for s in range(3)]
+    counts = worker.stage_times.learned()
+    assert min(counts.values()) >= worker.config.risk.min_learn_samples and all(t < 3600 for t in taught)  # minutes, learned
+
+    finals = [(k, s) for k, (_r, s, _b) in result.writes.items()]
+    worker.japp.customers = SimpleNamespace(items=lambda: finals)  # type: ignore[assignment]  # the table
+    worker.stage_times = type(worker.stage_times)(worker.config.risk)  # a restarted process knows nothing
+    assert worker.stage_times.typical_s(0) > 86400
+    worker.rebuild()
+    assert worker.stage_times.learned() == counts
+    assert [worker.stage_times.typical_s(s) for s in range(3)] == pytest.approx(taught, rel=1e-12)

@@ -19,6 +19,7 @@ from journey.churn.calibration import Calibration, CalibrationError
 from journey.churn.calibration import features as calibration_features
 from journey.churn.learned import Layer, LayerError, Reason
 from journey.core import painpoints
+from journey.core.aggregates import passed
 from journey.core.clock import DAY_S
 from journey.core.memo import remember
 from journey.core.stages import AWARENESS, DECISION, STAGES
@@ -191,6 +192,20 @@ class StageTimes:
         self._n[from_stage] += 1
         self._log_sum[from_stage] += math.log(max(seconds, 1.0))
         self._typical[from_stage] = None
+
+    def observe_reached(self, reached: Sequence[float | None]) -> None:
+        """A customer's moves out of awareness, consideration and decision, from the times they
+        reached each stage: what the stream's transitions showed, recounted from a stored state
+        (a stage reached only after a higher one was no move; see core.aggregates.passed)."""
+        times = passed(reached)
+        for stage in range(AWARENESS, DECISION + 1):
+            since = times[stage]
+            if since is None:
+                continue
+            for later in times[stage + 1:]:
+                if later is not None:
+                    self.observe(stage, later - since)
+                    break
 
     def typical_s(self, stage: int) -> float:
         stage = min(max(stage, AWARENESS), DECISION)

@@ -189,16 +189,23 @@ class ChurnWorker:
         self.index.clear()
         entries = []
         newest: float | None = None
+        # The typical time in each stage is learned anew from the states this worker owns: what
+        # a process learned from the stream is gone after a restart (the defaults, days, would
+        # put a web funnel's silent visitors back to low and out of sight), and every worker
+        # owning the same customers learns the same.
+        stage_times = StageTimes(self.config.risk)
         for key, state in self.japp.customers.items():
             if (state is None or (state.partition is not None and state.partition not in actives) or ALIAS_KEY in state.extra
                     or FORGOTTEN_KEY in state.extra):
                 continue
+            stage_times.observe_reached(state.reached)
             # A customer never assessed (state from before churn risk) is assessed on the next tick.
             due = stored_due(state) if RISK_KEY in state.extra else float("-inf")
             entries.append((key, due, state.partition))
             if state.last_seen is not None and (newest is None or state.last_seen > newest):
                 newest = state.last_seen
         self.index.rebuild(entries)
+        self.stage_times = stage_times
         self.clock.observe(newest, time.time())
         self.japp.metrics.churn_timer_customers.set(len(self.index))
         return len(self.index)
