@@ -375,3 +375,49 @@ async def test_rebuild_learns_the_typical_stage_times_from_the_states_as_the_str
     worker.rebuild()
     assert worker.stage_times.learned() == counts
     assert [worker.stage_times.typical_s(s) for s in range(3)] == pytest.approx(taught, rel=1e-12)
+
+
+def test_a_partition_behind_the_others_holds_the_clock_so_its_carts_are_not_called_abandoned_early(tmp_path: Path) -> None:
+    """One fetch brings partition 0 to T+23h and partition 1 to T+26h. A clock run to partition 1's
+    time would report partition 0's customer's cart (window 24 h) abandoned, though their
+    purchase at T+23.5h is still among partition 0's records to process."""
+    worker, producer, _protocol = make_worker(tmp_path)
+    pipe = Pipeline(DEFINITION, Limits())
+    states: dict[str, CustomerState] = {}
+    offsets = [0]
+
+    def rec(customer: str, etype: str, at: float, partition: int) -> Record:
+        offsets[0] += 1
+        tp = {"event_id": f"e{offsets[0]}", "customer_id": customer, "type": etype, "timestamp": iso(at),
+              "properties": {"order_id": "o1", "amount": 10} if etype == "purchase" else {}}
+        return Record(customer.encode(), orjson.dumps(tp), "tp", partition, offsets[0])
+
+    def batch(*records: Record) -> list[tuple[str, dict[str, Any]]]:
+        result = pipe.process(list(records), states)
+        states.update({k: s for k, (_r, s, _b) in result.writes.items() if s is not None})
+        return [(t, orjson.loads(v)) for t, _k, v, _h in worker.score_batch(result) or []]
+
+    hour = 3600.0
+    worker.lagging = lambda: [0]  # partition 0 has records left to process
+    assert batch(rec("a", "add_to_cart", T0, 0), rec("b", "page_view", T0, 1)) == []
+    out = batch(rec("a", "page_view", T0 + 23 * hour, 0), rec("b", "page_view", T0 + 26 * hour, 1))
+    assert not [e for t, e in out if t == PAIN]
+    assert worker.now(time.time()) == T0 + 23 * hour - worker.settings.allowed_lateness_s
+    worker.lagging = lambda: []  # caught up: its purchase inside the window decides the cart
+    out = batch(rec("a", "purchase", T0 + 23.5 * hour, 0))
+    assert not [e for t, e in out if t == PAIN]
+    assert worker.now(time.time()) == T0 + 26 * hour - worker.settings.allowed_lateness_s
+
+
+def test_a_customer_is_never_assessed_before_their_last_assessment() -> None:
+    """The clock steps back when a partition falls behind; a customer already assessed later
+    keeps that time (a re-score at an earlier one could lower a level, then raise it again)."""
+    from journey.worker.churn import assess_at
+
+    state = CustomerState()
+    state.last_seen = 100.0
+    assert assess_at(state, None) == 100.0
+    assert assess_at(state, 500.0) == 500.0
+    state.extra["churn"] = {"s": 0.1, "l": "low", "at": 800.0, "due": 900.0}
+    assert assess_at(state, 500.0) == 800.0
+    assert assess_at(state, 850.0) == 850.0

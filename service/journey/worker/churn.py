@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -49,32 +50,71 @@ class ChurnWorker:
         mismatch = self.model.horizon_mismatch(self.config.risk.horizon_days)
         if mismatch is not None:
             log.warning("%s (%s)", mismatch, self.settings.params_path(settings))
-        self.clock = EventClock(allowed_lateness_s=self.settings.allowed_lateness_s, live_window_s=self.settings.live_window_s)
+        #: The stream's clock: every partition's events (what "now" is while all are caught up).
+        self.clock = self._new_clock()
+        #: Each input partition's own clock: a partition with records still to process holds
+        #: "now" back to its own position (see now()).
+        self.clocks: dict[int, EventClock] = {}
+        #: The input partitions with records not yet processed (set by register: the live
+        #: aggregates' lag; none by default).
+        self.lagging: Callable[[], Iterable[int]] = tuple
         self.index = DueIndex()
         self.stage_times = StageTimes(self.config.risk)
         pain = self.config.pain
         self._note_types = pain.cart_types | pain.purchase_types
         self._counters: dict[tuple[str, ...], Any] = {}
 
+    def _new_clock(self) -> EventClock:
+        return EventClock(allowed_lateness_s=self.settings.allowed_lateness_s, live_window_s=self.settings.live_window_s)
+
+    def observe(self, partition: int, event_time: float | None, wall: float) -> None:
+        """A batch's (or the table's) newest event time on one input partition."""
+        clock = self.clocks.get(partition)
+        if clock is None:
+            clock = self.clocks[partition] = self._new_clock()
+        clock.observe(event_time, wall)
+        self.clock.observe(event_time, wall)
+
+    def now(self, wall: float) -> float | None:
+        """What "now" is for silence and due times: the stream's clock, held back to the position
+        of any partition with records still to process. Its customers' purchases may be among
+        those records: a clock run ahead by the other partitions (a backlog, a replay whose
+        partitions move at different paces) would report their carts abandoned and their risk
+        raised before it (the others' timers wait for it meanwhile: late, never wrong)."""
+        now = self.clock.now(wall)
+        if now is None:
+            return None
+        clocks = self.clocks
+        for partition in self.lagging():
+            clock = clocks.get(partition)
+            behind = clock.now(wall) if clock is not None else None
+            if behind is not None and behind < now:
+                now = behind
+        return now
+
     # --- after a batch --------------------------------------------------------------------
     def score_batch(self, result: BatchResult) -> list[Output] | None:
         """Step 1 of a batch (worker/batch.py), after the pipeline: note, re-score and collect the outputs to send
         (None: the batch wrote no customer)."""
         wall = time.time()
-        self.clock.observe(result.max_event_time, wall)
+        if result.max_event_times:
+            for partition, latest in result.max_event_times.items():
+                self.observe(partition, latest, wall)
+        else:
+            self.clock.observe(result.max_event_time, wall)
         for t in result.transitions:
             self.stage_times.observe(t.from_stage, t.seconds_in_previous_stage)
         writes = result.writes
         if not writes:
             return None
         self.note_carts(result.applied, writes)
-        now = self.clock.now(wall)
+        now = self.now(wall)
         outputs: list[Output] = []
         for key, (rec, state, _before) in writes.items():
             if state is None or (state.extra and (ALIAS_KEY in state.extra or FORGOTTEN_KEY in state.extra)):
                 continue  # forgotten, a linked anonymous id, or a suppression marker: nothing to score
             try:
-                u = update(state, now if now is not None else state.last_seen or 0.0, self.model, self.config, self.stage_times)
+                u = update(state, assess_at(state, now), self.model, self.config, self.stage_times)
             except Exception:  # one customer's odd history must not stop the stream (or crash-loop it)
                 # No customer id in logs: the record's place says where to look.
                 log.exception("churn risk of a customer of %s[%d]@%d could not be updated; its journey state is still written",
@@ -102,7 +142,7 @@ class ChurnWorker:
         app = self.japp.app
         if app.rebalancing:
             return 0
-        now = self.clock.now(time.time())
+        now = self.now(time.time())
         if now is None:
             return 0
         # Batches change the states they read in place: no batch may run between our read of a
@@ -152,7 +192,7 @@ class ChurnWorker:
                 log.exception("churn timer: a customer's state of partition %d could not be summarized; skipped", state.partition)
                 continue
             try:
-                u = update(state, now, self.model, self.config, self.stage_times)
+                u = update(state, assess_at(state, now), self.model, self.config, self.stage_times)
             except Exception:  # one customer's odd history must not stop the timer (as in score_batch)
                 log.exception("churn risk of a customer of partition %d could not be updated by the timer", state.partition)
                 changed.append((key, state))  # changed in place up to the failure: written as it is
@@ -188,7 +228,7 @@ class ChurnWorker:
         actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == settings.topic_touchpoints}
         self.index.clear()
         entries = []
-        newest: float | None = None
+        newest: dict[int, float] = {}
         # The typical time in each stage is learned anew from the states this worker owns: what
         # a process learned from the stream is gone after a restart (the defaults, days, would
         # put a web funnel's silent visitors back to low and out of sight), and every worker
@@ -202,11 +242,14 @@ class ChurnWorker:
             # A customer never assessed (state from before churn risk) is assessed on the next tick.
             due = stored_due(state) if RISK_KEY in state.extra else float("-inf")
             entries.append((key, due, state.partition))
-            if state.last_seen is not None and (newest is None or state.last_seen > newest):
-                newest = state.last_seen
+            p, seen = state.partition, state.last_seen
+            if p is not None and seen is not None and seen > newest.get(p, -math.inf):
+                newest[p] = seen
         self.index.rebuild(entries)
         self.stage_times = stage_times
-        self.clock.observe(newest, time.time())
+        wall = time.time()
+        for p, seen in newest.items():
+            self.observe(p, seen, wall)
         self.japp.metrics.churn_timer_customers.set(len(self.index))
         return len(self.index)
 
@@ -237,10 +280,27 @@ class ChurnWorker:
         return child
 
 
+def assess_at(state: CustomerState, now: float | None) -> float:
+    """The time to assess a customer at: now, never before the assessment they already have
+    (now may step back when a partition falls behind; see ChurnWorker.now), and their last
+    event time before any event-time clock exists."""
+    if now is None:
+        return state.last_seen or 0.0
+    previous = state.extra.get(RISK_KEY) if state.extra else None
+    if previous is not None:
+        at = previous.get("at")
+        if at is not None and at > now:
+            return float(at)
+    return now
+
+
 def register(japp: JourneyApp) -> ChurnWorker:
     """Create the churn adapter of an app: its timer and its rebalance hook."""
     worker = ChurnWorker(japp)
     app = japp.app
+    live = japp.aggregates
+    if live is not None:
+        worker.lagging = lambda: [p for p, lag in live.partition_lag().items() if lag]
 
     @app.timer(interval=worker.settings.tick_s, name="journey.churn-timer")
     async def churn_timer() -> None:

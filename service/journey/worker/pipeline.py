@@ -164,6 +164,8 @@ class BatchResult:
     duplicates: int = 0
     #: The highest event time in the batch (epoch seconds): the stream's event-time clock.
     max_event_time: float | None = None
+    #: The same per input partition (each partition's own position in event time).
+    max_event_times: dict[int, float] = field(default_factory=dict)
 
 
 class Pipeline:
@@ -210,7 +212,7 @@ class Pipeline:
             read = lambda key, _partition: get(key)  # noqa: E731
         writes, applied = out.writes, out.applied
         junk, alias_window = self.identity.junk, self.identity.alias_window
-        max_event_time: float | None = None
+        max_event_times: dict[int, float] = out.max_event_times
         identity = self.identity
         for rec in records:
             control = None
@@ -327,13 +329,14 @@ class Pipeline:
                 mark_customer(outcome.state)
             ts = tp.ts
             applied.append((key, tp.type, tp.channel, outcome.kind, ts))
-            if max_event_time is None or ts > max_event_time:
-                max_event_time = ts
+            latest = max_event_times.get(rec.partition)
+            if latest is None or ts > latest:
+                max_event_times[rec.partition] = ts
             if outcome.transition is not None:
                 out.transitions.append(outcome.transition)
                 if rec.timestamp is not None:
                     out.trigger_timestamps.append(rec.timestamp / 1000)
-        out.max_event_time = max_event_time
+        out.max_event_time = max(max_event_times.values()) if max_event_times else None
         return out
 
     def _ask_link(self, out: BatchResult, rec: InputRecord, tp: Touchpoint, anonymous_id: str, key: str) -> None:
