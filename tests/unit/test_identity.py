@@ -219,6 +219,28 @@ def test_a_both_ids_copy_of_an_event_already_seen_still_links() -> None:
     assert cluster.counts() == Counter({3: 1})  # one person, in purchase
 
 
+def test_anonymous_events_replayed_to_the_alias_they_were_shipped_by_count_once() -> None:
+    """The anonymous partition's batch [its events..., the link] is replayed after the alias was
+    written (a crash before the offset commit), or a producer retries one of those events: they
+    now reach the alias. The customer, with a full dedupe memory of its own, no longer knows
+    them; the alias remembers what it shipped and counts them as duplicates."""
+    cluster = Cluster()
+    own = [event("page_view", i, customer="c7") for i in range(40)]  # more than the dedupe window
+    anonymous = [event("product_view", 100 + i, anonymous="dev-7", channel="social") for i in range(3)]
+    anonymous.append(event("purchase", 104, anonymous="dev-7", order_id="g7", amount=20.0))
+    login = event("add_to_cart", 110, customer="c7", anonymous="dev-7")
+    for e in [*own, *anonymous, login]:
+        cluster.send(e)
+    cluster.run()
+    once = cluster.final()["c7"]
+    for e in anonymous:  # the replay (or the retries), after the alias is in the store
+        cluster.send(e)
+    cluster.run()
+    assert cluster.final()["c7"] == once
+    expected = reference([validate(e) for e in [*own, *anonymous, login]])
+    assert {k: once[k] for k in expected} == expected
+
+
 def test_a_replayed_merge_request_is_ignored() -> None:
     cluster = Cluster()
     cluster.send(event("purchase", 1, anonymous="dev-9", order_id="g"))

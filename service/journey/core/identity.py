@@ -20,7 +20,16 @@ import orjson
 from journey.core.clock import iso, utc_day
 from journey.core.machine import signals_after
 from journey.core.stages import ADVOCACY, PURCHASE, RETENTION, STAGES
-from journey.core.state import ADVOCACY_SIGNAL, EVENT_KEY_SIZE, RENEWAL_SIGNAL, UPGRADED_KEY, CustomerState
+from journey.core.state import (
+    ADVOCACY_SIGNAL,
+    EVENT_KEY_SIZE,
+    RENEWAL_SIGNAL,
+    UPGRADED_KEY,
+    CustomerState,
+    event_key,
+    has_key,
+    id_hash,
+)
 from journey.errors import InputError
 
 #: Anonymous ids that name no one (SDK placeholders); configurable (JOURNEY_IDENTITY_JUNK_IDS).
@@ -72,11 +81,25 @@ def linkable(anonymous_id: str | None, junk: frozenset[str]) -> bool:
 
 
 # --- aliases: the anonymous id's record once it is linked --------------------------------------
-def make_alias(customer_id: str, at: float, trigger_event_id: str) -> CustomerState:
-    """The record an anonymous id keeps once linked: whom its events belong to now."""
+def make_alias(customer_id: str, at: float, trigger_event_id: str, shipped: CustomerState | None = None) -> CustomerState:
+    """The record an anonymous id keeps once linked: whom its events belong to now, and the
+    dedupe memory of the state it shipped to the customer (see :func:`shipped_before`)."""
     st = CustomerState()
     st.extra[ALIAS_KEY] = [customer_id, at, trigger_event_id]
+    if shipped is not None:
+        st.seen = shipped.seen[:]
+        st.seen_legacy = shipped.seen_legacy[:] if shipped.seen_legacy is not None else None
     return st
+
+
+def shipped_before(alias: CustomerState, event_id: str) -> bool:
+    """Whether an event reaching an alias was in the state it shipped with the merge: a replay
+    of the anonymous partition after the alias was written, or a producer's retry. The customer
+    may no longer remember it (its dedupe memory keeps its own newest events first), so it must
+    not be re-keyed to them again."""
+    seen, legacy = alias.seen, alias.seen_legacy
+    key = event_key(event_id)
+    return (key in seen and has_key(seen, key)) or (legacy is not None and id_hash(event_id) in legacy)
 
 
 def alias_of(state: CustomerState | None) -> str | None:

@@ -42,6 +42,7 @@ from journey.core.identity import (
     mark_customer,
     merge,
     needs_link,
+    shipped_before,
     sign,
     signed,
 )
@@ -279,6 +280,9 @@ class Pipeline:
                 if control is not None:  # an aliased record reached an alias: never a second hop
                     self._dead_letter(out, rec, "bad_identity_request", "an aliased touchpoint reached another alias")
                     continue
+                if shipped_before(state, tp.event_id):
+                    out.duplicates += 1  # already in the journey the alias shipped to the customer
+                    continue
                 # A linked anonymous id: its journey is the customer's now, whenever its events arrive.
                 out.rekeyed.append(identity.control_output(ALIASED, alias_of(state), rec.value))  # type: ignore[arg-type]
                 continue
@@ -374,7 +378,7 @@ class Pipeline:
                 out.identities.append(Output(customer_id.encode(), orjson.dumps(event)))
                 out.conflicts += 1
                 return
-            alias = make_alias(customer_id, req.at, req.trigger_event_id)
+            alias = make_alias(customer_id, req.at, req.trigger_event_id, shipped=state)
             alias.partition = rec.partition
             writes[key] = (rec, alias, before)
             merge_request = MergeRequest(anonymous_id, customer_id, req.at, req.trigger_event_id,
