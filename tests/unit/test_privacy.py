@@ -242,6 +242,27 @@ def test_a_merge_or_a_link_for_a_forgotten_id_is_dropped() -> None:
     assert cluster.customers() == {"bob", "dora"} and "dev-1" not in cluster.states
 
 
+def test_a_forgotten_ids_record_that_is_no_valid_touchpoint_is_dropped_not_dead_lettered() -> None:
+    """A dead letter keeps the record's raw value: for a forgotten id that would keep the data the
+    forget removed. A record keyed by it is dropped and counted whatever its shape (a bad
+    timestamp, no JSON, no value); another customer's bad record is still dead-lettered."""
+    from journey.worker.pipeline import Record
+
+    c = Cluster()
+    c.send(event("page_view", 1, customer="c-42"))
+    c.forget("c-42")
+    c.run()
+    bad = event("purchase", 2, customer="c-42", order_id="o1", email="jane@example.com")
+    bad["timestamp"] = "2024-03-01 09:00"  # a producer bug
+    p = c.partition("c-42")
+    records = [Record(b"c-42", orjson.dumps(bad), "tp", p, 100), Record(b"c-42", b"{not json jane@example.com", "tp", p, 101),
+               Record(b"c-42", None, "tp", p, 102), Record(b"c-43", orjson.dumps({**bad, "customer_id": "c-43"}), "tp", c.partition("c-43"), 103)]
+    before = c.privacy.suppressed
+    out = c.pipeline.process(records, c.states)
+    assert c.privacy.suppressed - before == 3
+    assert [d.key for d in out.dead_letters] == [b"c-43"] and out.reasons == ["schema_violation"]
+
+
 def test_undo_lifts_the_suppression() -> None:
     cluster = Cluster()
     _linked_customer(cluster)

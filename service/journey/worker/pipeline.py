@@ -249,7 +249,8 @@ class Pipeline:
                     raise InvalidTouchpoint("empty_value", "the record has no value (a tombstone?); publish a touchpoint JSON object")
                 tp = decode(rec.value)
             except InvalidTouchpoint as exc:
-                self._dead_letter(out, rec, exc.reason, exc.error)
+                if not self._forgotten_key(out, rec, read):  # a forgotten id's record is dropped even so
+                    self._dead_letter(out, rec, exc.reason, exc.error)
                 continue
             except Exception as exc:  # a validator bug must cost one record, not the worker
                 log.exception("record %s[%d]@%d could not be decoded", rec.topic, rec.partition, rec.offset)
@@ -434,6 +435,19 @@ class Pipeline:
         stored = read(key, partition)
         before = self.summarize(stored) if self.summarize is not None else None
         return (stored.copy() if stored is not None and self.copy_reads else stored), before
+
+    def _forgotten_key(self, out: BatchResult, rec: InputRecord, read: Callable[[str, int], CustomerState | None]) -> bool:
+        """Whether a record that is no valid touchpoint is keyed by a forgotten id (counted as
+        dropped if so): a dead letter would keep the very data the forget removed. Its key is
+        the one id there is to go by (the value may not even be JSON)."""
+        if self.privacy is None or rec.key is None:
+            return False
+        try:
+            key = rec.key.decode()
+            _pending, state, _before = self.state_of(out, key, rec.partition, read)
+        except (UnicodeDecodeError, CorruptState):
+            return False
+        return state is None and bool(self.privacy.is_suppressed(out, key, rec.partition, read))
 
     @staticmethod
     def _dead_letter(out: BatchResult, rec: InputRecord, reason: str, error: str) -> None:
