@@ -172,3 +172,29 @@ def test_the_tables_codec_passes_over_a_damaged_state_but_not_a_newer_one() -> N
     assert codec._loads(_state(3).to_wire()).events == 3  # type: ignore[union-attr]
     with pytest.raises(NewerEncoding):
         codec._loads(b"[99]")
+
+
+async def test_the_customer_lookup_reads_a_staged_forget_as_gone_before_the_store_is_written(japp: JourneyApp) -> None:
+    """A forget's confirmation is acknowledged (step 5) before its tombstone reaches the store
+    (step 8): the lookup reads what the batches read, staged states first, so from the
+    confirmation on the customer is gone; it caches nothing of its own."""
+    from types import SimpleNamespace
+
+    from journey.worker.views import lookup
+
+    producer = Producer(auto_ack=True)
+    protocol, _acked, _failures = attach_protocol(japp, producer)
+    await asyncio.wait_for((await protocol.stage([("c1", 0, _state(5))], [])).done, timeout=2)
+    protocol.store.forget()  # cold, as after a restart
+    view = SimpleNamespace(batches=protocol, customers=japp.customers,
+                           app=SimpleNamespace(producer=SimpleNamespace(key_partition=lambda topic, key: TP(topic, 0))))
+    assert lookup(view, "c1").events == 5  # type: ignore[arg-type, union-attr]  # from RocksDB
+    assert len(protocol.store.cache) == 0
+    producer.auto_ack = False
+    stage = await protocol.stage([("c1", 0, None)], [])  # the forget, staged; the store still has the state
+    assert _stored(protocol, "c1") is not None and japp.customers.get("c1") is not None  # what the view read before
+    assert lookup(view, "c1") is None  # type: ignore[arg-type]
+    await settle()
+    producer.ack(protocol.store.changelog_topic)
+    await asyncio.wait_for(stage.done, timeout=2)
+    assert lookup(view, "c1") is None and _stored(protocol, "c1") is None  # type: ignore[arg-type]

@@ -116,6 +116,19 @@ class StateStore:
             cache.put(key, state)
         return state
 
+    def peek(self, key: str, partition: int) -> CustomerState | None:
+        """What read() would return, for a look from outside the batches (the customer lookup):
+        the cache and the staged states first (a staged forget reads as no state), then the
+        store; nothing is cached or counted."""
+        state = self.cache.get(key)
+        if state is not None:
+            return state
+        staged = self.pending.get(key)
+        if staged is not None:
+            return staged[0]
+        raw = partition_db(self.table, partition).get(key.encode())
+        return decode_stored(raw, partition) if raw is not None else None
+
     def keep(self, key: str, state: CustomerState | None) -> None:
         """A staged state: reads see it from now on, until its stage has written the store.
         None: a staged deletion (reads see no state; the pending entry answers them)."""

@@ -14,6 +14,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from journey.auth import refusal
 from journey.core.identity import alias_of
 from journey.core.privacy import is_marker
+from journey.core.state import CustomerState
+from journey.errors import CorruptState
 from journey.worker.faust_internals import built_consumer, fetcher_state
 
 if TYPE_CHECKING:
@@ -39,7 +41,10 @@ def register(japp: JourneyApp) -> None:
     @app.table_route(table=customers, match_info="customer_id")
     async def owned_customer(web: Any, request: Any, customer_id: str) -> Any:
         """Answered by the worker owning the customer's partition (Faust forwards it there)."""
-        state = customers.get(customer_id)
+        try:
+            state = lookup(japp, customer_id)
+        except CorruptState as exc:
+            return web.json({"error": str(exc)}, status=500)
         if state is None or is_marker(state):  # a forgotten customer is as unknown as one never seen
             return web.json({"error": f"no customer {customer_id!r} has been seen"}, status=404)
         linked = alias_of(state)
@@ -55,6 +60,18 @@ def register(japp: JourneyApp) -> None:
             status, body, headers = refused
             return web.json(body, status=status, headers=headers)
         return await owned_customer(web, request, customer_id)  # type: ignore[call-arg]  # Faust types the routed view as (view, request)
+
+
+def lookup(japp: JourneyApp, key: str) -> CustomerState | None:
+    """A customer's state as the batches see it: a state staged and not yet in the store
+    answers first, so a forget whose confirmation is out reads as gone at once (the table, read
+    directly, shows the store, which a stage writes last)."""
+    batches = japp.batches
+    if batches is None:  # before the first batch: nothing is staged yet
+        return japp.customers.get(key)
+    store = batches.store
+    partition = japp.app.producer.key_partition(store.changelog_topic, key.encode()).partition
+    return store.peek(key, partition)
 
 
 def readiness(japp: JourneyApp) -> tuple[bool, dict[str, Any]]:
