@@ -421,3 +421,14 @@ def test_a_customer_is_never_assessed_before_their_last_assessment() -> None:
     state.extra["churn"] = {"s": 0.1, "l": "low", "at": 800.0, "due": 900.0}
     assert assess_at(state, 500.0) == 800.0
     assert assess_at(state, 850.0) == 850.0
+
+
+async def test_a_forgotten_customer_leaves_the_due_index_at_once(tmp_path: Path) -> None:
+    """The index holds customer ids in clear: a forget (the batch writes no state) takes the id
+    out in the same batch, not when its due time comes."""
+    worker, _producer, protocol = make_worker(tmp_path)
+    await score_batch(worker, protocol, "c1", buyer("c1", [0, 7]))
+    assert "c1" in worker.index
+    record = Record(b"c1", b"{}", "tp", 0, 1)
+    worker.score_batch(BatchResult(writes={"c1": (record, None, None)}, max_event_time=None))
+    assert "c1" not in worker.index

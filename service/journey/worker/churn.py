@@ -112,7 +112,10 @@ class ChurnWorker:
         outputs: list[Output] = []
         for key, (rec, state, _before) in writes.items():
             if state is None or (state.extra and (ALIAS_KEY in state.extra or FORGOTTEN_KEY in state.extra)):
-                continue  # forgotten, a linked anonymous id, or a suppression marker: nothing to score
+                # Forgotten, a linked anonymous id, or a suppression marker: nothing to score, and
+                # nothing to keep in the index (a forgotten id must not linger there in clear).
+                self.index.schedule(key, None)
+                continue
             try:
                 u = update(state, assess_at(state, now), self.model, self.config, self.stage_times)
             except Exception:  # one customer's odd history must not stop the stream (or crash-loop it)
