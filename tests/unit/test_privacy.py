@@ -27,6 +27,7 @@ from journey.core.identity import (
     make_alias,
     sign,
 )
+from journey.core.ids import stable_id
 from journey.core.machine import Limits
 from journey.core.privacy import (
     CUSTOMER_FORGOTTEN,
@@ -118,7 +119,9 @@ def test_a_replayed_forget_changes_nothing_and_a_new_request_is_confirmed() -> N
 def test_a_linked_id_is_forgotten_only_while_it_is_the_customers() -> None:
     follow = ForgetRequest("dev-1", "r1", 1.0, origin="c")
     mine = plan_forget(make_alias("c", 1.0, "e"), follow, None)
-    assert (mine.delete, mine.mark, mine.cascade, mine.announce) == (True, True, (), False)
+    assert (mine.delete, mine.mark, mine.cascade, mine.announce) == (True, True, (), True)  # its own notice
+    listed = plan_forget(make_alias("c", 1.0, "e"), ForgetRequest("dev-1", "r1", 1.0, origin="c", listed=True), None)
+    assert (listed.delete, listed.mark, listed.announce) == (True, True, False)  # the customer's notice names it
     theirs = plan_forget(make_alias("someone-else", 1.0, "e"), follow, None)  # a shared device
     assert (theirs.delete, theirs.mark) == (False, False)
     a_customer = plan_forget(_customer(), follow, None)  # an id that came as a customer_id
@@ -135,6 +138,7 @@ def test_forgetting_an_alias_directly_does_not_reach_its_customer() -> None:
 @pytest.mark.parametrize("raw", [
     b"{", b"[]", b'{"id": "", "request_id": "r", "at": 1}', b'{"id": "c", "at": 1}',
     b'{"id": "c", "request_id": "r", "at": 1e300}', b'{"id": "c", "request_id": "r", "at": 1, "origin": 5}',
+    b'{"id": "c", "request_id": "r", "at": 1, "origin": "x", "listed": 1}',
 ])
 def test_bad_forget_records_are_refused(raw: bytes) -> None:
     with pytest.raises(BadRequest):
@@ -261,6 +265,36 @@ def test_a_forgotten_ids_record_that_is_no_valid_touchpoint_is_dropped_not_dead_
     out = c.pipeline.process(records, c.states)
     assert c.privacy.suppressed - before == 3
     assert [d.key for d in out.dead_letters] == [b"c-43"] and out.reasons == ["schema_violation"]
+
+
+def test_a_device_linked_but_not_yet_merged_when_its_customer_is_forgotten_gets_a_notice_of_its_own() -> None:
+    """The customer's notice names the merged ids only (certainly theirs). A device whose link was
+    still on its way (or whose merge was) is forgotten by its own partition once it is found to
+    be the customer's: that partition publishes its notice, with forgotten_with and a request id
+    of its own, once; a merged device is not announced twice."""
+    c = Cluster()
+    c.send(event("product_view", 1, anonymous="dev-1"))
+    c.send(event("product_view", 1, anonymous="dev-2"))
+    c.send(event("page_view", 2, customer="c", anonymous="dev-2"))
+    c.run()  # dev-2 merged into c
+    c.send(event("page_view", 3, customer="c", anonymous="dev-1"))
+    c.run(batch=1, rounds=1)
+    link = [r for r in c.queue if r.key == b"dev-1"]
+    assert len(link) == 1  # the link to dev-1 is on its way
+    c.queue = [r for r in c.queue if r.key != b"dev-1"]
+    c.forget("c", "r1", at=1000.0)
+    c.run(batch=1, rounds=1)
+    c.queue[:0] = link  # the link reaches dev-1 before the cascade (it was produced first)
+    c.run()
+    notices = [(a["customer_id"], a["request_id"], a["anonymous_ids"], a.get("forgotten_with")) for a in c.announced]
+    derived = stable_id("r1", "dev-1")
+    assert notices == [("c", "r1", ["dev-2"], None), ("dev-1", derived, [], "c")]
+    for a in c.announced:
+        jsonschema.validate(a, SCHEMA)
+    assert c.customers() == set()
+    c.forget("c", "r1", at=1000.0)  # the same request again (a replay): nothing new is announced
+    c.run()
+    assert len(c.announced) == 2
 
 
 def test_undo_lifts_the_suppression() -> None:

@@ -149,9 +149,14 @@ class ForgetRequest:
     request_id: str
     at: float
     origin: str | None = None
+    #: A linked id the origin's customer_forgotten names already (merged into the customer).
+    listed: bool = False
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps({"id": self.profile_id, "request_id": self.request_id, "at": self.at, "origin": self.origin})
+        data: dict[str, Any] = {"id": self.profile_id, "request_id": self.request_id, "at": self.at, "origin": self.origin}
+        if self.listed:
+            data["listed"] = True
+        return orjson.dumps(data)
 
 
 def decode_forget(raw: bytes | None) -> ForgetRequest:
@@ -165,7 +170,10 @@ def decode_forget(raw: bytes | None) -> ForgetRequest:
     at: Any = data.get("at")
     if type(at) not in (int, float) or not EARLIEST <= at <= LATEST:
         raise BadRequest("a forget request whose at is not epoch seconds between 1900 and 2199")
-    return ForgetRequest(data["id"], data["request_id"], float(at), origin)
+    listed = data.get("listed", False)
+    if type(listed) is not bool:
+        raise BadRequest("a forget request whose listed is not true or false")
+    return ForgetRequest(data["id"], data["request_id"], float(at), origin, listed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +187,7 @@ class ForgetPlan:
     #: Anonymous ids to forget next (one forget record keyed by each, this id as their origin).
     cascade: tuple[str, ...]
     #: Publish customer_forgotten (a direct request that changed something or is new; a linked
-    #: id is part of its customer's).
+    #: id its customer's notice does not name, once it is found to be theirs).
     announce: bool
 
 
@@ -204,7 +212,10 @@ def plan_forget(state: CustomerState | None, request: ForgetRequest, marker: Cus
         # customer's (a shared device linked to someone else first stays theirs).
         if state is not None and alias_of(state) != request.origin:
             return ForgetPlan(delete=False, mark=False, cascade=(), announce=False)
-        return ForgetPlan(delete=state is not None, mark=marker is None, cascade=(), announce=False)
+        # Its own notice when the customer's could not name it: linked, not merged, when the
+        # customer was forgotten (the link landed since, or its merge was still in flight).
+        return ForgetPlan(delete=state is not None, mark=marker is None, cascade=(),
+                          announce=state is not None and not request.listed)
     cascade = tuple(linked_ids(state, own)) if alias_of(state) is None else ()
     announce = state is not None or marker is None or marked_by(marker) != request.request_id
     return ForgetPlan(delete=state is not None, mark=marker is None, cascade=cascade, announce=announce)
@@ -281,10 +292,16 @@ def parse_privacy_record(raw: bytes | None, record_key: bytes | None) -> Privacy
     return PrivacyRecord(data["type"], data["customer_id"], data["request_id"], at)
 
 
-def forgotten_event(customer_id: str, request_id: str, requested_at: float, at: float, anonymous_ids: list[str]) -> dict[str, Any]:
-    """customer_forgotten (the downstream contract: delete everything held under these ids)."""
-    return {"type": CUSTOMER_FORGOTTEN, "customer_id": customer_id, "request_id": request_id,
-            "at": iso(at), "requested_at": iso(requested_at), "anonymous_ids": anonymous_ids}
+def forgotten_event(customer_id: str, request_id: str, requested_at: float, at: float, anonymous_ids: list[str],
+                    forgotten_with: str | None = None) -> dict[str, Any]:
+    """customer_forgotten (the downstream contract: delete everything held under these ids).
+    ``forgotten_with``: for an anonymous id forgotten as its customer's, that customer (its
+    request id is then derived from the customer's request, so each notice has its own)."""
+    event = {"type": CUSTOMER_FORGOTTEN, "customer_id": customer_id, "request_id": request_id,
+             "at": iso(at), "requested_at": iso(requested_at), "anonymous_ids": anonymous_ids}
+    if forgotten_with is not None:
+        event["forgotten_with"] = forgotten_with
+    return event
 
 
 def id_length_error(customer_id: str) -> str | None:

@@ -29,6 +29,7 @@ import orjson
 from prometheus_client.core import CounterMetricFamily
 
 from journey.core.identity import SIGNATURE_HEADER, BadRequest
+from journey.core.ids import stable_id
 from journey.core.privacy import (
     CUSTOMER_FORGOTTEN,
     FORGET,
@@ -162,10 +163,13 @@ class Privacy:
             writes[mk] = (rec, new_marker, None)
             self.marked += 1
         for anonymous_id in plan.cascade:
-            follow = ForgetRequest(anonymous_id, req.request_id, req.at, origin=key)
+            follow = ForgetRequest(anonymous_id, req.request_id, req.at, origin=key, listed=anonymous_id in anonymous)
             out.rekeyed.append(pipeline.identity.control_output(FORGET, anonymous_id, follow.to_bytes()))
         if plan.announce:
-            event = forgotten_event(key, req.request_id, req.at, self.clock(), anonymous)
+            if req.origin is None:
+                event = forgotten_event(key, req.request_id, req.at, self.clock(), anonymous)
+            else:  # a linked id the customer's notice could not name
+                event = forgotten_event(key, stable_id(req.request_id, key), req.at, self.clock(), [], forgotten_with=req.origin)
             out.privacy.append(Output(key.encode(), orjson.dumps(event)))
         return None
 
