@@ -446,3 +446,46 @@ def test_a_decoded_merge_request_keeps_the_state_it_carries() -> None:
     assert decoded.to_bytes() == built.to_bytes()
     assert decoded.anonymous_state().to_wire() == built.anonymous_state().to_wire() == st.to_wire()
     assert MergeRequest("a1", "c1", 1.7e9, "e9", None).anonymous_state().to_wire() == CustomerState().to_wire()
+
+
+def test_records_another_deployment_wrote_to_the_input_topic_are_dropped() -> None:
+    """A rebuild under a new app id reads the input topic from its start, the old deployment's own
+    records among them (re-keyed touchpoints, links, merges, aliased touchpoints, forgets). It
+    makes its own from the originals, so it drops those: applying both counted events twice."""
+    from journey.core.identity import ORIGIN_HEADER
+    from journey.worker.pipeline import journey_headers
+
+    old = Pipeline(DEFINITION, LIMITS, summarize=summarize, identity=IdentityRules(origin=b"journey-v1"))
+    from journey.core.privacy import salt_key
+    from journey.worker.privacy import Privacy
+
+    new = Pipeline(DEFINITION, LIMITS, summarize=summarize, identity=IdentityRules(origin=b"journey-v2"),
+                   privacy=Privacy(salt_key(None, "journey-v2"), clock=lambda: 2e9))
+    view = event("page_view", 1, customer="c1")
+    wrong_key = Record(b"someone-else", orjson.dumps(view), "tp", 0, 0)
+    login = Record(b"c1", orjson.dumps(event("page_view", 2, customer="c1", anonymous="dev-1")), "tp", 0, 1)
+    out = old.process([wrong_key, login], {})
+    rekeyed, link = out.rekeyed  # the view under its customer's key, and the link to dev-1
+    assert [journey_headers(o.headers or ())[2] for o in out.rekeyed] == [b"journey-v1", b"journey-v1"]
+    assert rekeyed.headers == ((ORIGIN_HEADER, b"journey-v1"),)
+
+    def record(o: Any, offset: int) -> Record:
+        r = Record(o.key, o.value, "tp", 0, offset)
+        r.headers = o.headers
+        return r
+
+    states: dict[str, CustomerState] = {}
+    replayed = new.process([record(rekeyed, 2), record(link, 3)], states)  # the old deployment's records
+    assert replayed.foreign == 2 and not replayed.writes and not replayed.rekeyed and not replayed.reasons
+    from journey.core.privacy import FORGET, ForgetRequest
+
+    forget = old.identity.control_output(FORGET, "c9", ForgetRequest("c9", "r1", 1.7e9).to_bytes())
+    assert journey_headers(forget.headers or ())[2] == b"journey-v1"
+    honoured = new.process([record(forget, 5)], {})  # a forget is the customer's request: applied whoever relayed it
+    assert honoured.foreign == 0 and not honoured.reasons and honoured.privacy  # applied: customer_forgotten
+    again = new.process([wrong_key, login], states)  # the originals: this deployment's own copies
+    states.update({k: s for k, (_r, s, _b) in again.writes.items() if s is not None})
+    assert [journey_headers(o.headers or ())[2] for o in again.rekeyed] == [b"journey-v2", b"journey-v2"]
+    mine = new.process([record(again.rekeyed[0], 4)], states)
+    states.update({k: s for k, (_r, s, _b) in mine.writes.items() if s is not None})
+    assert mine.foreign == 0 and states["c1"].events == 2  # the view once, the login once

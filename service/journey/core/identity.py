@@ -47,6 +47,10 @@ ALIAS_KEY = "alias"
 #: header proves a record was written by a worker of this deployment (JOURNEY_CONTROL_SECRET).
 CONTROL_HEADER = "journey-control"
 SIGNATURE_HEADER = "journey-signature"
+#: On every record the workers write to the input topic: the app id of the deployment that wrote
+#: it. Another deployment reading the same topic (a rebuild under a new app id) drops them, but
+#: forgets: it writes its own from the originals, and would otherwise apply both.
+ORIGIN_HEADER = "journey-origin"
 LINK, MERGE, ALIASED = b"link", b"merge", b"alias"
 #: Event times a request may carry: the touchpoint schema's range (1900-01-01 to 2199-12-31).
 EARLIEST, LATEST = -2208988800.0, 7258118399.0

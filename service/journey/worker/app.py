@@ -191,7 +191,7 @@ def create_app(settings: Settings, definition: JourneyDefinition | None = None) 
         log.warning("JOURNEY_CONTROL_SECRET is not set: identity records and forget requests are signed with a key "
                     "derived from the app id, which any producer that knows it can forge; set a secret in production")
     identity = IdentityRules(junk=junk_ids(settings.identity_junk_ids), alias_window=settings.identity_alias_window,
-                             key=control_key(secret, settings.app_id))
+                             key=control_key(secret, settings.app_id), origin=settings.app_id.encode())
     salt = settings.privacy_salt.get_secret_value() if settings.privacy_salt is not None else None
     if salt is None:
         log.warning("JOURNEY_PRIVACY_SALT is not set: forgotten ids are suppressed under hashes salted with the app id; "

@@ -40,6 +40,11 @@ class WorkerMetrics:
         self.dead_letters = Counter("journey_dead_letters_total", "Records sent to the dead-letter topic, by reason", ["reason"], registry=r)
         self.duplicates = Counter("journey_duplicate_touchpoints_total", "Touchpoints dropped as duplicate deliveries", registry=r)
         self.rekeyed = Counter("journey_rekeyed_touchpoints_total", "Touchpoints re-published under their customer's key", registry=r)
+        self.foreign = Counter(
+            "journey_foreign_records_total",
+            "Records another deployment's workers (another app id) wrote to the input topic, dropped: this one writes its own",
+            registry=r,
+        )
         self.transitions = Counter("journey_stage_transitions_total", "Stage transitions published", ["from_stage", "to_stage"], registry=r)
         self.latency = Histogram(
             "journey_event_to_transition_seconds",
@@ -113,7 +118,9 @@ class WorkerMetrics:
         if result.duplicates:
             self.duplicates.inc(result.duplicates)
         if result.rekeyed:
-            self.rekeyed.inc(sum(1 for o in result.rekeyed if o.headers is None))  # not identity requests
+            self.rekeyed.inc(sum(1 for o in result.rekeyed if o.headers is not None and len(o.headers) == 1))  # not identity requests
+        if result.foreign:
+            self.foreign.inc(result.foreign)
         if result.merges:
             self.identity_merges.inc(result.merges)
         if result.conflicts:

@@ -24,6 +24,7 @@ from journey.core.identity import (
     IDENTIFY,
     LINK,
     MERGE,
+    ORIGIN_HEADER,
     SIGNATURE_HEADER,
     BadRequest,
     LinkRequest,
@@ -105,13 +106,22 @@ class Record:
 
 def control_headers(headers: Headers) -> tuple[bytes | None, bytes | None]:
     """The journey-control and journey-signature headers' values, where the record has them."""
-    control = signature = None
+    control, signature, _origin = journey_headers(headers)
+    return control, signature
+
+
+def journey_headers(headers: Headers) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """The journey-control, journey-signature and journey-origin headers' values, where the
+    record has them."""
+    control = signature = origin = None
     for name, value in headers:
         if name == CONTROL_HEADER:
             control = bytes(value) if value is not None else None
         elif name == SIGNATURE_HEADER:
             signature = bytes(value) if value is not None else None
-    return control, signature
+        elif name == ORIGIN_HEADER:
+            origin = bytes(value) if value is not None else None
+    return control, signature, origin
 
 
 @dataclass(slots=True)
@@ -130,11 +140,19 @@ class IdentityRules:
     #: Signs and checks the workers' own identity records (core.identity.control_key); kept out
     #: of the repr, since whoever holds it can forge link, merge and forget records.
     key: bytes = field(default=control_key(None, "journey"), repr=False)
+    #: This deployment's app id: the journey-origin header of the records it writes to the
+    #: input topic (those of another origin are dropped).
+    origin: bytes = b"journey"
 
     def control_output(self, control: bytes, key: str, value: bytes) -> Output:
         """One of the workers' own identity records, signed."""
         kb = key.encode()
-        return Output(kb, value, ((CONTROL_HEADER, control), (SIGNATURE_HEADER, sign(self.key, control, kb, value))))
+        return Output(kb, value, ((CONTROL_HEADER, control), (SIGNATURE_HEADER, sign(self.key, control, kb, value)),
+                                  (ORIGIN_HEADER, self.origin)))
+
+    def rekeyed_output(self, key: bytes, value: bytes) -> Output:
+        """A touchpoint published again under its customer's key."""
+        return Output(key, value, ((ORIGIN_HEADER, self.origin),))
 
 
 @dataclass
@@ -163,6 +181,8 @@ class BatchResult:
     #: Reasons of the dead letters, for metrics.
     reasons: list[str] = field(default_factory=list)
     duplicates: int = 0
+    #: Records another deployment's workers wrote (their journey-origin header), dropped.
+    foreign: int = 0
     #: The highest event time in the batch (epoch seconds): the stream's event-time clock.
     max_event_time: float | None = None
     #: The same per input partition (each partition's own position in event time).
@@ -218,8 +238,13 @@ class Pipeline:
         for rec in records:
             control = None
             headers = rec.headers
-            if headers:  # journey's own records (identity, privacy) carry two
-                control, signature = control_headers(headers)
+            if headers:  # journey's own records (re-keyed, identity, privacy) carry journey's headers
+                control, signature, origin = journey_headers(headers)
+                if origin is not None and origin != identity.origin and control not in PRIVACY_CONTROLS:
+                    # Another deployment's own record (this one writes its own from the originals);
+                    # a forget is the customer's request, not derived: honoured whoever relayed it.
+                    out.foreign += 1
+                    continue
             if control is not None:
                 if not signed(identity.key, signature, control, rec.key, rec.value):
                     self._dead_letter(out, rec, "bad_identity_request",
@@ -266,7 +291,7 @@ class Pipeline:
                     continue
                 tp.customer_id = tp.profile_id = key  # tp is this loop's own, just decoded: no copy needed
             elif rec.key is None or rec.key != key.encode():
-                out.rekeyed.append(Output(key.encode(), rec.value))
+                out.rekeyed.append(identity.rekeyed_output(key.encode(), rec.value))
                 continue
             # dedupe + apply
             try:
