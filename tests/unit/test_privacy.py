@@ -330,6 +330,9 @@ def test_a_forget_replayed_after_its_undo_changes_nothing_and_a_new_one_forgets_
     cluster.run()
     assert cluster.customers() == {"c"} and cluster.states["c"].events == 1 and cluster.counted() == 1
     assert [a["request_id"] for a in cluster.announced] == ["r1"]  # announced once, when it was applied
+    assert cluster.privacy.stale == 1  # ignored, counted and logged (a new request from a slow clock looks the same)
+    assert ("ignored_older_than_undo", 1.0) in [(s.labels["action"], s.value) for m in cluster.privacy.collect()
+                                                  for s in m.samples if "action" in s.labels]
     cluster.forget("c", "r3", at=1002.0)  # a new forget after the undo
     cluster.run()
     assert cluster.customers() == set() and cluster.counted() == 0

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from prometheus_client.core import CounterMetricFamily
 
+from journey.core.clock import iso
 from journey.core.identity import SIGNATURE_HEADER, BadRequest
 from journey.core.ids import stable_id
 from journey.core.privacy import (
@@ -40,6 +41,7 @@ from journey.core.privacy import (
     forgotten_event,
     forgotten_since,
     lift,
+    lifted_at,
     make_marker,
     marker_key,
     merged_ids,
@@ -82,6 +84,9 @@ class Privacy:
         self.forgotten = 0
         self.marked = 0
         self.unmarked = 0
+        #: Requests ignored as older (by their own clock) than the undo that lifted the id's
+        #: suppression: a replay, or a requester whose clock is behind the undo's.
+        self.stale = 0
 
     # --- suppression (the pipeline asks only for ids with no state) ------------------------
     def is_suppressed(self, out: BatchResult, key: str, partition: int, read: Read) -> bool:
@@ -151,6 +156,14 @@ class Privacy:
             self.forgotten += 1
         first = pending[0] if pending is not None else rec
         plan = plan_forget(state, req, marker)
+        undone = lifted_at(marker)
+        if undone is not None and req.at <= undone:
+            # A replay of a request from before the undo, or a new one from a host whose clock
+            # is behind the undo's: journey cannot tell them apart. No customer id in the log.
+            self.stale += 1
+            log.warning("forget request %s ignored: it is dated %s, not after the undo (%s) that lifted the id's "
+                        "suppression; if it is a new request, send it again from a host with a correct clock",
+                        req.request_id, iso(req.at), iso(undone))
         # Announced: the merged ids only. The cascade also reaches ids the customer asked to link;
         # their partition forgets them only if they are this customer's (a shared device is not).
         anonymous = [a for a in merged_ids(state, key) if a in plan.cascade]
@@ -188,6 +201,7 @@ class Privacy:
         forgotten.add_metric(["state_deleted"], self.forgotten)
         forgotten.add_metric(["suppressed"], self.marked)
         forgotten.add_metric(["suppression_lifted"], self.unmarked)
+        forgotten.add_metric(["ignored_older_than_undo"], self.stale)
         yield forgotten
 
 
