@@ -432,3 +432,13 @@ async def test_a_forgotten_customer_leaves_the_due_index_at_once(tmp_path: Path)
     record = Record(b"c1", b"{}", "tp", 0, 1)
     worker.score_batch(BatchResult(writes={"c1": (record, None, None)}, max_event_time=None))
     assert "c1" not in worker.index
+    assert all(key != "c1" for _due, key in worker.index._heap)  # not even a stale entry in the heap
+
+
+def test_a_partition_counts_as_behind_past_a_slack_or_while_its_end_is_unknown() -> None:
+    """A topic written by transactional producers ends on control markers no record is read
+    from: a lag of one or a few is caught up, or a replay's clock would wait for it for good.
+    An end not known yet (no fetch answered since the start) may hide a backlog."""
+    from journey.worker.churn import LAG_SLACK, behind
+
+    assert behind({0: 0, 1: 1, 2: LAG_SLACK, 3: LAG_SLACK + 1, 4: None, 5: 50_000}) == [3, 4, 5]

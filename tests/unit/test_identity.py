@@ -483,6 +483,10 @@ def test_records_another_deployment_wrote_to_the_input_topic_are_dropped() -> No
     assert journey_headers(forget.headers or ())[2] == b"journey-v1"
     honoured = new.process([record(forget, 5)], {})  # a forget is the customer's request: applied whoever relayed it
     assert honoured.foreign == 0 and not honoured.reasons and honoured.privacy  # applied: customer_forgotten
+    unsigned = IdentityRules(key=control_key("another secret", "x"), origin=b"journey-v1").control_output(
+        FORGET, "c9", ForgetRequest("c9", "r2", 1.7e9).to_bytes())
+    dropped = new.process([record(unsigned, 6)], {})  # no shared secret: dropped, not dead-lettered with the id
+    assert dropped.foreign == 1 and not dropped.dead_letters
     again = new.process([wrong_key, login], states)  # the originals: this deployment's own copies
     states.update({k: s for k, (_r, s, _b) in again.writes.items() if s is not None})
     assert [journey_headers(o.headers or ())[2] for o in again.rekeyed] == [b"journey-v2", b"journey-v2"]

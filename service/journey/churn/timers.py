@@ -81,6 +81,15 @@ class DueIndex:
         self._heap = [(due, key) for key, (due, _) in self._due.items()]
         heapq.heapify(self._heap)
 
+    def purge(self, keys: Collection[str]) -> None:
+        """Remove ``keys`` entirely, their stale heap entries too (one pass over the heap): for
+        forgotten customers, whose ids must not stay in memory until their due time."""
+        gone = set(keys)
+        for key in gone:
+            self._due.pop(key, None)
+        self._heap = [entry for entry in self._heap if entry[1] not in gone]
+        heapq.heapify(self._heap)
+
     def clear(self) -> None:
         self._heap.clear()
         self._due.clear()

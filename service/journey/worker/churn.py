@@ -110,11 +110,14 @@ class ChurnWorker:
         self.note_carts(result.applied, writes)
         now = self.now(wall)
         outputs: list[Output] = []
+        forgotten: list[str] = []
         for key, (rec, state, _before) in writes.items():
             if state is None or (state.extra and (ALIAS_KEY in state.extra or FORGOTTEN_KEY in state.extra)):
                 # Forgotten, a linked anonymous id, or a suppression marker: nothing to score, and
-                # nothing to keep in the index (a forgotten id must not linger there in clear).
+                # nothing to look at again.
                 self.index.schedule(key, None)
+                if state is None:
+                    forgotten.append(key)
                 continue
             try:
                 u = update(state, assess_at(state, now), self.model, self.config, self.stage_times)
@@ -125,6 +128,8 @@ class ChurnWorker:
                 continue
             self.index.schedule(key, u.due, rec.partition)
             self._collect(key, u, outputs)
+        if forgotten:
+            self.index.purge(forgotten)  # a forgotten id must not linger in the heap in clear either
         self.japp.metrics.churn_timer_customers.set(len(self.index))
         return outputs
 
@@ -283,6 +288,17 @@ class ChurnWorker:
         return child
 
 
+#: Records a partition may trail its end by and still count as caught up: the end of a topic
+#: that transactional producers write holds control markers no record is ever read from.
+LAG_SLACK = 100
+
+
+def behind(lags: Mapping[int, int | None]) -> list[int]:
+    """The partitions with records still to process: more than LAG_SLACK behind their end, or
+    with an end no fetch has told yet (right after a start: its backlog is not known)."""
+    return [p for p, lag in lags.items() if lag is None or lag > LAG_SLACK]
+
+
 def assess_at(state: CustomerState, now: float | None) -> float:
     """The time to assess a customer at: now, never before the assessment they already have
     (now may step back when a partition falls behind; see ChurnWorker.now), and their last
@@ -303,7 +319,7 @@ def register(japp: JourneyApp) -> ChurnWorker:
     app = japp.app
     live = japp.aggregates
     if live is not None:
-        worker.lagging = lambda: [p for p, lag in live.partition_lag().items() if lag]
+        worker.lagging = lambda: behind(live.partition_lag())
 
     @app.timer(interval=worker.settings.tick_s, name="journey.churn-timer")
     async def churn_timer() -> None:

@@ -236,7 +236,7 @@ class Pipeline:
         max_event_times: dict[int, float] = out.max_event_times
         identity = self.identity
         for rec in records:
-            control = None
+            control = origin = None
             headers = rec.headers
             if headers:  # journey's own records (re-keyed, identity, privacy) carry journey's headers
                 control, signature, origin = journey_headers(headers)
@@ -247,6 +247,9 @@ class Pipeline:
                     continue
             if control is not None:
                 if not signed(identity.key, signature, control, rec.key, rec.value):
+                    if origin is not None and origin != identity.origin:
+                        out.foreign += 1  # another deployment's forget under another key (no shared secret): its data stays out of dead letters
+                        continue
                     self._dead_letter(out, rec, "bad_identity_request",
                                       "a journey-control record without this deployment's signature; producers must not "
                                       "set journey's own headers (or the workers' JOURNEY_CONTROL_SECRET differs)")
