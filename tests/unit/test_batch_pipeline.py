@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -125,14 +126,39 @@ def test_the_consumers_own_records_go_in_as_they_are() -> None:
     assert pipe.process([forged], {}).reasons == ["bad_identity_request"]
 
 
-async def test_a_revocation_waits_for_a_churn_tick_that_is_still_staging() -> None:
-    """A churn tick holds the state lock while it stages (its send may wait for metadata): a
-    revocation must not empty the cache and let partitions go until that stage is registered, or
-    the tick would stage and cache states of partitions this worker no longer owns."""
+def _bare_ingest(batches: Any = None, rebalance_timeout_s: float = 60.0) -> tuple[Any, Any]:
+    """A BatchIngest over a stand-in app (no consumer, no store): for its revocation paths."""
     import asyncio
     from types import SimpleNamespace
 
     from journey.worker.ingest import BatchIngest
+
+    japp = SimpleNamespace(settings=SimpleNamespace(topic_touchpoints="touchpoints", batch_target_ms=200, partitions=8),
+                           state_lock=asyncio.Lock(), batches=batches,
+                           app=SimpleNamespace(conf=SimpleNamespace(broker_rebalance_timeout=rebalance_timeout_s)))
+    return BatchIngest(japp, max_records=10, buffer_records=20), japp  # type: ignore[arg-type]
+
+
+async def _waits_for_the_tick(japp: Any, events: list[str], step: Any) -> None:
+    """Hold the state lock as a churn tick mid-stage does: ``step`` must wait for it, then wait
+    for the stages and empty the cache."""
+    import asyncio
+
+    await japp.state_lock.acquire()  # the tick, mid-stage
+    task = asyncio.create_task(step)
+    await asyncio.sleep(0.05)
+    assert events == [] and not task.done()
+    events.append("tick staged")
+    japp.state_lock.release()
+    await asyncio.wait_for(task, 1)
+    assert events == ["tick staged", "idle", "forget"]
+
+
+async def test_a_revocation_waits_for_a_churn_tick_that_is_still_staging() -> None:
+    """A churn tick holds the state lock while it stages (its send may wait for metadata): a
+    revocation must not empty the cache and let partitions go until that stage is registered, or
+    the tick would stage and cache states of partitions this worker no longer owns."""
+    from types import SimpleNamespace
 
     events: list[str] = []
 
@@ -142,28 +168,15 @@ async def test_a_revocation_waits_for_a_churn_tick_that_is_still_staging() -> No
         async def idle(self) -> None:
             events.append("idle")
 
-    japp = SimpleNamespace(settings=SimpleNamespace(topic_touchpoints="touchpoints", batch_target_ms=200, partitions=8),
-                           state_lock=asyncio.Lock(), batches=Batches(),
-                           app=SimpleNamespace(conf=SimpleNamespace(broker_rebalance_timeout=60.0)))
-    ingest = BatchIngest(japp, max_records=10, buffer_records=20)  # type: ignore[arg-type]
-    await japp.state_lock.acquire()  # the tick, mid-stage
-    revoking = asyncio.create_task(ingest.before_revoke())
-    await asyncio.sleep(0.05)
-    assert events == [] and not revoking.done()
-    events.append("tick staged")
-    japp.state_lock.release()
-    await asyncio.wait_for(revoking, 1)
-    assert events == ["tick staged", "idle", "forget"]
+    ingest, japp = _bare_ingest(Batches())
+    await _waits_for_the_tick(japp, events, ingest.before_revoke())
 
 
 async def test_the_first_batch_after_a_rebalance_empties_the_cache_only_between_churn_ticks() -> None:
     """The ingest's own check for a new generation waits for every stage and empties the cache
     under the state lock, as a revocation does: a churn tick staging in between would have its
     pending states dropped before they were durable (the batch would then read older ones)."""
-    import asyncio
     from types import SimpleNamespace
-
-    from journey.worker.ingest import BatchIngest
 
     events: list[str] = []
 
@@ -171,18 +184,9 @@ async def test_the_first_batch_after_a_rebalance_empties_the_cache_only_between_
         async def idle(self) -> None:
             events.append("idle")
 
-    japp = SimpleNamespace(settings=SimpleNamespace(topic_touchpoints="touchpoints", batch_target_ms=200, partitions=8),
-                           state_lock=asyncio.Lock())
-    ingest = BatchIngest(japp, max_records=10, buffer_records=20)  # type: ignore[arg-type]
+    ingest, japp = _bare_ingest()
     store = SimpleNamespace(forget=lambda: events.append("forget"))
-    await japp.state_lock.acquire()  # a churn tick, mid-stage
-    switching = asyncio.create_task(ingest._new_generation(Batches(), store))  # type: ignore[arg-type]
-    await asyncio.sleep(0.05)
-    assert events == [] and not switching.done()
-    events.append("tick staged")
-    japp.state_lock.release()
-    await asyncio.wait_for(switching, 1)
-    assert events == ["tick staged", "idle", "forget"]
+    await _waits_for_the_tick(japp, events, ingest._new_generation(Batches(), store))
 
 
 async def test_a_revocation_that_cannot_settle_within_half_the_rebalance_timeout_exits(monkeypatch) -> None:
@@ -191,8 +195,6 @@ async def test_a_revocation_that_cannot_settle_within_half_the_rebalance_timeout
     behind the new owner's back. The revocation waits half the rebalance timeout, then exits."""
     import asyncio
     from types import SimpleNamespace
-
-    from journey.worker.ingest import BatchIngest
 
     exits: list[str] = []
     monkeypatch.setattr("journey.worker.ingest.exit_replaying", exits.append)
@@ -203,10 +205,7 @@ async def test_a_revocation_that_cannot_settle_within_half_the_rebalance_timeout
         async def idle(self) -> None:
             await asyncio.Event().wait()  # acknowledgements that never come
 
-    japp = SimpleNamespace(settings=SimpleNamespace(topic_touchpoints="touchpoints", batch_target_ms=200, partitions=8),
-                           state_lock=asyncio.Lock(), batches=Batches(),
-                           app=SimpleNamespace(conf=SimpleNamespace(broker_rebalance_timeout=0.2)))
-    ingest = BatchIngest(japp, max_records=10, buffer_records=20)  # type: ignore[arg-type]
+    ingest, _japp = _bare_ingest(Batches(), rebalance_timeout_s=0.2)
     assert ingest.revoke_wait_s() == 0.1
     await asyncio.wait_for(ingest.before_revoke(), 2)
     assert len(exits) == 1 and "waited 0.1 s" in exits[0] and "not acknowledging" in exits[0]

@@ -189,6 +189,9 @@ class ForgetPlan:
     #: Publish customer_forgotten (a direct request that changed something or is new; a linked
     #: id its customer's notice does not name, once it is found to be theirs).
     announce: bool
+    #: Ignored as dated at or before the undo that lifted the id's suppression (a replay, or a
+    #: new request from a clock behind the undo's: the two look the same).
+    stale: bool = False
 
 
 def plan_forget(state: CustomerState | None, request: ForgetRequest, marker: CustomerState | None) -> ForgetPlan:
@@ -204,7 +207,7 @@ def plan_forget(state: CustomerState | None, request: ForgetRequest, marker: Cus
         if request.at <= undone:
             # Asked before the undo that lifted this id's suppression: a replay, or an old request
             # sent again. Applying it would delete what came after the undo.
-            return ForgetPlan(delete=False, mark=False, cascade=(), announce=False)
+            return ForgetPlan(delete=False, mark=False, cascade=(), announce=False, stale=True)
         marker = None  # a new forget after the undo: as for an id never forgotten
     own = request.profile_id
     if request.origin is not None:

@@ -115,9 +115,10 @@ class ChurnWorker:
             if state is None or (state.extra and (ALIAS_KEY in state.extra or FORGOTTEN_KEY in state.extra)):
                 # Forgotten, a linked anonymous id, or a suppression marker: nothing to score, and
                 # nothing to look at again.
-                self.index.schedule(key, None)
                 if state is None:
                     forgotten.append(key)
+                else:
+                    self.index.schedule(key, None)
                 continue
             try:
                 u = update(state, assess_at(state, now), self.model, self.config, self.stage_times)

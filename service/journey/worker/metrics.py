@@ -15,7 +15,7 @@ from journey.core.definition import JourneyDefinition
 from journey.core.events import CHANNELS
 from journey.core.stages import STAGES
 from journey.worker.faust_internals import observe_all
-from journey.worker.pipeline import BatchResult
+from journey.worker.pipeline import BatchResult, control_headers
 
 #: Types outside the journey definition share one label value, so a producer sending random
 #: types cannot blow up the number of series.
@@ -118,7 +118,7 @@ class WorkerMetrics:
         if result.duplicates:
             self.duplicates.inc(result.duplicates)
         if result.rekeyed:
-            self.rekeyed.inc(sum(1 for o in result.rekeyed if o.headers is not None and len(o.headers) == 1))  # not identity requests
+            self.rekeyed.inc(sum(1 for o in result.rekeyed if not control_headers(o.headers or ())[0]))  # not identity requests
         if result.foreign:
             self.foreign.inc(result.foreign)
         if result.merges:

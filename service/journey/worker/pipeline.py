@@ -236,18 +236,20 @@ class Pipeline:
         max_event_times: dict[int, float] = out.max_event_times
         identity = self.identity
         for rec in records:
-            control = origin = None
+            control = None
+            foreign = False
             headers = rec.headers
             if headers:  # journey's own records (re-keyed, identity, privacy) carry journey's headers
                 control, signature, origin = journey_headers(headers)
-                if origin is not None and origin != identity.origin and control not in PRIVACY_CONTROLS:
+                foreign = origin is not None and origin != identity.origin
+                if foreign and control not in PRIVACY_CONTROLS:
                     # Another deployment's own record (this one writes its own from the originals);
                     # a forget is the customer's request, not derived: honoured whoever relayed it.
                     out.foreign += 1
                     continue
             if control is not None:
                 if not signed(identity.key, signature, control, rec.key, rec.value):
-                    if origin is not None and origin != identity.origin:
+                    if foreign:
                         out.foreign += 1  # another deployment's forget under another key (no shared secret): its data stays out of dead letters
                         continue
                     self._dead_letter(out, rec, "bad_identity_request",

@@ -156,14 +156,11 @@ class Privacy:
             self.forgotten += 1
         first = pending[0] if pending is not None else rec
         plan = plan_forget(state, req, marker)
-        undone = lifted_at(marker)
-        if undone is not None and req.at <= undone:
-            # A replay of a request from before the undo, or a new one from a host whose clock
-            # is behind the undo's: journey cannot tell them apart. No customer id in the log.
+        if plan.stale:  # no customer id in the log
             self.stale += 1
             log.warning("forget request %s ignored: it is dated %s, not after the undo (%s) that lifted the id's "
                         "suppression; if it is a new request, send it again from a host with a correct clock",
-                        req.request_id, iso(req.at), iso(undone))
+                        req.request_id, iso(req.at), iso(lifted_at(marker) or req.at))
         # Announced: the merged ids only. The cascade also reaches ids the customer asked to link;
         # their partition forgets them only if they are this customer's (a shared device is not).
         anonymous = [a for a in merged_ids(state, key) if a in plan.cascade]
